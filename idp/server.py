@@ -20,5 +20,4 @@ def run(*, host: str, port: int, workers: int) -> None:
         # The IdP logs each request itself, without query strings (they carry hints and states).
         log_access=False,
         log_level=LogLevels.warning,
-        process_name="idp",
     ).serve()
