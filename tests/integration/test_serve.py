@@ -104,9 +104,7 @@ def jwks_kids(server: Server) -> set[str]:
     return {key["kid"] for key in json.loads(server.get("/jwks")[1])["keys"]}
 
 
-def test_running_server_serves_a_rotation_within_five_seconds(
-    env: dict[str, str], start_server: type[Server]
-) -> None:
+def test_running_server_serves_a_rotation_within_five_seconds(env: dict[str, str], start_server: type[Server]) -> None:
     server = start_server(env, workers=2)
     before = jwks_kids(server)
     rotated = time.monotonic()
