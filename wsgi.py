@@ -1,4 +1,4 @@
-"""The WSGI entry for any server: `gunicorn wsgi:app`."""
+"""The WSGI entry for any WSGI server (`idp serve` uses granian with the `idp:create_app` factory)."""
 
 from idp import create_app
 

@@ -6,7 +6,7 @@ import logging
 
 from flask import Flask, Response
 
-from idp import db, oidc, ops
+from idp import db, oidc, ops, web
 from idp.keyring import Keyring, KeyringError
 from idp.logs import configure_logging
 from idp.settings import Settings
@@ -36,9 +36,17 @@ def create_app(settings: Settings | None = None) -> Flask:
         log.error("keyring not loaded: %s", exc)
 
     db.init_app(app, settings.sqlalchemy_url)
+    app.extensions["idp.schema_revision"] = db.head_revision()
     ops.init_app(app)
     oidc.init_app(app, settings)
+    web.init_app(app, settings)
     app.after_request(_security_headers)
+    if settings.trusted_proxies:
+        from werkzeug.middleware.proxy_fix import ProxyFix
+
+        app.wsgi_app = ProxyFix(  # type: ignore[method-assign]  # the documented way to wrap the WSGI app
+            app.wsgi_app, x_for=settings.trusted_proxies, x_proto=settings.trusted_proxies
+        )
     return app
 
 

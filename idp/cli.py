@@ -2,23 +2,28 @@
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import json
 import os
+import socket
+import subprocess
 import sys
+import time
+import urllib.request
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, NoReturn, TypeVar
 
 import click
+from click.exceptions import NoArgsIsHelpError
 from sqlalchemy.exc import SQLAlchemyError
 
 from idp.keyring import ALGORITHMS, KeyRecord, Keyring, KeyringError, RotationResult
 from idp.settings import Settings, SettingsError
 
 F = TypeVar("F", bound=Callable[..., Any])
-MIGRATIONS_DIR = Path(__file__).resolve().parent.parent / "migrations"
 
 
 @contextmanager
@@ -67,14 +72,18 @@ def upgrade_database(url: str) -> tuple[str | None, str | None]:
     from alembic.config import Config
     from alembic.runtime.migration import MigrationContext
 
-    from idp.db import make_engine
+    from idp.db import make_engine, migrations_dir
 
-    config = Config(str(MIGRATIONS_DIR.parent / "alembic.ini"))
-    config.set_main_option("script_location", str(MIGRATIONS_DIR))
+    config = Config()
+    config.set_main_option("script_location", str(migrations_dir()))
     config.attributes["url"] = url
     config.attributes["configure_logger"] = False
     if url.startswith("sqlite:///"):
-        Path(url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+        path = Path(url.removeprefix("sqlite:///"))
+        path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        # The database holds residents' personal data: readable by the IdP's user only.
+        if not path.exists():
+            os.close(os.open(path, os.O_WRONLY | os.O_CREAT, 0o600))
     engine = make_engine(url)
     try:
         with engine.connect() as connection:
@@ -90,15 +99,13 @@ def upgrade_database(url: str) -> tuple[str | None, str | None]:
 def database_is_current(url: str) -> bool:
     """Whether the database is at the newest migration (servers refuse an old schema)."""
     from alembic.runtime.migration import MigrationContext
-    from alembic.script import ScriptDirectory
 
-    from idp.db import make_engine
+    from idp.db import head_revision, make_engine
 
-    heads = set(ScriptDirectory(str(MIGRATIONS_DIR)).get_heads())
     engine = make_engine(url)
     try:
         with engine.connect() as connection:
-            return set(MigrationContext.configure(connection).get_current_heads()) == heads
+            return MigrationContext.configure(connection).get_current_revision() == head_revision()
     finally:
         engine.dispose()
 
@@ -142,7 +149,54 @@ def serve(host: str, port: int, workers: int | None) -> None:
             raise click.ClickException("the database is not at the newest migration: run `idp init` first")
     from idp.server import run
 
-    run(host=host, port=port, workers=workers or os.cpu_count() or 1)
+    sandbox = _start_sandbox(settings)
+    try:
+        run(host=host, port=port, workers=workers or os.cpu_count() or 1)
+    finally:
+        if sandbox is not None:
+            sandbox.terminate()
+            sandbox.wait(timeout=10)
+
+
+SANDBOX_FIRST_PORT = 8100
+
+
+def _start_sandbox(settings: Settings) -> subprocess.Popen[bytes] | None:
+    """In development without IDP_CARRIER_AGENCY_URL, run the sandbox agency beside the IdP (DESIGN section 3)."""
+    if settings.carrier_agency_url is not None:
+        return None
+    port = _free_port(SANDBOX_FIRST_PORT)
+    process = subprocess.Popen([sys.executable, "-m", "idp", "sandbox", "serve", "--port", str(port)])  # noqa: S603
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 15
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise click.ClickException("the sandbox carrier agency did not start")
+        try:
+            with urllib.request.urlopen(f"{url}/v1/jwks", timeout=1):  # noqa: S310  (our own sandbox on loopback)
+                break
+        except OSError:
+            time.sleep(0.1)
+    else:
+        process.terminate()
+        raise click.ClickException(f"the sandbox carrier agency did not answer on {url}")
+    return process
+
+
+def _free_port(first: int) -> int:
+    for port in range(first, first + 100):
+        with socket.socket() as sock:
+            try:
+                sock.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    raise click.ClickException(f"no free port from {first} for the sandbox carrier agency")
+
+
+from idp.sandbox.commands import sandbox  # noqa: E402  (the sandbox agency owns its commands)
+
+cli.add_command(sandbox)
 
 
 # -- keys --------------------------------------------------------------------------------------------------------
@@ -260,8 +314,12 @@ def main(argv: Sequence[str] | None = None) -> NoReturn:
     """Entry point: usage errors become one line on stderr (exit 2), like every other error."""
     try:
         status = cli.main(args=list(argv) if argv is not None else None, prog_name="idp", standalone_mode=False)
+    except NoArgsIsHelpError as exc:
+        click.echo(exc.ctx.get_help() if exc.ctx else str(exc), err=True)
+        sys.exit(2)
     except click.UsageError as exc:
-        click.echo(f"idp: error: {exc.format_message()}", err=True)
+        # click lists choices on further lines; scripts and people both read one line better.
+        click.echo(f"idp: error: {' '.join(exc.format_message().split())}", err=True)
         sys.exit(2)
     except click.ClickException as exc:
         click.echo(f"idp: error: {exc.format_message()}", err=True)
@@ -270,3 +328,144 @@ def main(argv: Sequence[str] | None = None) -> NoReturn:
         click.echo("idp: aborted", err=True)
         sys.exit(1)
     sys.exit(status if isinstance(status, int) else 0)
+
+
+# -- residents ---------------------------------------------------------------------------------------------------
+
+
+@cli.group()
+def residents() -> None:
+    """Resident accounts: list, show, lock, unlock, delete."""
+
+
+@contextmanager
+def _database() -> Iterator[Any]:
+    from idp.db import make_engine, make_session_factory, session_scope
+
+    settings = _settings()
+    with _one_line_errors():
+        engine = make_engine(settings.sqlalchemy_url)
+        try:
+            with session_scope(make_session_factory(engine)) as db:
+                yield db
+        finally:
+            engine.dispose()
+
+
+def _resident_json(resident: Any, *, full: bool) -> dict[str, Any]:
+    from idp.logs import mask_phone
+
+    data: dict[str, Any] = {
+        "id": str(resident.id),
+        "name": resident.name,
+        "phone": resident.phone if full else mask_phone(resident.phone),
+        "carrier": resident.carrier,
+        "created_at": _iso(resident.created_at),
+        "verified_at": _iso(resident.verified_at),
+        "locked": resident.is_locked,
+    }
+    if full:
+        data["birthdate"] = resident.birthdate.isoformat() if resident.birthdate else None
+        data["verified_by"] = resident.verified_by
+        data["locked_at"] = _iso(resident.locked_at)
+    return data
+
+
+def _iso(value: dt.datetime | None) -> str | None:
+    return value.astimezone(dt.UTC).isoformat().replace("+00:00", "Z") if value else None
+
+
+def _find(db: Any, reference: str) -> Any:
+    from idp.authn.carrier import normalize_phone
+    from idp.authn.residents import find_resident
+
+    with contextlib.suppress(ValueError):
+        reference = normalize_phone(reference)
+    resident = find_resident(db, reference)
+    if resident is None:
+        raise click.ClickException(f"no resident {reference!r}: give a resident id or phone number")
+    return resident
+
+
+@residents.command("list")
+@click.option("--limit", default=50, show_default=True, type=click.IntRange(1, 10000), help="How many, newest first.")
+@click.option("--locked", is_flag=True, help="Only locked residents.")
+@json_option
+def residents_list(limit: int, locked: bool, as_json: bool) -> None:
+    """List residents, newest first (phone numbers masked)."""
+    from sqlalchemy import select
+
+    from idp.models import Resident
+
+    with _database() as db:
+        query = select(Resident).order_by(Resident.created_at.desc()).limit(limit)
+        if locked:
+            query = query.where(Resident.locked_at.is_not(None))
+        rows = [_resident_json(resident, full=False) for resident in db.scalars(query)]
+    if as_json:
+        _echo_json(rows)
+        return
+    if not rows:
+        click.echo("no residents")
+    for row in rows:
+        state = " (locked)" if row["locked"] else ""
+        click.echo(f"{row['id']}  {row['name'] or '-'}  {row['phone'] or '-'}  {row['carrier'] or '-'}{state}")
+
+
+@residents.command("show")
+@click.argument("reference")
+@json_option
+def residents_show(reference: str, as_json: bool) -> None:
+    """Show one resident by id or phone number."""
+    with _database() as db:
+        data = _resident_json(_find(db, reference), full=True)
+    if as_json:
+        _echo_json(data)
+    else:
+        for key, value in data.items():
+            click.echo(f"{key}: {value if value is not None else '-'}")
+
+
+@residents.command("lock")
+@click.argument("reference")
+@json_option
+def residents_lock(reference: str, as_json: bool) -> None:
+    """Lock a resident: no sign-in succeeds and their sessions end."""
+    from idp.authn.residents import lock_resident
+
+    with _database() as db:
+        resident = _find(db, reference)
+        lock_resident(db, resident, now=dt.datetime.now(dt.UTC))
+        data = _resident_json(resident, full=False)
+    _echo_json(data) if as_json else click.echo(f"{data['id']}: locked")
+
+
+@residents.command("unlock")
+@click.argument("reference")
+@json_option
+def residents_unlock(reference: str, as_json: bool) -> None:
+    """Unlock a resident."""
+    from idp.authn.residents import unlock_resident
+
+    with _database() as db:
+        resident = _find(db, reference)
+        unlock_resident(db, resident)
+        data = _resident_json(resident, full=False)
+    _echo_json(data) if as_json else click.echo(f"{data['id']}: unlocked")
+
+
+@residents.command("delete")
+@click.argument("reference")
+@click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
+@json_option
+def residents_delete(reference: str, yes: bool, as_json: bool) -> None:
+    """Erase a resident's personal data and sessions; audit records stay, without personal data."""
+    from idp.authn.residents import delete_resident
+
+    with _database() as db:
+        resident = _find(db, reference)
+        resident_id = str(resident.id)
+        if not yes and not click.confirm(f"Erase resident {resident_id} and end their sessions?", err=True):
+            raise click.Abort
+        delete_resident(db, resident, now=dt.datetime.now(dt.UTC))
+    _echo_json({"id": resident_id, "deleted": True}) if as_json else click.echo(f"{resident_id}: deleted")

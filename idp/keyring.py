@@ -19,7 +19,9 @@ from typing import Any, Protocol, TypeAlias
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 from joserfc import jwt
+from joserfc.jwa import EdDSAAlgorithm, JWSAlgModel
 from joserfc.jwk import ECKey, OKPKey, RSAKey
+from joserfc.jws import JWSRegistry
 
 ALGORITHMS = ("ES256", "RS256", "PS256", "EdDSA")
 # ES256 and RS256 cover every certified client: RS256 is the OIDC default (Core §15.1), ES256 is small and fast.
@@ -31,6 +33,20 @@ MANIFEST_VERSION = 1
 PRIVATE_MEMBERS = frozenset({"d", "p", "q", "dp", "dq", "qi", "oth", "k"})
 
 JoseKey: TypeAlias = ECKey | RSAKey | OKPKey
+
+
+class _QuietEdDSA(EdDSAAlgorithm):
+    # RFC 9864 deprecates the name EdDSA in favour of Ed25519; DESIGN section 5 keeps EdDSA because every
+    # certified relying-party library verifies it. The choice is deliberate, so it need not warn at each signature.
+    security_warning = None  # type: ignore[assignment]  # the base declares str; its registry accepts None
+
+
+class _SigningRegistry(JWSRegistry):
+    algorithms: dict[str, JWSAlgModel] = {**JWSRegistry.algorithms, "EdDSA": _QuietEdDSA()}  # noqa: RUF012  (joserfc reads it per class)
+
+
+# One registry per algorithm, built once: jwt.encode would otherwise build one for every token.
+_REGISTRIES = {alg: _SigningRegistry(algorithms=[alg]) for alg in ALGORITHMS}
 
 
 class KeyState(enum.StrEnum):
@@ -134,7 +150,7 @@ class SigningKey:
     def sign(self, claims: dict[str, Any], *, typ: str = "JWT") -> str:
         """Sign claims as a compact JWT with this key's kid and alg."""
         header = {"alg": self.alg, "kid": self.kid, "typ": typ}
-        return jwt.encode(header, claims, self.jwk, algorithms=[self.alg])
+        return jwt.encode(header, claims, self.jwk, registry=_REGISTRIES[self.alg])
 
 
 @dataclass(frozen=True, slots=True)
@@ -263,7 +279,11 @@ class FileKeyStore:
         if record.encrypted and self.passphrase is None:
             raise KeyringLockedError(f"{path} is encrypted: set IDP_KEYS_PASSPHRASE")
         try:
-            private = serialization.load_pem_private_key(data, self.passphrase if record.encrypted else None)
+            # Our own 0600 files, written by this code: RSA's expensive consistency check (~45 ms a key) only
+            # guards against hostile key material, and would make every reload and CLI command slow.
+            private = serialization.load_pem_private_key(
+                data, self.passphrase if record.encrypted else None, unsafe_skip_rsa_key_validation=True
+            )
         except (ValueError, TypeError) as exc:
             if record.encrypted and b"ENCRYPTED PRIVATE KEY" in data and "password" in str(exc).lower():
                 raise KeyringLockedError(f"IDP_KEYS_PASSPHRASE does not decrypt {path}") from None
@@ -323,22 +343,25 @@ class Keyring:
         """
         loaded = self._loaded
         now = self._clock()
-        if loaded is not None and now - self._checked_at < self.check_interval:
-            return loaded
+        if now - self._checked_at < self.check_interval:
+            if loaded is not None:
+                return loaded
+            if self.last_error is not None:
+                raise self.last_error
         with self._lock:
-            if self._loaded is not None and now - self._checked_at < self.check_interval:
-                return self._loaded
             self._checked_at = now
             stamp = self.store.stamp()
             if self._loaded is None or stamp != self._stamp:
                 try:
                     self._loaded = LoadedKeys.of(self.store.read())
-                    self._stamp = stamp
                     self.last_error = None
                 except KeyringError as exc:
                     self.last_error = exc
-                    if self._loaded is None:
-                        raise
+                # A keyring that fails to load is tried again only when it changes or the interval passes.
+                self._stamp = stamp
+            if self._loaded is None:
+                assert self.last_error is not None
+                raise self.last_error
             return self._loaded
 
     def check(self) -> None:
@@ -427,6 +450,8 @@ class Keyring:
                 activated.append(new_active.record)
                 if warning:
                     warnings.append(warning)
+                # As after a rotation, the algorithm keeps a published next key for the rotation after this one.
+                keys.append(_generate(key.alg, KeyState.NEXT, at, self._encrypted))
                 key = keys[index]
             record = key.record
             if record.state is not KeyState.RETIRED:
@@ -558,4 +583,7 @@ def _parse_time(value: object) -> dt.datetime | None:
         return None
     if not isinstance(value, str):
         raise ValueError(f"not a time: {value!r}")
-    return dt.datetime.fromisoformat(value.replace("Z", "+00:00"))
+    parsed = dt.datetime.fromisoformat(value.replace("Z", "+00:00"))
+    if parsed.tzinfo is None:
+        raise ValueError(f"time without UTC offset: {value!r}")
+    return parsed

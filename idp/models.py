@@ -121,3 +121,26 @@ class AuditEvent(Base):
     client_id: Mapped[str | None] = mapped_column(String(64))
     client_ip: Mapped[str | None] = mapped_column(String(45))
     details: Mapped[dict[str, Any]] = mapped_column(default=dict)
+
+
+class CarrierResult(Base):
+    """A carrier verification result already used: its `jti`, so a replayed result is refused."""
+
+    __tablename__ = "carrier_result"
+
+    jti: Mapped[str] = mapped_column(String(128), primary_key=True)
+    # SHA-256 of the agency's transaction id: enough to match the agency's records, nothing to reuse.
+    agency_txn_digest: Mapped[str] = mapped_column(String(64))
+    used_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+    expires_at: Mapped[dt.datetime] = mapped_column(index=True)
+
+
+class RateLimitCounter(Base):
+    """Hits on a guessable secret or costly action in a fixed window; keys are digests, never phone numbers."""
+
+    __tablename__ = "rate_limit_counter"
+
+    key: Mapped[str] = mapped_column(String(64), primary_key=True)
+    window_start: Mapped[dt.datetime]
+    count: Mapped[int] = mapped_column(default=0)
+    expires_at: Mapped[dt.datetime] = mapped_column(index=True)

@@ -13,6 +13,7 @@ from idp import db
 from idp.keyring import Keyring, KeyringError
 
 bp = Blueprint("ops", __name__)
+PROBES = frozenset({"/healthz", "/readyz"})
 log = logging.getLogger("idp.request")
 
 
@@ -28,10 +29,14 @@ def readyz() -> tuple[Response, int]:
     keyring: Keyring = current_app.extensions["idp.keyring"]
     try:
         with db.engine().connect() as connection:
-            connection.execute(text("SELECT 1"))
+            revision = connection.execute(text("SELECT version_num FROM alembic_version")).scalar()
     except SQLAlchemyError as exc:
         origin = getattr(exc, "orig", None) or exc
         reason = f"database unreachable: {type(origin).__name__}"
+        return _no_store(jsonify(status="unavailable", reason=reason)), 503
+    expected = current_app.extensions["idp.schema_revision"]
+    if revision != expected:
+        reason = f"database at revision {revision}, this release needs {expected}: run `idp init`"
         return _no_store(jsonify(status="unavailable", reason=reason)), 503
     try:
         keyring.check()
@@ -52,8 +57,13 @@ def _start_timer() -> None:
 def _log_request(response: Response) -> Response:
     # The path only: query strings carry hints, states and codes that do not belong in logs.
     started = g.get("request_started")
+    # Probes every few seconds would drown the log; they show at DEBUG.
+    level = logging.DEBUG if request.path in PROBES else logging.INFO
+    if not log.isEnabledFor(level):
+        return response
     duration_ms = round((time.perf_counter() - started) * 1000, 2) if started else None
-    log.info(
+    log.log(
+        level,
         "%s %s",
         request.method,
         request.path,

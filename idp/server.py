@@ -6,8 +6,12 @@ from granian import Granian
 from granian.constants import Interfaces
 from granian.log import LogLevels
 
+# Threads per worker that run the app: enough to wait on the database and the carrier agency (seconds at
+# worst) without queueing, few enough that the GIL is not fought over (granian would allow 512).
+THREADS_PER_WORKER = 8
 
-def run(*, host: str, port: int, workers: int) -> None:
+
+def run(*, host: str, port: int, workers: int, threads: int = THREADS_PER_WORKER) -> None:
     """Serve until stopped. Each worker builds its own app from the same IDP_* environment."""
     Granian(
         "idp:create_app",
@@ -16,6 +20,8 @@ def run(*, host: str, port: int, workers: int) -> None:
         port=port,
         interface=Interfaces.WSGI,
         workers=workers,
+        blocking_threads=threads,
+        backpressure=threads,
         respawn_failed_workers=True,
         # The IdP logs each request itself, without query strings (they carry hints and states).
         log_access=False,

@@ -12,6 +12,11 @@ from urllib.parse import urlsplit
 
 ENVIRONMENTS = ("development", "production")
 SECRETS_FILE = "secrets.json"
+SANDBOX_DEFAULT_URL = "http://127.0.0.1:8100"
+# 32 characters of base64url carry 192 bits: `python -c "import secrets; print(secrets.token_urlsafe(32))"` gives 43.
+MIN_SECRET_LENGTH = 32
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+SANDBOX_SITE_SECRET = "sandbox-site-secret"  # noqa: S105  (the sandbox's own; production refuses it)
 # The generated secrets, each 256 random bits; the names are the IDP_* variables that override them.
 GENERATED_SECRETS = ("secret_key", "data_key", "ci_pepper", "pairwise_secret")
 
@@ -63,6 +68,15 @@ class Settings:
     carrier_agency_url: str | None = None
     """IDP_CARRIER_AGENCY_URL: the carrier verification agency. Unset means the sandbox agency (development)."""
 
+    carrier_site_code: str = "GG-IDP-SANDBOX"
+    """IDP_CARRIER_SITE_CODE: the site code the agency issued to this IdP; results must name it as `aud`."""
+
+    carrier_site_secret: str = SANDBOX_SITE_SECRET
+    """IDP_CARRIER_SITE_SECRET: the bearer secret the agency issued; the default is the sandbox's own."""
+
+    carrier_timeout: float = 5.0
+    """IDP_CARRIER_TIMEOUT: seconds to wait for the agency before showing the resident other ways in."""
+
     ratelimit_storage: str = "database"
     """IDP_RATELIMIT_STORAGE: where limits and lockouts are counted (`database`, or `redis://…` for a fleet)."""
 
@@ -92,7 +106,12 @@ class Settings:
     """IDP_KEYRING_CHECK_INTERVAL: how often (seconds) a running server looks for a rotated keyring."""
 
     log_level: str = "INFO"
-    """IDP_LOG_LEVEL: the logging level."""
+    """IDP_LOG_LEVEL: the logging level (DEBUG, INFO, WARNING, ERROR)."""
+
+    trusted_proxies: int = 0
+    """IDP_TRUSTED_PROXIES: how many reverse proxies stand in front of the IdP. Their X-Forwarded-For and
+    X-Forwarded-Proto are believed, so rate limits and audit records see the resident's address; 0 believes none,
+    because anyone can send those headers to a server that is reached directly."""
 
     @property
     def is_production(self) -> bool:
@@ -142,10 +161,7 @@ class Settings:
         access_token_alg = text("ACCESS_TOKEN_ALG", "ES256")
         if access_token_alg not in ("ES256", "RS256", "PS256", "EdDSA"):
             raise SettingsError(f"IDP_ACCESS_TOKEN_ALG must be ES256, RS256, PS256 or EdDSA, not {access_token_alg!r}")
-        try:
-            check_interval = float(text("KEYRING_CHECK_INTERVAL", "1.0"))
-        except ValueError:
-            raise SettingsError("IDP_KEYRING_CHECK_INTERVAL must be a number of seconds") from None
+        check_interval = _positive_float(text("KEYRING_CHECK_INTERVAL", "1.0"), "IDP_KEYRING_CHECK_INTERVAL")
 
         given = {name: text(name.upper(), "") for name in GENERATED_SECRETS}
         missing = [name for name, value in given.items() if not value]
@@ -165,6 +181,9 @@ class Settings:
             keys_passphrase=env_vars.get("IDP_KEYS_PASSPHRASE") or None,
             generated=frozenset(generated),
             carrier_agency_url=text("CARRIER_AGENCY_URL", "") or None,
+            carrier_site_code=text("CARRIER_SITE_CODE", "GG-IDP-SANDBOX"),
+            carrier_site_secret=text("CARRIER_SITE_SECRET", SANDBOX_SITE_SECRET),
+            carrier_timeout=_positive_float(text("CARRIER_TIMEOUT", "5"), "IDP_CARRIER_TIMEOUT"),
             ratelimit_storage=text("RATELIMIT_STORAGE", "database"),
             code_ttl=seconds("CODE_TTL", 60),
             id_token_ttl=seconds("ID_TOKEN_TTL", 300),
@@ -174,7 +193,8 @@ class Settings:
             access_token_alg=access_token_alg,
             jwks_max_age=seconds("JWKS_MAX_AGE", 600),
             keyring_check_interval=check_interval,
-            log_level=text("LOG_LEVEL", "INFO").upper(),
+            log_level=_log_level(text("LOG_LEVEL", "INFO")),
+            trusted_proxies=_count(text("TRUSTED_PROXIES", "0"), "IDP_TRUSTED_PROXIES"),
             **given,
         )
         settings.check_production()
@@ -194,20 +214,62 @@ class Settings:
         if unset:
             names = ", ".join(f"IDP_{name.upper()}" for name in unset)
             raise SettingsError(f"IDP_ENV=production needs secrets set by the admin, not generated: {names}")
+        short = [name for name in GENERATED_SECRETS if len(getattr(self, name)) < MIN_SECRET_LENGTH]
+        if short:
+            names = ", ".join(f"IDP_{name.upper()}" for name in short)
+            raise SettingsError(f"IDP_ENV=production needs secrets of at least {MIN_SECRET_LENGTH} characters: {names}")
         if self.carrier_agency_url is None:
             raise SettingsError(
                 "IDP_ENV=production needs IDP_CARRIER_AGENCY_URL: the sandbox agency is for development"
             )
+        if self.carrier_site_secret == SANDBOX_SITE_SECRET:
+            raise SettingsError("IDP_ENV=production needs IDP_CARRIER_SITE_SECRET: the default is the sandbox's")
+
+    @property
+    def sandbox_url_file(self) -> Path:
+        """Where `idp sandbox serve` writes its URL, so the IdP and the CLI find it."""
+        return self.instance_dir / "sandbox.url"
+
+    def agency_url(self) -> str:
+        """The agency to call: IDP_CARRIER_AGENCY_URL, else the sandbox `idp serve` started, else its default."""
+        if self.carrier_agency_url:
+            return self.carrier_agency_url
+        try:
+            return self.sandbox_url_file.read_text().strip() or SANDBOX_DEFAULT_URL
+        except OSError:
+            return SANDBOX_DEFAULT_URL
+
+
+def _log_level(raw: str) -> str:
+    level = raw.upper()
+    if level not in LOG_LEVELS:
+        raise SettingsError(f"IDP_LOG_LEVEL must be one of {', '.join(LOG_LEVELS)}, not {raw!r}")
+    return level
+
+
+def _count(raw: str, name: str) -> int:
+    if not raw.isdigit():
+        raise SettingsError(f"{name} must be a whole number, not {raw!r}")
+    return int(raw)
+
+
+def _positive_float(raw: str, name: str) -> float:
+    try:
+        value = float(raw)
+    except ValueError:
+        raise SettingsError(f"{name} must be a number of seconds, not {raw!r}") from None
+    if value < 0:
+        raise SettingsError(f"{name} must not be negative, not {raw}")
+    return value
 
 
 def _load_or_create_secrets(instance_dir: Path) -> dict[str, str]:
     """Read the generated secrets, creating them once (mode 0600) so that restarts keep sessions and subjects."""
     path = instance_dir / SECRETS_FILE
     try:
-        instance_dir.mkdir(parents=True, exist_ok=True)
-        stored: dict[str, str] = {}
-        if path.exists():
-            stored = json.loads(path.read_text())
+        instance_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        existed = path.exists()
+        stored: dict[str, str] = json.loads(path.read_text()) if existed else {}
         if all(isinstance(stored.get(name), str) and stored[name] for name in GENERATED_SECRETS):
             return stored
         for name in GENERATED_SECRETS:
@@ -218,10 +280,11 @@ def _load_or_create_secrets(instance_dir: Path) -> dict[str, str]:
             json.dump(stored, handle, indent=2)
             handle.flush()
             os.fsync(handle.fileno())
-        # Two processes starting at once must agree: link() creates the file only if it is absent, so the
-        # first one wins and both re-read it. An incomplete file (an older version's) is replaced.
+        # Processes starting at once on a fresh folder must agree: link() creates the file only if it is still
+        # absent, so the first wins and the others read its secrets. Only a file read and found incomplete
+        # (an older version's) is replaced.
         try:
-            if path.exists():
+            if existed:
                 os.replace(tmp, path)
             else:
                 os.link(tmp, path)

@@ -19,6 +19,7 @@ PRODUCTION = {
     "IDP_CI_PEPPER": "p" * 43,
     "IDP_PAIRWISE_SECRET": "w" * 43,
     "IDP_CARRIER_AGENCY_URL": "https://agency.example.kr",
+    "IDP_CARRIER_SITE_SECRET": "agency-issued-secret",
 }
 
 

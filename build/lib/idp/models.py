@@ -1,0 +1,146 @@
+"""Every table of the IdP as typed SQLAlchemy declarations; queries live in the services."""
+
+from __future__ import annotations
+
+import datetime as dt
+import enum
+import uuid
+from typing import Any
+
+from sqlalchemy import ForeignKey, Index, LargeBinary, String
+from sqlalchemy.orm import Mapped, mapped_column, relationship
+
+from idp.db import Base, bool_false, created_at, utcnow, uuid_pk
+
+
+class Carrier(enum.StrEnum):
+    """Korean mobile carriers as the verification agencies name them (DESIGN section 8)."""
+
+    SKT = "SKT"
+    KT = "KT"
+    LGU = "LGU"
+    SKT_MVNO = "SKT_MVNO"
+    KT_MVNO = "KT_MVNO"
+    LGU_MVNO = "LGU_MVNO"
+
+
+class Resident(Base):
+    """A person who signs in; one per CI (the agencies' connecting information)."""
+
+    __tablename__ = "resident"
+
+    id: Mapped[uuid_pk]
+    # HMAC-SHA256(pepper, CI): finds the resident again without storing the CI (DESIGN section 8).
+    ci_index: Mapped[bytes | None] = mapped_column(LargeBinary(32), unique=True)
+    ci_pepper_version: Mapped[int] = mapped_column(default=1)
+    # The raw CI, encrypted with IDP_DATA_KEY, kept only when a client is allowed the `kr_ci` scope.
+    ci_encrypted: Mapped[bytes | None] = mapped_column(LargeBinary)
+    name: Mapped[str | None] = mapped_column(String(200))
+    birthdate: Mapped[dt.date | None]
+    phone: Mapped[str | None] = mapped_column(String(20), index=True)
+    carrier: Mapped[str | None] = mapped_column(String(16))
+    verified_at: Mapped[dt.datetime | None]
+    verified_by: Mapped[str | None] = mapped_column(String(64))
+    locked_at: Mapped[dt.datetime | None]
+    created_at: Mapped[created_at]
+    updated_at: Mapped[dt.datetime] = mapped_column(default=utcnow, onupdate=utcnow)
+
+    sessions: Mapped[list[LoginSession]] = relationship(back_populates="resident", cascade="all, delete-orphan")
+
+    @property
+    def is_locked(self) -> bool:
+        return self.locked_at is not None
+
+
+class Client(Base):
+    """A relying service registered with the IdP (OpenID Connect client)."""
+
+    __tablename__ = "client"
+
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    name: Mapped[str] = mapped_column(String(200))
+    # Keyed SHA-256 of the secret (DESIGN section 6); None for public and private_key_jwt clients.
+    secret_digest: Mapped[bytes | None] = mapped_column(LargeBinary(32))
+    token_endpoint_auth_method: Mapped[str] = mapped_column(String(32), default="client_secret_basic")
+    redirect_uris: Mapped[list[str]] = mapped_column(default=list)
+    post_logout_redirect_uris: Mapped[list[str]] = mapped_column(default=list)
+    grant_types: Mapped[list[str]] = mapped_column(default=list)
+    scopes: Mapped[list[str]] = mapped_column(default=list)
+    jwks_uri: Mapped[str | None] = mapped_column(String(2000))
+    jwks: Mapped[dict[str, Any] | None]
+    backchannel_logout_uri: Mapped[str | None] = mapped_column(String(2000))
+    subject_type: Mapped[str] = mapped_column(String(16), default="pairwise")
+    id_token_signed_response_alg: Mapped[str] = mapped_column(String(16), default="RS256")
+    default_acr: Mapped[str | None] = mapped_column(String(200))
+    first_party: Mapped[bool_false]
+    created_at: Mapped[created_at]
+    secret_rotated_at: Mapped[dt.datetime | None]
+
+    @property
+    def is_public(self) -> bool:
+        return self.token_endpoint_auth_method == "none"  # noqa: S105  (an auth method, not a secret)
+
+
+class LoginSession(Base):
+    """A resident's signed-in browser session; `sid` travels in ID and logout tokens."""
+
+    __tablename__ = "login_session"
+
+    id: Mapped[uuid_pk]
+    # Public: the OIDC `sid` claim. The cookie carries a separate secret, stored only as its digest.
+    sid: Mapped[str] = mapped_column(String(64), unique=True)
+    secret_digest: Mapped[bytes] = mapped_column(LargeBinary(32), unique=True)
+    resident_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("resident.id", ondelete="CASCADE"), index=True)
+    auth_time: Mapped[dt.datetime]
+    acr: Mapped[str] = mapped_column(String(200))
+    amr: Mapped[list[str]] = mapped_column(default=list)
+    # Every authentication event of the session: {"method", "amr", "acr", "at"} (DESIGN section 10).
+    events: Mapped[list[dict[str, Any]]] = mapped_column(default=list)
+    client_ip: Mapped[str | None] = mapped_column(String(45))
+    user_agent: Mapped[str | None] = mapped_column(String(300))
+    created_at: Mapped[created_at]
+    last_seen_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+    expires_at: Mapped[dt.datetime]
+    ended_at: Mapped[dt.datetime | None]
+
+    resident: Mapped[Resident] = relationship(back_populates="sessions")
+
+
+class AuditEvent(Base):
+    """Who did what, when, from where, with what result: never a secret, code, CI or full phone number."""
+
+    __tablename__ = "audit_event"
+    __table_args__ = (Index("ix_audit_event_resident_id_at", "resident_id", "at"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True, autoincrement=True)
+    at: Mapped[dt.datetime] = mapped_column(default=utcnow, index=True)
+    event: Mapped[str] = mapped_column(String(64), index=True)
+    result: Mapped[str] = mapped_column(String(16))
+    # No foreign keys: the record outlives a deleted resident or client, without their personal data.
+    resident_id: Mapped[uuid.UUID | None]
+    client_id: Mapped[str | None] = mapped_column(String(64))
+    client_ip: Mapped[str | None] = mapped_column(String(45))
+    details: Mapped[dict[str, Any]] = mapped_column(default=dict)
+
+
+class CarrierResult(Base):
+    """A carrier verification result already used: its `jti`, so a replayed result is refused."""
+
+    __tablename__ = "carrier_result"
+
+    jti: Mapped[str] = mapped_column(String(128), primary_key=True)
+    # SHA-256 of the agency's transaction id: enough to match the agency's records, nothing to reuse.
+    agency_txn_digest: Mapped[str] = mapped_column(String(64))
+    used_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+    expires_at: Mapped[dt.datetime] = mapped_column(index=True)
+
+
+class RateLimitCounter(Base):
+    """Hits on a guessable secret or costly action in a fixed window; keys are digests, never phone numbers."""
+
+    __tablename__ = "rate_limit_counter"
+
+    key: Mapped[str] = mapped_column(String(64), primary_key=True)
+    window_start: Mapped[dt.datetime]
+    count: Mapped[int] = mapped_column(default=0)
+    expires_at: Mapped[dt.datetime] = mapped_column(index=True)

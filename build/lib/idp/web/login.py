@@ -1,0 +1,313 @@
+"""Sign-in pages: /login and the mobile-carrier verification flow (/login/carrier)."""
+
+from __future__ import annotations
+
+import datetime as dt
+import secrets
+from typing import Any
+
+from flask import Blueprint, Response, current_app, redirect, render_template, request, session, url_for
+from flask_babel import gettext as _
+from werkzeug.wrappers import Response as BaseResponse
+
+from idp import db
+from idp.authn.carrier import (
+    CarrierErrorCode,
+    CarrierVerificationError,
+    Pending,
+    VerificationMethod,
+    VerificationRequest,
+    VerifiedIdentity,
+    session_binding_for,
+)
+from idp.authn.residents import AccountOutcome, ResidentLockedError
+from idp.authn.verification import (
+    CarrierSignIn,
+    cancel_verification,
+    check_approval,
+    confirm_code,
+    resend_code,
+    sign_in,
+    start_verification,
+)
+from idp.logs import mask_phone
+from idp.web import render_error
+from idp.web.cookies import set_session_cookie
+from idp.web.forms import CARRIER_LABELS, ActionForm, CarrierStartForm, CodeForm
+
+bp = Blueprint("web", __name__, template_folder="templates", static_folder="static", static_url_path="/static")
+
+FLOW_KEY = "carrier"
+
+
+def _service() -> CarrierSignIn:
+    service: CarrierSignIn = current_app.extensions["idp.carrier"]
+    return service
+
+
+def _now() -> dt.datetime:
+    return dt.datetime.now(dt.UTC)
+
+
+def _client_ip() -> str:
+    return request.remote_addr or "unknown"
+
+
+def safe_next(target: str | None) -> str | None:
+    """Only a path on this server: an open redirect would make the login page a phishing tool."""
+    if not target or not target.startswith("/") or target.startswith("//") or "\\" in target:
+        return None
+    return target
+
+
+def _see_other(endpoint: str, **values: Any) -> BaseResponse:
+    return redirect(url_for(endpoint, **values), 303)
+
+
+def error_message(error: CarrierVerificationError) -> str:
+    """What the resident reads: what happened and what to do, never whether a number has an account."""
+    code = error.code
+    messages = {
+        CarrierErrorCode.WRONG_CODE: _("The code is not right. Check the text message and try again."),
+        CarrierErrorCode.EXPIRED: _("The code has expired. Ask for a new code or start again."),
+        CarrierErrorCode.TOO_MANY_ATTEMPTS: _("Too many wrong codes. Start the verification again."),
+        CarrierErrorCode.RATE_LIMITED: _("Too many verification requests. Try again later."),
+        CarrierErrorCode.IDENTITY_MISMATCH: _(
+            "The carrier could not confirm these details. Check your name, birth date, the resident number "
+            "digit and the phone number."
+        ),
+        CarrierErrorCode.CARRIER_MISMATCH: _("This phone number is not with the carrier you chose."),
+        CarrierErrorCode.NOT_ELIGIBLE: _(
+            "This line cannot be used for verification (for example a company line, or no carrier app). "
+            "Try a text message or another line."
+        ),
+        CarrierErrorCode.USER_DENIED: _("The request was declined in the carrier's app. Start again if it was you."),
+        CarrierErrorCode.INTEGRITY_FAILED: _("The verification result could not be trusted. Please start again."),
+        CarrierErrorCode.REPLAYED: _("This verification was already used. Please start again."),
+        CarrierErrorCode.AGENCY_UNAVAILABLE: _("The carrier verification service is not available right now."),
+        CarrierErrorCode.AGENCY_TIMEOUT: _("The carrier verification service is not answering right now."),
+        CarrierErrorCode.INVALID_REQUEST: _("The verification could not continue. Please start again."),
+    }
+    return str(messages[code])
+
+
+def _retry_text(error: CarrierVerificationError) -> str | None:
+    if not error.retry_after:
+        return None
+    minutes = -(-error.retry_after // 60)
+    if error.retry_after < 120:
+        return str(_("You can try again in %(seconds)d seconds.", seconds=error.retry_after))
+    return str(_("You can try again in %(minutes)d minutes.", minutes=minutes))
+
+
+def _agency_down(error: CarrierVerificationError) -> bool:
+    return error.code in (CarrierErrorCode.AGENCY_UNAVAILABLE, CarrierErrorCode.AGENCY_TIMEOUT)
+
+
+@bp.get("/login")
+def login() -> str | BaseResponse:
+    """The ways to sign in, strongest first."""
+    target = safe_next(request.args.get("next"))
+    if target:
+        session["next"] = target
+    return render_template("login.html")
+
+
+@bp.route("/login/carrier", methods=["GET", "POST"])
+def carrier_start() -> str | BaseResponse | tuple[str, int]:
+    form = CarrierStartForm()
+    if request.method == "GET":
+        return render_template("carrier_start.html", form=form, carriers=CARRIER_LABELS)
+    if not form.validate():
+        return render_template("carrier_start.html", form=form, carriers=CARRIER_LABELS), 400
+    binding_secret = secrets.token_urlsafe(32)
+    details = form.details()
+    verification = VerificationRequest(
+        carrier=details.carrier,
+        name=details.name,
+        birthdate=details.birthdate,
+        rrn_digit7=details.rrn_digit7,
+        phone=details.phone,
+        method=details.method,
+        session_binding=session_binding_for(binding_secret),
+        client_ip=_client_ip(),
+    )
+    try:
+        transaction = start_verification(db.session(), _service(), verification, now=_now())
+    except CarrierVerificationError as error:
+        db.session().commit()
+        status = 503 if _agency_down(error) else 429 if error.retry_after else 400
+        return (
+            render_template(
+                "carrier_start.html",
+                form=form,
+                carriers=CARRIER_LABELS,
+                failure=error_message(error),
+                retry=_retry_text(error),
+                agency_down=_agency_down(error),
+            ),
+            status,
+        )
+    db.session().commit()
+    session[FLOW_KEY] = {
+        "txn": transaction.txn_id,
+        "method": transaction.method.value,
+        "phone": verification.phone,
+        "match": transaction.match_number,
+        "binding": binding_secret,
+        "expires_at": transaction.expires_at.isoformat(),
+    }
+    return _see_other("web.carrier_verify")
+
+
+def _flow() -> dict[str, Any] | None:
+    flow = session.get(FLOW_KEY)
+    return flow if isinstance(flow, dict) and "txn" in flow else None
+
+
+def _render_verify(flow: dict[str, Any], status: int = 200, **context: Any) -> tuple[str, int]:
+    return (
+        render_template(
+            "carrier_verify.html",
+            flow=flow,
+            masked_phone=mask_phone(flow["phone"]),
+            code_form=context.pop("code_form", None) or CodeForm(),
+            action_form=ActionForm(),
+            **context,
+        ),
+        status,
+    )
+
+
+@bp.get("/login/carrier/verify")
+def carrier_verify() -> tuple[str, int] | BaseResponse:
+    flow = _flow()
+    if flow is None:
+        return _see_other("web.carrier_start")
+    return _render_verify(flow, sent=request.args.get("sent") == "1")
+
+
+@bp.post("/login/carrier/verify")
+def carrier_verify_post() -> tuple[str, int] | BaseResponse | Response:
+    flow = _flow()
+    if flow is None:
+        return render_error(400, _("This verification has ended. Please start again."))
+    action = request.form.get("action", "confirm")
+    service, now, ip = _service(), _now(), _client_ip()
+    if action == "cancel":
+        if ActionForm().validate():
+            cancel_verification(service, flow["txn"])
+        session.pop(FLOW_KEY, None)
+        return _see_other("web.login")
+    if action == "resend":
+        if not ActionForm().validate():
+            return _render_verify(flow, 400, failure=_("This form has expired. Please try again."))
+        try:
+            transaction = resend_code(db.session(), service, flow["txn"], phone=flow["phone"], client_ip=ip, now=now)
+        except CarrierVerificationError as error:
+            db.session().commit()
+            return _verify_failed(flow, error)
+        db.session().commit()
+        flow["expires_at"] = transaction.expires_at.isoformat()
+        session[FLOW_KEY] = flow
+        return _see_other("web.carrier_verify", sent="1")
+    try:
+        outcome: VerifiedIdentity | Pending
+        if flow["method"] == VerificationMethod.APP.value:
+            if not ActionForm().validate():
+                return _render_verify(flow, 400, failure=_("This form has expired. Please try again."))
+            outcome = check_approval(db.session(), service, flow["txn"], binding_secret=flow["binding"], client_ip=ip)
+            if isinstance(outcome, Pending):
+                db.session().commit()
+                return _render_verify(flow, 200, pending=True)
+        else:
+            form = CodeForm()
+            if not form.validate():
+                return _render_verify(flow, 400, code_form=form)
+            outcome = confirm_code(
+                db.session(),
+                service,
+                flow["txn"],
+                form.code.data or "",
+                binding_secret=flow["binding"],
+                client_ip=ip,
+                now=now,
+            )
+    except CarrierVerificationError as error:
+        db.session().commit()
+        return _verify_failed(flow, error)
+    return _finish_sign_in(outcome)
+
+
+def _verify_failed(flow: dict[str, Any], error: CarrierVerificationError) -> tuple[str, int] | BaseResponse:
+    if not error.retryable or error.code is CarrierErrorCode.TOO_MANY_ATTEMPTS:
+        # The transaction is over: the resident starts again from the form, which says why.
+        session.pop(FLOW_KEY, None)
+        session["carrier_failure"] = error.code.value
+        if error.retry_after:
+            session["carrier_retry"] = error.retry_after
+        return _see_other("web.carrier_start")
+    status = 503 if _agency_down(error) else 429 if error.retry_after else 400
+    return _render_verify(
+        flow,
+        status,
+        failure=error_message(error),
+        retry=_retry_text(error),
+        attempts=error.attempts_remaining,
+        agency_down=_agency_down(error),
+    )
+
+
+def _finish_sign_in(identity: VerifiedIdentity) -> BaseResponse | Response:
+    now = _now()
+    try:
+        signed_in = sign_in(
+            db.session(),
+            _service(),
+            identity,
+            client_ip=_client_ip(),
+            user_agent=request.headers.get("User-Agent"),
+            now=now,
+        )
+    except ResidentLockedError:
+        db.session().commit()
+        session.pop(FLOW_KEY, None)
+        return render_error(403, _("This account is locked. Contact the help desk to unlock it."))
+    db.session().commit()
+    flow_locale = session.get("locale")
+    target = safe_next(session.get("next"))
+    # A new flow cookie as well as a new session id: nothing from before the sign-in carries over.
+    session.clear()
+    if flow_locale:
+        session["locale"] = flow_locale
+    if signed_in.account.outcome is AccountOutcome.CREATED:
+        session["welcome"] = True
+        if target:
+            session["next"] = target
+        response = _see_other("web.welcome")
+    else:
+        response = redirect(target or url_for("account.overview"), 303)
+    set_session_cookie(response, signed_in.session.cookie_value)
+    return response
+
+
+@bp.get("/login/welcome")
+def welcome() -> str | BaseResponse:
+    """After the first verification: the account exists; continue to the service."""
+    if not session.pop("welcome", False):
+        return _see_other("account.overview")
+    target = safe_next(session.pop("next", None))
+    return render_template("welcome.html", next=target or url_for("account.overview"))
+
+
+@bp.app_context_processor
+def carrier_failure_context() -> dict[str, Any]:
+    """A failure carried over a redirect to the carrier form (an ended transaction), shown once."""
+    if request.endpoint != "web.carrier_start" or request.method != "GET":
+        return {}
+    code = session.pop("carrier_failure", None)
+    retry_after = session.pop("carrier_retry", None)
+    if code is None:
+        return {}
+    error = CarrierVerificationError(CarrierErrorCode(code), retry_after=retry_after)
+    return {"failure": error_message(error), "retry": _retry_text(error), "agency_down": _agency_down(error)}

@@ -1,0 +1,1 @@
+"""How a resident proves who they are: carrier verification, sessions, assurance and lockouts (no Flask here)."""

@@ -1,0 +1,133 @@
+"""Login sessions: server-side, one cookie secret stored as a digest, timeouts by assurance level."""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import secrets
+import uuid
+from dataclasses import dataclass
+
+from sqlalchemy import select, update
+from sqlalchemy.orm import Session
+
+from idp.authn.assurance import PHR, PHRH, AuthEvent, best_acr
+from idp.models import LoginSession, Resident
+
+# DESIGN section 10: sessions at phr or above end after 24 h, or 1 h idle; lower ones after 30 days.
+STRONG_ABSOLUTE = dt.timedelta(hours=24)
+STRONG_IDLE = dt.timedelta(hours=1)
+WEAK_ABSOLUTE = dt.timedelta(days=30)
+# last_seen_at is written at most this often, so page views do not each cost a write.
+LAST_SEEN_RESOLUTION = dt.timedelta(minutes=1)
+
+
+class SessionEndedError(Exception):
+    """The session cookie names no live session (signed out, expired or idle too long)."""
+
+
+@dataclass(frozen=True, slots=True)
+class StartedSession:
+    session: LoginSession
+    cookie_value: str
+
+
+def digest_secret(secret: str) -> bytes:
+    # The cookie secret has 256 random bits, so a fast hash is enough; only the digest is stored.
+    return hashlib.sha256(secret.encode()).digest()
+
+
+def start_session(
+    db: Session,
+    resident: Resident,
+    event: AuthEvent,
+    *,
+    client_ip: str | None,
+    user_agent: str | None,
+    now: dt.datetime,
+) -> StartedSession:
+    """Open a new session for `resident` after `event`: a fresh sid and cookie at every sign-in (no fixation)."""
+    secret = secrets.token_urlsafe(32)
+    session = LoginSession(
+        id=uuid.uuid4(),
+        sid=secrets.token_urlsafe(24),
+        secret_digest=digest_secret(secret),
+        resident_id=resident.id,
+        auth_time=event.at,
+        acr=event.acr,
+        amr=list(event.amr),
+        events=[event.to_json()],
+        client_ip=client_ip,
+        user_agent=(user_agent or "")[:300] or None,
+        created_at=now,
+        last_seen_at=now,
+        expires_at=now + absolute_lifetime(event.acr),
+    )
+    db.add(session)
+    db.flush()
+    return StartedSession(session=session, cookie_value=secret)
+
+
+def absolute_lifetime(acr: str) -> dt.timedelta:
+    return STRONG_ABSOLUTE if acr in (PHR, PHRH) else WEAK_ABSOLUTE
+
+
+def idle_limit(acr: str) -> dt.timedelta | None:
+    return STRONG_IDLE if acr in (PHR, PHRH) else None
+
+
+def load_session(db: Session, cookie_value: str, *, now: dt.datetime) -> LoginSession:
+    """The live session the cookie names, its last-seen time refreshed.
+
+    Raises:
+        SessionEndedError: no such session, or it was ended, expired or idle too long.
+    """
+    session = db.scalar(select(LoginSession).where(LoginSession.secret_digest == digest_secret(cookie_value)))
+    if session is None or session.ended_at is not None or session.expires_at <= now:
+        raise SessionEndedError
+    idle = idle_limit(session.acr)
+    if idle is not None and now - session.last_seen_at > idle:
+        raise SessionEndedError
+    if session.resident.is_locked:
+        raise SessionEndedError
+    if now - session.last_seen_at >= LAST_SEEN_RESOLUTION:
+        session.last_seen_at = now
+    return session
+
+
+def add_event(db: Session, session: LoginSession, event: AuthEvent, *, issuer: str, now: dt.datetime) -> None:
+    """Record a further authentication (step-up) in the session: amr grows, acr is the best reached."""
+    session.events = [*session.events, event.to_json()]
+    session.amr = sorted(set(session.amr) | set(event.amr))
+    session.acr = best_acr([session.acr, event.acr], issuer)
+    session.auth_time = event.at
+    session.expires_at = min(session.expires_at, now + absolute_lifetime(session.acr))
+    session.last_seen_at = now
+    db.flush()
+
+
+def end_session(db: Session, session: LoginSession, *, now: dt.datetime) -> None:
+    if session.ended_at is None:
+        session.ended_at = now
+        db.flush()
+
+
+def end_all_sessions(db: Session, resident_id: uuid.UUID, *, now: dt.datetime) -> int:
+    """Sign out everywhere: end every live session of the resident; how many were ended."""
+    result = db.execute(
+        update(LoginSession)
+        .where(LoginSession.resident_id == resident_id, LoginSession.ended_at.is_(None))
+        .values(ended_at=now)
+        .execution_options(synchronize_session=False)
+    )
+    db.expire_all()
+    return int(result.rowcount)  # type: ignore[attr-defined]  # CursorResult of an UPDATE
+
+
+def live_sessions(db: Session, resident_id: uuid.UUID, *, now: dt.datetime) -> list[LoginSession]:
+    sessions = db.scalars(
+        select(LoginSession)
+        .where(LoginSession.resident_id == resident_id, LoginSession.ended_at.is_(None))
+        .order_by(LoginSession.last_seen_at.desc())
+    ).all()
+    return [s for s in sessions if s.expires_at > now]

@@ -1,0 +1,155 @@
+"""Resident-facing pages: the web and account blueprints, locale choice, CSRF, CSP and HTML error pages."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+from flask import Flask, Response, current_app, render_template, request, session
+from flask_babel import Babel, get_locale
+from flask_babel import gettext as _
+from flask_wtf.csrf import CSRFError, CSRFProtect
+from werkzeug.exceptions import HTTPException, InternalServerError
+
+from idp import db
+from idp.authn.carrier import HttpCarrierGateway
+from idp.authn.lockout import make_rate_limiter
+from idp.authn.verification import CarrierSignIn
+from idp.settings import Settings
+
+LOCALES = ("ko", "en")
+DEFAULT_LOCALE = "ko"
+TRANSLATIONS = Path(__file__).parent / "translations"
+# Pages load only their own styles and scripts; nothing may frame them (clickjacking on sign-in and consent).
+PAGE_CSP = (
+    "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; connect-src 'self'; "
+    "base-uri 'none'; frame-ancestors 'none'"
+)
+
+FALLBACK_ERROR_PAGE = (
+    '<!doctype html><html lang="ko"><meta charset="utf-8"><title>오류 · Error</title>'
+    "<h1>일시적인 오류가 발생했습니다.</h1><p>Something went wrong. Please try again.</p></html>"
+)
+
+csrf = CSRFProtect()
+log = logging.getLogger("idp.web")
+
+
+def select_locale() -> str:
+    """`ui_locales` (remembered for the login flow), then the browser's languages, then Korean."""
+    asked = request.args.get("ui_locales")
+    if asked:
+        for tag in asked.split():
+            language = tag.split("-")[0].lower()
+            if language in LOCALES:
+                session["locale"] = language
+                return language
+    remembered = session.get("locale")
+    if remembered in LOCALES:
+        return str(remembered)
+    return request.accept_languages.best_match(LOCALES) or DEFAULT_LOCALE
+
+
+def wants_html() -> bool:
+    if request.blueprint in ("web", "account"):
+        return True
+    best = request.accept_mimetypes.best_match(["application/json", "text/html"])
+    return best == "text/html" and request.accept_mimetypes[best] > request.accept_mimetypes["application/json"]
+
+
+ERROR_SENTENCES = {
+    400: lambda: _("The request could not be understood. Go back and try again."),
+    403: lambda: _("This action is not allowed."),
+    404: lambda: _("There is no page at this address."),
+    405: lambda: _("This page cannot be used this way."),
+    413: lambda: _("What was sent is too large."),
+    429: lambda: _("Too many attempts. Wait a moment and try again."),
+    500: lambda: _("Something went wrong on our side. Please try again in a moment."),
+}
+
+
+def render_error(status: int, message: str | None = None, *, retry_after: int | None = None) -> Response:
+    try:
+        sentence = message or ERROR_SENTENCES.get(status, ERROR_SENTENCES[500])()
+        body = render_template("error.html", status=status, message=sentence, retry_after=retry_after)
+    except Exception:
+        # The error page itself failed (a broken template or catalogue): still answer without a traceback.
+        log.exception("error page failed to render")
+        body = FALLBACK_ERROR_PAGE
+    response = Response(body, status=status, mimetype="text/html")
+    if retry_after:
+        response.headers["Retry-After"] = str(retry_after)
+    response.headers["Cache-Control"] = "no-store"
+    return response
+
+
+def _page_headers(response: Response) -> Response:
+    if response.mimetype == "text/html":
+        response.headers["Content-Security-Policy"] = PAGE_CSP
+        response.headers.setdefault("Cache-Control", "no-store")
+        response.vary.add("Accept-Language")
+    return response
+
+
+def init_app(app: Flask, settings: Settings) -> None:
+    from idp.web import account, login
+
+    https = settings.issuer.startswith("https://")
+    app.config.update(
+        # __Host- cookies are only accepted over https, host-only, Path=/: no subdomain can set or read them.
+        SESSION_COOKIE_NAME="__Host-idp_flow" if https else "idp_flow",
+        SESSION_COOKIE_HTTPONLY=True,
+        SESSION_COOKIE_SAMESITE="Lax",
+        SESSION_COOKIE_SECURE=https,
+        PERMANENT_SESSION_LIFETIME=1800,
+        WTF_CSRF_TIME_LIMIT=3600,
+        WTF_CSRF_SSL_STRICT=https,
+        BABEL_DEFAULT_LOCALE=DEFAULT_LOCALE,
+        BABEL_TRANSLATION_DIRECTORIES=str(TRANSLATIONS),
+    )
+    Babel(app, locale_selector=select_locale)
+    app.jinja_env.globals["get_locale"] = get_locale
+    csrf.init_app(app)
+    engine = app.extensions["idp.db"][0]
+    app.extensions["idp.carrier"] = CarrierSignIn(
+        gateway=HttpCarrierGateway(
+            settings.agency_url(),
+            site_code=settings.carrier_site_code,
+            site_secret=settings.carrier_site_secret,
+            production=settings.is_production,
+            timeout=settings.carrier_timeout,
+        ),
+        limiter=make_rate_limiter(settings.ratelimit_storage, engine),
+        issuer=settings.issuer,
+        ci_pepper=settings.ci_pepper,
+    )
+    app.register_blueprint(login.bp)
+    app.register_blueprint(account.bp)
+    app.after_request(_page_headers)
+
+    @app.errorhandler(CSRFError)
+    def csrf_error(error: CSRFError) -> Response:
+        return render_error(400, _("This form has expired or was sent twice. Please fill it in again."))
+
+    @app.errorhandler(HTTPException)
+    def http_error(error: HTTPException) -> Response:
+        if wants_html():
+            return render_error(error.code or 500)
+        from idp.oidc.views import json_http_error
+
+        return json_http_error(error)
+
+    @app.errorhandler(Exception)
+    def unexpected_error(error: Exception) -> Response:
+        log.exception("unhandled error on %s %s", request.method, request.path)
+        db.session().rollback()
+        if wants_html():
+            return render_error(500)
+        from idp.oidc.views import json_http_error
+
+        return json_http_error(InternalServerError())
+
+
+def page_settings() -> Settings:
+    settings: Settings = current_app.extensions["idp.settings"]
+    return settings
