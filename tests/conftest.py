@@ -4,6 +4,11 @@ from __future__ import annotations
 
 import os
 import shutil
+import subprocess
+import time
+import urllib.error
+import urllib.parse
+import urllib.request
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -11,6 +16,7 @@ from pathlib import Path
 import pytest
 from flask import Flask
 from flask.testing import FlaskClient, FlaskCliRunner
+from sandbox_agency import IDP_COMMAND, SandboxAgency, free_port
 from sqlalchemy import Engine, create_engine, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.orm import Session, sessionmaker
@@ -83,6 +89,33 @@ def database_url(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPa
     assert POSTGRES_URL
     url = create_postgres_database(POSTGRES_URL)
     upgrade_database(url)
+    yield url
+    drop_postgres_database(POSTGRES_URL, url)
+
+
+@pytest.fixture
+def fresh_database_url(database_url: str, tmp_path: Path) -> Iterator[str]:
+    """An empty migrated database of its own, for tests whose requests commit (copied from the migrated one)."""
+    if database_url.startswith("sqlite"):
+        copy = tmp_path / "fresh.sqlite3"
+        shutil.copyfile(database_url.removeprefix("sqlite:///"), copy)
+        yield f"sqlite:///{copy}"
+        return
+    assert POSTGRES_URL
+    name = f"idp_test_{uuid.uuid4().hex[:12]}"
+    admin = create_engine(POSTGRES_URL, isolation_level="AUTOCOMMIT")
+    template = make_url(database_url).database
+    with admin.connect() as connection:
+        # The template must have no other connections while it is copied.
+        connection.execute(
+            text(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = :name AND pid <> pg_backend_pid()"
+            ),
+            {"name": template},
+        )
+        connection.execute(text(f'CREATE DATABASE "{name}" TEMPLATE "{template}"'))
+    admin.dispose()
+    url = make_url(database_url).set(database=name).render_as_string(hide_password=False)
     yield url
     drop_postgres_database(POSTGRES_URL, url)
 
@@ -168,3 +201,44 @@ def client(app: Flask) -> FlaskClient:
 @pytest.fixture
 def runner(app: Flask) -> FlaskCliRunner:
     return app.test_cli_runner()
+
+
+# -- the sandbox carrier agency, as a real server ------------------------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def sandbox_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """`idp sandbox serve` on a free port for the whole test session."""
+    instance = tmp_path_factory.mktemp("sandbox-instance")
+    port = free_port()
+    env = {key: value for key, value in os.environ.items() if not key.startswith("IDP_")}
+    env["IDP_INSTANCE_DIR"] = str(instance)
+    log = (instance / "sandbox.log").open("wb")
+    process = subprocess.Popen(
+        [IDP_COMMAND, "sandbox", "serve", "--port", str(port)], env=env, stdout=log, stderr=subprocess.STDOUT
+    )
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 20
+    while True:
+        try:
+            with urllib.request.urlopen(f"{url}/v1/jwks", timeout=1):
+                break
+        except OSError:
+            if process.poll() is not None or time.monotonic() > deadline:
+                process.kill()
+                raise RuntimeError(
+                    f"the sandbox agency did not start: {(instance / 'sandbox.log').read_text()}"
+                ) from None
+            time.sleep(0.1)
+    yield url
+    process.terminate()
+    process.wait(timeout=10)
+    log.close()
+
+
+@pytest.fixture
+def sandbox(sandbox_url: str) -> SandboxAgency:
+    """The running sandbox, reset: no transactions, messages, limits, faults or clock offset."""
+    agency = SandboxAgency(sandbox_url)
+    agency.reset()
+    return agency

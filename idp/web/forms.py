@@ -11,6 +11,7 @@ from typing import Any
 from flask_babel import lazy_gettext as _l
 from flask_wtf import FlaskForm
 from wtforms import BooleanField, Field, RadioField, SelectField, StringField
+from wtforms.fields.choices import SelectChoice
 from wtforms.validators import InputRequired, ValidationError
 
 from idp.authn.carrier import CODE_LENGTH, VerificationMethod, normalize_phone
@@ -93,7 +94,7 @@ class CarrierDetails:
 class CarrierStartForm(FlaskForm):  # type: ignore[misc]  # Flask-WTF ships no type information
     carrier = SelectField(
         _l("Mobile carrier"),
-        choices=[(carrier.value, label) for carrier, label in CARRIER_LABELS.items()],
+        choices=[SelectChoice(carrier.value, label) for carrier, label in CARRIER_LABELS.items()],
         validators=[InputRequired(_l("Choose your mobile carrier."))],
         validate_choice=True,
     )
@@ -104,8 +105,8 @@ class CarrierStartForm(FlaskForm):  # type: ignore[misc]  # Flask-WTF ships no t
     method = RadioField(
         _l("How to confirm"),
         choices=[
-            (VerificationMethod.SMS.value, _l("Text message (SMS) code")),
-            (VerificationMethod.APP.value, _l("Approval in the carrier's app")),
+            SelectChoice(VerificationMethod.SMS.value, _l("Text message (SMS) code")),
+            SelectChoice(VerificationMethod.APP.value, _l("Approval in the carrier's app")),
         ],
         default=VerificationMethod.SMS.value,
         validators=[InputRequired(_l("Choose how to confirm."))],

@@ -72,7 +72,7 @@ class Server:
         raise AssertionError(f"idp serve did not become ready: {log_path.read_text()}")
 
     def get(self, path: str) -> tuple[int, bytes]:
-        with urllib.request.urlopen(self.base + path, timeout=5) as response:  # noqa: S310  (our own server)
+        with urllib.request.urlopen(self.base + path, timeout=5) as response:
             return response.status, response.read()
 
     def stop(self) -> str:

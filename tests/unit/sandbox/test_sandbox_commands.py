@@ -46,13 +46,13 @@ def cli(tmp_path: Path, live_url: str) -> CliRunner:
 
 def start_sms(url: str) -> None:
     body = {**KIM, "method": "sms", "session_binding": "s", "client_ip": "192.0.2.1", "consent": True}
-    request = urllib.request.Request(  # noqa: S310  (our own test server)
+    request = urllib.request.Request(
         f"{url}/v1/verifications",
         data=json.dumps(body).encode(),
         headers={**AUTH, "Content-Type": "application/json"},
         method="POST",
     )
-    with urllib.request.urlopen(request, timeout=5) as response:  # noqa: S310
+    with urllib.request.urlopen(request, timeout=5) as response:
         assert response.status == 201
 
 
@@ -91,7 +91,7 @@ def test_serve_records_its_url_while_running_and_removes_it_on_sigterm(tmp_path:
             time.sleep(0.05)
         url = url_file.read_text().strip()
         assert url.startswith("http://127.0.0.1:")
-        with urllib.request.urlopen(f"{url}/v1/jwks", timeout=5) as response:  # noqa: S310  (our own server)
+        with urllib.request.urlopen(f"{url}/v1/jwks", timeout=5) as response:
             assert json.loads(response.read())["keys"]
         start_sms(url)
         process.send_signal(signal.SIGTERM)

@@ -1,0 +1,76 @@
+"""The sandbox carrier agency as tests drive it: a running server and its sandbox-only controls."""
+
+from __future__ import annotations
+
+import json
+import socket
+import sys
+import urllib.error
+import urllib.parse
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+IDP_COMMAND = str(Path(sys.executable).with_name("idp"))
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+class SandboxAgency:
+    """A running `idp sandbox serve` and its sandbox-only controls (outbox, faults, clock, virtual phone)."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+
+    def call(self, method: str, path: str, body: object = None, *, form: dict[str, str] | None = None) -> Any:
+        data = None
+        headers = {"Accept": "application/json"}
+        if body is not None:
+            data = json.dumps(body).encode()
+            headers["Content-Type"] = "application/json"
+        elif form is not None:
+            data = urllib.parse.urlencode(form).encode()
+            headers["Content-Type"] = "application/x-www-form-urlencoded"
+        request = urllib.request.Request(self.url + path, data=data, headers=headers, method=method)
+        try:
+            with urllib.request.urlopen(request, timeout=15) as response:
+                text_body = response.read().decode()
+        except urllib.error.HTTPError as error:
+            text_body = error.read().decode()
+        try:
+            return json.loads(text_body)
+        except ValueError:
+            return text_body
+
+    def reset(self) -> None:
+        self.call("POST", "/sandbox/reset")
+
+    def outbox(self, phone: str | None = None) -> list[dict[str, Any]]:
+        query = "?" + urllib.parse.urlencode({"phone": phone}) if phone else ""
+        messages: list[dict[str, Any]] = self.call("GET", f"/sandbox/outbox{query}")
+        return messages
+
+    def last_code(self, phone: str) -> str:
+        code: str = self.outbox(phone)[-1]["code"]
+        return code
+
+    def fault(self, mode: str, count: int | None = None) -> None:
+        body: dict[str, Any] = {"mode": mode}
+        if count is not None:
+            body["count"] = count
+        self.call("POST", "/sandbox/faults", body)
+
+    def advance(self, seconds: int) -> None:
+        self.call("POST", "/sandbox/clock", {"advance": seconds})
+
+    def answer(self, phone: str, txn_id: str, *, number: str | None = None, deny: bool = False) -> None:
+        form = {"deny": "1"} if deny else {"number": number or ""}
+        self.call("POST", f"/phone/{phone}/approvals/{txn_id}", form=form)
+
+    def reissue_ci(self, person_id: str) -> None:
+        self.call("POST", f"/sandbox/residents/{person_id}/reissue-ci")
