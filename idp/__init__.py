@@ -22,7 +22,8 @@ def create_app(settings: Settings | None = None) -> Flask:
     """
     settings = settings or Settings.from_env()
     configure_logging(settings)
-    app = Flask(__name__)
+    # Static files belong to the web blueprint (idp/web/static); the app itself serves none.
+    app = Flask(__name__, static_folder=None)
     app.config.update(SECRET_KEY=settings.secret_key, JSON_SORT_KEYS=False, MAX_CONTENT_LENGTH=64 * 1024)
     app.extensions["idp.settings"] = settings
     keyring = Keyring.from_directory(

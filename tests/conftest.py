@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 from flask import Flask
 from flask.testing import FlaskClient, FlaskCliRunner
+from idp_server import IdpServer
 from sandbox_agency import IDP_COMMAND, SandboxAgency, free_port
 from sqlalchemy import Engine, create_engine, text
 from sqlalchemy.engine import make_url
@@ -28,6 +29,9 @@ from idp.keyring import Keyring
 from idp.settings import Settings
 
 POSTGRES_URL = os.environ.get("IDP_TEST_POSTGRES_URL")
+TERMINATE_OTHER_CONNECTIONS = text(
+    "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = :name AND pid <> pg_backend_pid()"
+)
 DATABASES = ["sqlite", pytest.param("postgresql", marks=pytest.mark.postgresql)]
 
 
@@ -107,12 +111,7 @@ def fresh_database_url(database_url: str, tmp_path: Path) -> Iterator[str]:
     template = make_url(database_url).database
     with admin.connect() as connection:
         # The template must have no other connections while it is copied.
-        connection.execute(
-            text(
-                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = :name AND pid <> pg_backend_pid()"
-            ),
-            {"name": template},
-        )
+        connection.execute(TERMINATE_OTHER_CONNECTIONS, {"name": template})
         connection.execute(text(f'CREATE DATABASE "{name}" TEMPLATE "{template}"'))
     admin.dispose()
     url = make_url(database_url).set(database=name).render_as_string(hide_password=False)
@@ -234,6 +233,21 @@ def sandbox_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     process.terminate()
     process.wait(timeout=10)
     log.close()
+
+
+@pytest.fixture
+def start_server(tmp_path: Path) -> Iterator[Callable[..., IdpServer]]:
+    """Start `idp serve` processes; each is stopped (with the sandbox it started) after the test."""
+    started: list[IdpServer] = []
+
+    def start(env: dict[str, str], *, workers: int = 1, port: int | None = None) -> IdpServer:
+        server = IdpServer(env, tmp_path / f"serve-{len(started)}.log", workers, port)
+        started.append(server)
+        return server
+
+    yield start
+    for server in started:
+        server.stop()
 
 
 @pytest.fixture

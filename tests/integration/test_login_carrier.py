@@ -165,7 +165,6 @@ def test_locked_resident_cannot_sign_in(app: Flask, sandbox: SandboxAgency, db_s
     resident = db_session.scalar(select(Resident).where(Resident.phone == KIM_E164))
     assert resident is not None
 
-
     lock_resident(db_session, resident, now=dt.datetime.now(dt.UTC))
     db_session.commit()
     refused = sign_in(app.test_client(), sandbox, KIM, KIM_E164)

@@ -4,18 +4,16 @@ from __future__ import annotations
 
 import json
 import os
-import signal
-import socket
 import subprocess
-import sys
 import time
-import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+from idp_server import IdpServer
+from sandbox_agency import IDP_COMMAND as IDP
+from sandbox_agency import free_port
 
-IDP = str(Path(sys.executable).with_name("idp"))
 PRODUCTION = {
     "IDP_ENV": "production",
     "IDP_ISSUER": "https://login.gg.go.kr",
@@ -26,13 +24,6 @@ PRODUCTION = {
     "IDP_CARRIER_AGENCY_URL": "https://agency.example.kr",
     "IDP_CARRIER_SITE_SECRET": "agency-issued-secret",
 }
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 @pytest.fixture
@@ -46,66 +37,13 @@ def env(tmp_path: Path, keys_dir: Path, database_url: str) -> dict[str, str]:
     }
 
 
-class Server:
-    def __init__(self, env: dict[str, str], log_path: Path, workers: int = 1) -> None:
-        self.port = free_port()
-        self.base = f"http://127.0.0.1:{self.port}"
-        self.log_path = log_path
-        self._log = log_path.open("wb")
-        self.process = subprocess.Popen(
-            [IDP, "serve", "--port", str(self.port), "--workers", str(workers)],
-            env=env,
-            stdout=self._log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise AssertionError(f"idp serve exited: {log_path.read_text()}")
-            try:
-                if self.get("/readyz")[0] == 200:
-                    return
-            except OSError:
-                pass
-            time.sleep(0.1)
-        raise AssertionError(f"idp serve did not become ready: {log_path.read_text()}")
-
-    def get(self, path: str) -> tuple[int, bytes]:
-        with urllib.request.urlopen(self.base + path, timeout=5) as response:
-            return response.status, response.read()
-
-    def stop(self) -> str:
-        if self.process.poll() is None:
-            os.killpg(self.process.pid, signal.SIGTERM)
-            try:
-                self.process.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.process.pid, signal.SIGKILL)
-                self.process.wait()
-        self._log.close()
-        return self.log_path.read_text()
-
-
-@pytest.fixture
-def start_server(tmp_path: Path) -> Iterator[type[Server]]:
-    started: list[Server] = []
-
-    class Tracked(Server):
-        def __init__(self, env: dict[str, str], log_path: Path = tmp_path / "serve.log", workers: int = 1) -> None:
-            super().__init__(env, log_path, workers)
-            started.append(self)
-
-    yield Tracked
-    for server in started:
-        server.stop()
-
-
-def jwks_kids(server: Server) -> set[str]:
+def jwks_kids(server: IdpServer) -> set[str]:
     return {key["kid"] for key in json.loads(server.get("/jwks")[1])["keys"]}
 
 
-def test_running_server_serves_a_rotation_within_five_seconds(env: dict[str, str], start_server: type[Server]) -> None:
+def test_running_server_serves_a_rotation_within_five_seconds(
+    env: dict[str, str], start_server: Callable[..., IdpServer]
+) -> None:
     server = start_server(env, workers=2)
     before = jwks_kids(server)
     rotated = time.monotonic()
@@ -158,7 +96,7 @@ def test_serve_refuses_an_unreachable_database(env: dict[str, str]) -> None:
 
 
 def test_production_logs_one_json_object_per_line_without_query_strings(
-    env: dict[str, str], start_server: type[Server]
+    env: dict[str, str], start_server: Callable[..., IdpServer]
 ) -> None:
     server = start_server({**env, **PRODUCTION})
     server.get("/jwks?code=SECRETCODE123&login_hint=01012345678")
@@ -176,7 +114,7 @@ def test_production_logs_one_json_object_per_line_without_query_strings(
             json.loads(line)
 
 
-def test_development_logs_are_readable_lines(env: dict[str, str], start_server: type[Server]) -> None:
+def test_development_logs_are_readable_lines(env: dict[str, str], start_server: Callable[..., IdpServer]) -> None:
     server = start_server(env)
     server.get("/.well-known/openid-configuration")
     output = server.stop()
