@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed-stamp
 HOST ?= 127.0.0.1
 PORT ?= 8000
 
-.PHONY: run test lint typecheck migrations-check pytest browser bench translations clean
+.PHONY: run test lint typecheck migrations-check pytest test-tools bench translations clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -33,19 +33,23 @@ migrations-check: $(STAMP)
 	export IDP_ENV=development IDP_DATABASE_URL= IDP_INSTANCE_DIR="$$tmp" && \
 	$(BIN)/alembic upgrade head >/dev/null 2>&1 && $(BIN)/alembic check
 
-pytest: $(STAMP) browser
+pytest: $(STAMP) test-tools
 	$(BIN)/pytest
 
-# The browser tests drive Debian's Chromium; never a browser download.
-browser:
-	@command -v chromium >/dev/null || { \
+# The tests run real Chromium and a real Redis from Debian's packages (never a browser download).
+TEST_TOOLS := chromium redis-server
+test-tools:
+	@missing=""; for tool in $(TEST_TOOLS); do command -v $$tool >/dev/null || missing="$$missing $$tool"; done; \
+	if [ -n "$$missing" ]; then \
 	  if [ "$$(id -u)" = 0 ]; then \
-	    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null || \
-	    { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; }; \
-	  else echo "install Debian's chromium (sudo apt-get install chromium) for the browser tests" >&2; exit 1; fi; }
+	    export DEBIAN_FRONTEND=noninteractive; \
+	    apt-get install -y -qq $$missing >/dev/null 2>&1 || { apt-get update -qq && apt-get install -y -qq $$missing >/dev/null; }; \
+	  else echo "the tests need Debian's$$missing: sudo apt-get install$$missing" >&2; exit 1; fi; \
+	fi
 
 # Extract the page texts, merge them into the catalogues, compile: run after changing a page's wording.
 translations: $(STAMP)
 	$(BIN)/pybabel extract -F babel.cfg -k _l -o idp/web/translations/messages.pot --no-location --omit-header --sort-output .
-	$(BIN)/pybabel update -i idp/web/translations/messages.pot -d idp/web/translations --no-location --omit-header
+	$(BIN)/pybabel update -i idp/web/translations/messages.pot -d idp/web/translations --ignore-obsolete --no-wrap
 	$(BIN)/pybabel compile -d idp/web/translations
+	rm idp/web/translations/messages.pot

@@ -377,11 +377,14 @@ def _iso(value: dt.datetime | None) -> str | None:
 
 def _find(db: Any, reference: str) -> Any:
     from idp.authn.carrier import normalize_phone
-    from idp.authn.residents import find_resident
+    from idp.authn.residents import AmbiguousResidentError, find_resident
 
     with contextlib.suppress(ValueError):
         reference = normalize_phone(reference)
-    resident = find_resident(db, reference)
+    try:
+        resident = find_resident(db, reference)
+    except AmbiguousResidentError:
+        raise click.ClickException(f"several residents have phone {reference}: give the resident id") from None
     if resident is None:
         raise click.ClickException(f"no resident {reference!r}: give a resident id or phone number")
     return resident

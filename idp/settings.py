@@ -183,7 +183,7 @@ class Settings:
             carrier_agency_url=text("CARRIER_AGENCY_URL", "") or None,
             carrier_site_code=text("CARRIER_SITE_CODE", "GG-IDP-SANDBOX"),
             carrier_site_secret=text("CARRIER_SITE_SECRET", SANDBOX_SITE_SECRET),
-            carrier_timeout=_positive_float(text("CARRIER_TIMEOUT", "5"), "IDP_CARRIER_TIMEOUT"),
+            carrier_timeout=_positive_float(text("CARRIER_TIMEOUT", "5"), "IDP_CARRIER_TIMEOUT", allow_zero=False),
             ratelimit_storage=text("RATELIMIT_STORAGE", "database"),
             code_ttl=seconds("CODE_TTL", 60),
             id_token_ttl=seconds("ID_TOKEN_TTL", 300),
@@ -222,6 +222,10 @@ class Settings:
             raise SettingsError(
                 "IDP_ENV=production needs IDP_CARRIER_AGENCY_URL: the sandbox agency is for development"
             )
+        if urlsplit(self.carrier_agency_url).scheme != "https":
+            raise SettingsError(
+                f"IDP_ENV=production needs an https IDP_CARRIER_AGENCY_URL, not {self.carrier_agency_url}"
+            )
         if self.carrier_site_secret == SANDBOX_SITE_SECRET:
             raise SettingsError("IDP_ENV=production needs IDP_CARRIER_SITE_SECRET: the default is the sandbox's")
 
@@ -253,13 +257,13 @@ def _count(raw: str, name: str) -> int:
     return int(raw)
 
 
-def _positive_float(raw: str, name: str) -> float:
+def _positive_float(raw: str, name: str, *, allow_zero: bool = True) -> float:
     try:
         value = float(raw)
     except ValueError:
         raise SettingsError(f"{name} must be a number of seconds, not {raw!r}") from None
-    if value < 0:
-        raise SettingsError(f"{name} must not be negative, not {raw}")
+    if value < 0 or (value == 0 and not allow_zero):
+        raise SettingsError(f"{name} must be {'at least 0' if allow_zero else 'more than 0'}, not {raw}")
     return value
 
 

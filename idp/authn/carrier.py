@@ -246,6 +246,8 @@ class HttpCarrierGateway:
         transport: httpx.BaseTransport | None = None,
     ) -> None:
         self.base_url = base_url.rstrip("/")
+        # Results name their agency as `iss`; one that names another is not this agency's.
+        self.expected_issuer = self.base_url
         self.site_code = site_code
         self.production = production
         self.breaker = breaker or CircuitBreaker()
@@ -342,6 +344,8 @@ class HttpCarrierGateway:
         now = self._clock()
         try:
             iat, exp = int(claims["iat"]), int(claims["exp"])
+            if claims.get("iss") != self.expected_issuer:
+                raise ValueError("result issued by another agency")
             if claims.get("aud") != self.site_code:
                 raise ValueError("audience is not this site")
             if claims.get("txn") != txn_id:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import hashlib
+import hmac
 import math
 from dataclasses import dataclass
 from typing import Protocol
@@ -54,9 +55,10 @@ class RateLimiter(Protocol):
         """Forget the subject's hits (after a success that should reset a lockout)."""
 
 
-def counter_key(limit: Limit, subject: str) -> str:
-    # Subjects are phone numbers and IPs: store a digest so the table holds no personal data.
-    return hashlib.sha256(f"{limit.kind}\x00{subject}".encode()).hexdigest()
+def counter_key(limit: Limit, subject: str, secret: bytes) -> str:
+    # Subjects are phone numbers and IPs. A keyed digest: a plain hash of a phone number is undone by trying
+    # all 10^8 numbers, so without the key a copy of the table says nothing about who tried.
+    return hmac.new(secret, f"{limit.kind}\x00{subject}".encode(), hashlib.sha256).hexdigest()
 
 
 def window_start(limit: Limit, now: dt.datetime) -> dt.datetime:
@@ -77,11 +79,12 @@ class DatabaseRateLimiter:
     failed attempt must still count.
     """
 
-    def __init__(self, engine: Engine) -> None:
+    def __init__(self, engine: Engine, secret: bytes) -> None:
         self.engine = engine
+        self.secret = secret
 
     def hit(self, limit: Limit, subject: str, *, now: dt.datetime) -> int:
-        key = counter_key(limit, subject)
+        key = counter_key(limit, subject, self.secret)
         start = window_start(limit, now)
         insert = pg_insert if self.engine.dialect.name == "postgresql" else sqlite_insert
         values = insert(RateLimitCounter).values(key=key, window_start=start, count=1, expires_at=start + limit.window)
@@ -105,7 +108,7 @@ class DatabaseRateLimiter:
         with self.engine.connect() as connection:
             row = connection.execute(
                 select(RateLimitCounter.count, RateLimitCounter.window_start).where(
-                    RateLimitCounter.key == counter_key(limit, subject)
+                    RateLimitCounter.key == counter_key(limit, subject, self.secret)
                 )
             ).first()
         if row is None or _aware(row[1]) != window_start(limit, now):
@@ -114,7 +117,9 @@ class DatabaseRateLimiter:
 
     def reset(self, limit: Limit, subject: str) -> None:
         with self.engine.begin() as connection:
-            connection.execute(delete(RateLimitCounter).where(RateLimitCounter.key == counter_key(limit, subject)))
+            connection.execute(
+                delete(RateLimitCounter).where(RateLimitCounter.key == counter_key(limit, subject, self.secret))
+            )
 
     def purge(self, *, now: dt.datetime) -> int:
         """Drop counters whose window has ended."""
@@ -130,13 +135,14 @@ def _aware(value: dt.datetime) -> dt.datetime:
 class RedisRateLimiter:
     """Fixed-window counters in Redis (`IDP_RATELIMIT_STORAGE=redis://…`), for a fleet."""
 
-    def __init__(self, url: str) -> None:
+    def __init__(self, url: str, secret: bytes) -> None:
         import redis
 
         self.client = redis.Redis.from_url(url)
+        self.secret = secret
 
     def _key(self, limit: Limit, subject: str, now: dt.datetime) -> str:
-        return f"idp:rl:{counter_key(limit, subject)}:{int(window_start(limit, now).timestamp())}"
+        return f"idp:rl:{counter_key(limit, subject, self.secret)}:{int(window_start(limit, now).timestamp())}"
 
     def hit(self, limit: Limit, subject: str, *, now: dt.datetime) -> int:
         key = self._key(limit, subject, now)
@@ -157,8 +163,9 @@ class RedisRateLimiter:
         self.client.delete(self._key(limit, subject, dt.datetime.now(dt.UTC)))
 
 
-def make_rate_limiter(storage: str, engine: Engine) -> RateLimiter:
-    """The limiter IDP_RATELIMIT_STORAGE names: `database` (default) or a `redis://` URL."""
+def make_rate_limiter(storage: str, engine: Engine, *, secret: str) -> RateLimiter:
+    """The limiter IDP_RATELIMIT_STORAGE names: `database` (default) or a `redis://` URL; `secret` keys its keys."""
+    key = hashlib.sha256(b"idp rate limits\x00" + secret.encode()).digest()
     if storage.startswith(("redis://", "rediss://", "unix://")):
-        return RedisRateLimiter(storage)
-    return DatabaseRateLimiter(engine)
+        return RedisRateLimiter(storage, key)
+    return DatabaseRateLimiter(engine, key)

@@ -102,10 +102,21 @@ def resident_for_identity(
     return AccountResult(resident=resident, outcome=outcome, phone_changed_from=changed)
 
 
+class AmbiguousResidentError(Exception):
+    """Several residents share the phone number (a number passed on by the carrier); use the id."""
+
+
 def find_resident(db: Session, reference: str) -> Resident | None:
-    """A resident by id or by phone number in E.164 form."""
+    """A resident by id or by phone number in E.164 form.
+
+    Raises:
+        AmbiguousResidentError: more than one resident has the phone number.
+    """
     if reference.startswith("+"):
-        return db.scalar(select(Resident).where(Resident.phone == reference))
+        found = db.scalars(select(Resident).where(Resident.phone == reference).limit(2)).all()
+        if len(found) > 1:
+            raise AmbiguousResidentError(reference)
+        return found[0] if found else None
     try:
         return db.get(Resident, uuid.UUID(reference))
     except ValueError:

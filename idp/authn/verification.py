@@ -8,6 +8,7 @@ import hashlib
 from dataclasses import dataclass
 from typing import Any
 
+from sqlalchemy import update
 from sqlalchemy.orm import Session
 
 from idp.audit import FAILURE, SUCCESS, record_event
@@ -30,10 +31,12 @@ from idp.authn.lockout import (
     Limit,
     RateLimitedError,
     RateLimiter,
+    retry_after,
 )
 from idp.authn.residents import AccountResult, resident_for_identity
 from idp.authn.sessions import StartedSession, start_session
 from idp.logs import mask_phone
+from idp.models import AuditEvent
 
 
 @dataclass(frozen=True, slots=True)
@@ -57,12 +60,28 @@ def txn_digest(txn_id: str) -> str:
     return hashlib.sha256(txn_id.encode()).hexdigest()[:16]
 
 
+def _limit_error(limit: Limit, retry: int) -> CarrierVerificationError:
+    code = CarrierErrorCode.TOO_MANY_ATTEMPTS if limit is CARRIER_CODES_PER_TXN else CarrierErrorCode.RATE_LIMITED
+    return CarrierVerificationError(code, limit.kind, retry_after=retry)
+
+
 def _limit(service: CarrierSignIn, limit: Limit, subject: str, now: dt.datetime) -> None:
+    """Count an attempt and refuse it when over the limit (for attempts that cost whether or not they succeed)."""
     try:
         service.limiter.hit(limit, subject, now=now)
     except RateLimitedError as exc:
-        code = CarrierErrorCode.TOO_MANY_ATTEMPTS if limit is CARRIER_CODES_PER_TXN else CarrierErrorCode.RATE_LIMITED
-        raise CarrierVerificationError(code, exc.limit.kind, retry_after=exc.retry_after) from None
+        raise _limit_error(limit, exc.retry_after) from None
+
+
+def _refuse_if_spent(service: CarrierSignIn, limit: Limit, subject: str, now: dt.datetime) -> None:
+    """Refuse when the limit is used up, without counting (the attempt is counted once it really happens)."""
+    if service.limiter.peek(limit, subject, now=now) >= limit.count:
+        raise _limit_error(limit, retry_after(limit, now))
+
+
+def _count(service: CarrierSignIn, limit: Limit, subject: str, now: dt.datetime) -> None:
+    with contextlib.suppress(RateLimitedError):
+        service.limiter.hit(limit, subject, now=now)
 
 
 def _failed(db: Session, event: str, error: CarrierVerificationError, client_ip: str | None, **details: Any) -> None:
@@ -91,12 +110,17 @@ def start_verification(
         "method": request.method.value,
     }
     try:
+        # Every start counts against the address (it may be someone trying numbers); only a text message
+        # really sent counts against the phone, so an outage or a typo does not use up a resident's day.
         _limit(service, CARRIER_STARTS_PER_IP, request.client_ip, now)
-        _limit(service, CARRIER_SENDS_PER_PHONE, request.phone, now)
+        if request.method is VerificationMethod.SMS:
+            _refuse_if_spent(service, CARRIER_SENDS_PER_PHONE, request.phone, now)
         transaction = service.gateway.start(request)
     except CarrierVerificationError as error:
         _failed(db, "carrier.start", error, request.client_ip, **details)
         raise
+    if request.method is VerificationMethod.SMS:
+        _count(service, CARRIER_SENDS_PER_PHONE, request.phone, now)
     record_event(
         db, "carrier.start", result=SUCCESS, client_ip=request.client_ip, txn=txn_digest(transaction.txn_id), **details
     )
@@ -108,11 +132,12 @@ def resend_code(
 ) -> Transaction:
     """Send a new code for the same transaction; attempts already used stay used."""
     try:
-        _limit(service, CARRIER_SENDS_PER_PHONE, phone, now)
+        _refuse_if_spent(service, CARRIER_SENDS_PER_PHONE, phone, now)
         transaction = service.gateway.resend(txn_id)
     except CarrierVerificationError as error:
         _failed(db, "carrier.resend", error, client_ip, txn=txn_digest(txn_id))
         raise
+    _count(service, CARRIER_SENDS_PER_PHONE, phone, now)
     record_event(db, "carrier.resend", result=SUCCESS, client_ip=client_ip, txn=txn_digest(txn_id))
     return transaction
 
@@ -129,8 +154,15 @@ def confirm_code(
 ) -> VerifiedIdentity:
     """Check the SMS code with the agency and accept the identity it vouches for, once."""
     try:
-        _limit(service, CARRIER_CODES_PER_TXN, txn_id, now)
-        identity = service.gateway.confirm_code(txn_id, code)
+        _refuse_if_spent(service, CARRIER_CODES_PER_TXN, txn_id, now)
+        try:
+            identity = service.gateway.confirm_code(txn_id, code)
+        except CarrierVerificationError as error:
+            # A code the agency judged counts; one it never saw (it was down) does not.
+            if error.code is CarrierErrorCode.WRONG_CODE:
+                _count(service, CARRIER_CODES_PER_TXN, txn_id, now)
+            raise
+        _count(service, CARRIER_CODES_PER_TXN, txn_id, now)
         redeem_identity(db, identity, binding_secret=binding_secret)
     except CarrierVerificationError as error:
         _failed(db, "carrier.verify", error, client_ip, txn=txn_digest(txn_id), attempts=error.attempts_remaining)
@@ -176,6 +208,17 @@ def sign_in(
         ResidentLockedError: an admin locked the resident.
     """
     account = resident_for_identity(db, identity, pepper=service.ci_pepper, now=now, client_ip=client_ip)
+    # The verification's own events belong to the resident from now on, so erasing them erases those too.
+    db.execute(
+        update(AuditEvent)
+        .where(
+            AuditEvent.event.like("carrier.%"),
+            AuditEvent.resident_id.is_(None),
+            AuditEvent.details["txn"].as_string() == txn_digest(identity.agency_txn_id),
+        )
+        .values(resident_id=account.resident.id)
+        .execution_options(synchronize_session=False)
+    )
     method = Method.CARRIER_APP if identity.method is VerificationMethod.APP else Method.CARRIER_SMS
     event = AuthEvent.of(method, issuer=service.issuer, at=now)
     started = start_session(db, account.resident, event, client_ip=client_ip, user_agent=user_agent, now=now)

@@ -10,7 +10,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from flask import Flask, Response
+from flask import Flask, Response, request
 
 from idp.sandbox import api, console, virtual_phone
 from idp.sandbox.agency import Agency, Clock
@@ -59,8 +59,24 @@ def create_app(
     api.init_app(app)
     console.init_app(app)
     virtual_phone.init_app(app)
+    app.before_request(_refuse_cross_site_posts)
     app.after_request(_security_headers)
     return app
+
+
+def _refuse_cross_site_posts() -> Response | None:
+    """The console and the virtual phone change state; a web page elsewhere must not post to them.
+
+    Browsers say where a request comes from (Sec-Fetch-Site, Origin); scripts and the IdP send neither.
+    """
+    if request.method != "POST" or request.path.startswith("/v1/"):
+        return None
+    site = request.headers.get("Sec-Fetch-Site")
+    origin = request.headers.get("Origin")
+    own_origin = request.host_url.rstrip("/")
+    if site in ("cross-site", "same-site") or (origin is not None and origin != own_origin):
+        return Response("cross-site request refused", status=403, mimetype="text/plain")
+    return None
 
 
 def _security_headers(response: Response) -> Response:

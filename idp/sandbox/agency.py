@@ -289,18 +289,20 @@ class Agency:
             # An agency never says "no such number": an unknown line reads like a wrong name.
             if line is None:
                 raise _identity_mismatch()
-            if line.carrier is not request.carrier:
-                raise AgencyError(ErrorCode.CARRIER_MISMATCH, "The phone number is not on the chosen carrier.")
-            if not line.eligible:
-                raise AgencyError(
-                    ErrorCode.NOT_ELIGIBLE, "This line cannot be used for identity verification (corporate line)."
-                )
+            # The holder's identity comes first: otherwise anyone who knows a number could learn its carrier or
+            # that it is a corporate line without knowing whose it is.
             if (normalize_name(request.name).casefold(), request.birthdate, request.rrn_digit7) != (
                 line.name.casefold(),
                 line.birthdate,
                 line.rrn_digit7,
             ):
                 raise _identity_mismatch()
+            if line.carrier is not request.carrier:
+                raise AgencyError(ErrorCode.CARRIER_MISMATCH, "The phone number is not on the chosen carrier.")
+            if not line.eligible:
+                raise AgencyError(
+                    ErrorCode.NOT_ELIGIBLE, "This line cannot be used for identity verification (corporate line)."
+                )
             if request.method is Method.APP and not line.has_app:
                 raise AgencyError(
                     ErrorCode.NOT_ELIGIBLE,

@@ -119,7 +119,7 @@ def init_app(app: Flask, settings: Settings) -> None:
             production=settings.is_production,
             timeout=settings.carrier_timeout,
         ),
-        limiter=make_rate_limiter(settings.ratelimit_storage, engine),
+        limiter=make_rate_limiter(settings.ratelimit_storage, engine, secret=settings.secret_key),
         issuer=settings.issuer,
         ci_pepper=settings.ci_pepper,
     )

@@ -50,7 +50,8 @@ def _now() -> dt.datetime:
 
 
 def _client_ip() -> str:
-    return request.remote_addr or "unknown"
+    # WSGI servers always give REMOTE_ADDR; the fallback only keeps the type honest.
+    return request.remote_addr or "0.0.0.0"  # noqa: S104  (an address to report, not to bind)
 
 
 def safe_next(target: str | None) -> str | None:
@@ -64,9 +65,11 @@ def _see_other(endpoint: str, **values: Any) -> BaseResponse:
     return redirect(url_for(endpoint, **values), 303)
 
 
-def error_message(error: CarrierVerificationError) -> str:
+def error_message(error: CarrierVerificationError, *, method: str = VerificationMethod.SMS.value) -> str:
     """What the resident reads: what happened and what to do, never whether a number has an account."""
     code = error.code
+    if code is CarrierErrorCode.EXPIRED and method == VerificationMethod.APP.value:
+        return str(_("The approval request has expired. Please start again."))
     messages = {
         CarrierErrorCode.WRONG_CODE: _("The code is not right. Check the text message and try again."),
         CarrierErrorCode.EXPIRED: _("The code has expired. Ask for a new code or start again."),
@@ -251,7 +254,7 @@ def _verify_failed(flow: dict[str, Any], error: CarrierVerificationError) -> tup
     return _render_verify(
         flow,
         status,
-        failure=error_message(error),
+        failure=error_message(error, method=flow["method"]),
         retry=_retry_text(error),
         attempts=error.attempts_remaining,
         agency_down=_agency_down(error),

@@ -5,6 +5,8 @@ from __future__ import annotations
 import datetime as dt
 import secrets
 import time
+import urllib.error
+import urllib.request
 from collections.abc import Iterator
 
 import pytest
@@ -335,3 +337,23 @@ def test_reissued_ci_rekeys_the_resident(gateway: HttpCarrierGateway, sandbox: S
     again = resident_for_identity(db, after, pepper="pepper", now=NOW)
     assert again.outcome is AccountOutcome.REKEYED
     assert again.resident.id == first.resident.id
+
+
+def test_result_naming_another_agency_is_refused(sandbox: SandboxAgency) -> None:
+    # The same sandbox reached by another name: its results name 127.0.0.1 as `iss`, not localhost.
+    gateway = HttpCarrierGateway(sandbox.url.replace("127.0.0.1", "localhost"), production=False, **SITE)
+    transaction = gateway.start(request_for(KIM))
+    code = sandbox.last_code(KIM["phone"])
+    expect_error(CarrierErrorCode.INTEGRITY_FAILED, gateway.confirm_code, transaction.txn_id, code)
+    gateway.close()
+
+
+def test_a_web_page_elsewhere_cannot_drive_the_sandbox(sandbox: SandboxAgency) -> None:
+    for path in ("/sandbox/reset", f"/phone/{KIM['phone']}/approvals/x"):
+        request = urllib.request.Request(
+            sandbox.url + path, data=b"deny=1", method="POST", headers={"Origin": "https://evil.example"}
+        )
+        with pytest.raises(urllib.error.HTTPError) as refused:
+            urllib.request.urlopen(request, timeout=5)
+        assert refused.value.code == 403
+        refused.value.close()

@@ -17,6 +17,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 from werkzeug.test import TestResponse
 
+from idp.authn.lockout import CARRIER_CODES_PER_TXN, CARRIER_SENDS_PER_PHONE
 from idp.authn.residents import lock_resident
 from idp.models import AuditEvent, LoginSession, Resident
 from idp.settings import Settings
@@ -355,3 +356,26 @@ def audit_rows(db_session: Session) -> list[dict[str, Any]]:
         {"event": e.event, "details": e.details, "client_ip": e.client_ip}
         for e in db_session.scalars(select(AuditEvent).order_by(AuditEvent.id))
     ]
+
+
+def test_an_agency_outage_uses_up_neither_the_phone_nor_the_code_attempts(
+    app: Flask, sandbox: SandboxAgency, db_session: Session
+) -> None:
+    client = app.test_client()
+    sandbox.fault("down", 3)
+    for _ in range(3):
+        assert start(client, KIM).status_code == 503
+    limiter = app.extensions["idp.carrier"].limiter
+    assert limiter.peek(CARRIER_SENDS_PER_PHONE, KIM_E164, now=dt.datetime.now(dt.UTC)) == 0
+    assert start(client, KIM).status_code == 303
+    right = sandbox.last_code(KIM_E164)
+    # Four, so that the circuit breaker (five failures in a row) stays closed.
+    sandbox.fault("down", 4)
+    for _ in range(4):
+        assert confirm(client, right).status_code == 503
+    limiter = app.extensions["idp.carrier"].limiter
+    with client.session_transaction() as flow:
+        txn_id = flow["carrier"]["txn"]
+    assert limiter.peek(CARRIER_CODES_PER_TXN, txn_id, now=dt.datetime.now(dt.UTC)) == 0
+    assert confirm(client, right).status_code == 303
+    assert limiter.peek(CARRIER_SENDS_PER_PHONE, KIM_E164, now=dt.datetime.now(dt.UTC)) == 1

@@ -126,3 +126,23 @@ def test_unwritable_instance_folder_is_one_line(tmp_path: Path) -> None:
     blocker.write_text("not a folder")
     with pytest.raises(SettingsError, match="cannot read or create generated secrets in"):
         Settings.from_env({"IDP_INSTANCE_DIR": str(blocker / "instance")})
+
+
+def test_production_refuses_a_plain_http_agency(tmp_path: Path) -> None:
+    variables = {**PRODUCTION, "IDP_INSTANCE_DIR": str(tmp_path), "IDP_CARRIER_AGENCY_URL": "http://agency.example.kr"}
+    with pytest.raises(SettingsError, match="needs an https IDP_CARRIER_AGENCY_URL"):
+        Settings.from_env(variables)
+
+
+def test_production_refuses_the_sandbox_site_secret_and_short_secrets(tmp_path: Path) -> None:
+    variables = {**PRODUCTION, "IDP_INSTANCE_DIR": str(tmp_path)}
+    with pytest.raises(SettingsError, match="needs IDP_CARRIER_SITE_SECRET"):
+        Settings.from_env({**variables, "IDP_CARRIER_SITE_SECRET": "sandbox-site-secret"})
+    with pytest.raises(SettingsError, match="at least 32 characters: IDP_DATA_KEY"):
+        Settings.from_env({**variables, "IDP_DATA_KEY": "short"})
+
+
+@pytest.mark.parametrize(("variable", "value"), [("IDP_CARRIER_TIMEOUT", "0"), ("IDP_LOG_LEVEL", "loud")])
+def test_values_that_would_break_the_server_are_refused(tmp_path: Path, variable: str, value: str) -> None:
+    with pytest.raises(SettingsError, match=variable):
+        Settings.from_env({"IDP_INSTANCE_DIR": str(tmp_path), variable: value})

@@ -3,9 +3,15 @@
 from __future__ import annotations
 
 import datetime as dt
+import shutil
+import socket
+import subprocess
+import time
 import uuid
+from collections.abc import Iterator
 
 import pytest
+from sandbox_agency import free_port
 from sqlalchemy import Engine, select
 
 from idp.authn.lockout import (
@@ -13,6 +19,7 @@ from idp.authn.lockout import (
     DatabaseRateLimiter,
     Limit,
     RateLimitedError,
+    RedisRateLimiter,
     counter_key,
     make_rate_limiter,
     retry_after,
@@ -20,12 +27,13 @@ from idp.authn.lockout import (
 from idp.models import RateLimitCounter
 
 NOW = dt.datetime(2026, 11, 26, 6, 0, 30, tzinfo=dt.UTC)
+SECRET = b"test rate-limit key"
 THREE_PER_MINUTE = Limit("test", 3, dt.timedelta(minutes=1))
 
 
 @pytest.fixture
 def limiter(engine: Engine) -> DatabaseRateLimiter:
-    return DatabaseRateLimiter(engine)
+    return DatabaseRateLimiter(engine, SECRET)
 
 
 @pytest.fixture
@@ -74,7 +82,7 @@ def test_counters_hold_digests_not_phone_numbers(limiter: DatabaseRateLimiter, e
     limiter.hit(THREE_PER_MINUTE, phone, now=NOW)
     with engine.connect() as connection:
         keys = connection.execute(select(RateLimitCounter.key)).scalars().all()
-    assert counter_key(THREE_PER_MINUTE, phone) in keys
+    assert counter_key(THREE_PER_MINUTE, phone, SECRET) in keys
     assert not any(phone in key or phone[3:] in key for key in keys)
 
 
@@ -90,5 +98,54 @@ def test_retry_after_is_at_least_one_second() -> None:
 
 
 def test_storage_setting_chooses_the_limiter(engine: Engine) -> None:
-    assert isinstance(make_rate_limiter("database", engine), DatabaseRateLimiter)
-    assert type(make_rate_limiter("redis://127.0.0.1:1/0", engine)).__name__ == "RedisRateLimiter"
+    assert isinstance(make_rate_limiter("database", engine, secret="s"), DatabaseRateLimiter)
+    assert isinstance(make_rate_limiter("redis://127.0.0.1:1/0", engine, secret="s"), RedisRateLimiter)
+
+
+@pytest.fixture(scope="module")
+def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A real redis-server (Debian's) on a free port, without persistence."""
+    server = shutil.which("redis-server")
+    if server is None:
+        pytest.fail("redis-server is missing: `make test` installs Debian's redis-server")
+    port = free_port()
+    process = subprocess.Popen(
+        [server, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"],
+        cwd=tmp_path_factory.mktemp("redis"),
+        stdout=subprocess.DEVNULL,
+    )
+    deadline = time.monotonic() + 10
+    while True:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+            break
+        except OSError:
+            if time.monotonic() > deadline:
+                process.kill()
+                pytest.fail("redis-server did not start")
+            time.sleep(0.05)
+    yield f"redis://127.0.0.1:{port}/0"
+    process.terminate()
+    process.wait(timeout=10)
+
+
+def test_redis_limiter_counts_windows_like_the_database(redis_url: str, engine: Engine, subject: str) -> None:
+    limiter = make_rate_limiter(redis_url, engine, secret="s")
+    assert isinstance(limiter, RedisRateLimiter)
+    assert [limiter.hit(THREE_PER_MINUTE, subject, now=NOW) for _ in range(3)] == [1, 2, 3]
+    with pytest.raises(RateLimitedError) as error:
+        limiter.hit(THREE_PER_MINUTE, subject, now=NOW)
+    assert error.value.retry_after == 30
+    assert limiter.peek(THREE_PER_MINUTE, subject, now=NOW + dt.timedelta(minutes=1)) == 0
+    other = make_rate_limiter(redis_url, engine, secret="s")
+    # Another process (another client) sees the same counts: limits hold across the fleet.
+    assert other.peek(THREE_PER_MINUTE, subject, now=NOW) == 4
+
+
+def test_redis_keys_hold_digests_not_phone_numbers(redis_url: str, engine: Engine) -> None:
+    limiter = make_rate_limiter(redis_url, engine, secret="s")
+    assert isinstance(limiter, RedisRateLimiter)
+    limiter.hit(THREE_PER_MINUTE, "+821000000001", now=NOW)
+    keys = [key.decode() for key in limiter.client.keys("*")]
+    assert keys
+    assert not any("1000000001" in key for key in keys)

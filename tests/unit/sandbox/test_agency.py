@@ -272,9 +272,12 @@ def test_the_app_method_on_a_line_without_the_carrier_app_suggests_sms(agency: A
     assert agency.start(CHOI_MVNO_NO_APP, method="sms").status_code == 201
 
 
-def test_checks_run_in_order_carrier_before_eligibility_before_identity(agency: AgencyClient) -> None:
-    error_of(agency.start(OH_CORPORATE, carrier="SKT", name="someone else"), 400, "carrier_mismatch")
-    error_of(agency.start(OH_CORPORATE, name="someone else"), 403, "not_eligible")
+def test_identity_is_checked_before_carrier_and_eligibility(agency: AgencyClient) -> None:
+    # Whoever does not know the holder learns nothing about the line: not its carrier, not that it is corporate.
+    error_of(agency.start(OH_CORPORATE, carrier="SKT", name="someone else"), 400, "identity_mismatch")
+    error_of(agency.start(OH_CORPORATE, name="someone else"), 400, "identity_mismatch")
+    error_of(agency.start(OH_CORPORATE, carrier="SKT"), 400, "carrier_mismatch")
+    error_of(agency.start(OH_CORPORATE), 403, "not_eligible")
     error_of(agency.start(CHOI_MVNO_NO_APP, method="app", name="someone else"), 400, "identity_mismatch")
 
 
