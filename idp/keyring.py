@@ -20,7 +20,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 from joserfc import jwt
 from joserfc.jwa import EdDSAAlgorithm, JWSAlgModel
-from joserfc.jwk import ECKey, OKPKey, RSAKey
+from joserfc.jwk import ECKey, KeySet, OKPKey, RSAKey
 from joserfc.jws import JWSRegistry
 
 ALGORITHMS = ("ES256", "RS256", "PS256", "EdDSA")
@@ -160,12 +160,19 @@ class LoadedKeys:
     keys: tuple[SigningKey, ...]
     jwks_json: bytes
     etag: str
+    # The published keys, ready to verify this IdP's own tokens (access tokens at /userinfo, hints at /logout).
+    public_keys: KeySet
 
     @classmethod
     def of(cls, keys: Sequence[SigningKey]) -> LoadedKeys:
         document = {"keys": [key.public_jwk() for key in keys if key.is_published]}
         body = json.dumps(document, separators=(",", ":"), sort_keys=True).encode()
-        return cls(keys=tuple(keys), jwks_json=body, etag='"' + hashlib.sha256(body).hexdigest()[:32] + '"')
+        return cls(
+            keys=tuple(keys),
+            jwks_json=body,
+            etag='"' + hashlib.sha256(body).hexdigest()[:32] + '"',
+            public_keys=KeySet.import_key_set(document),  # type: ignore[arg-type]  # our own JWKS document
+        )
 
     def active(self, alg: str) -> SigningKey:
         """The key that signs with `alg`.
@@ -284,8 +291,10 @@ class FileKeyStore:
             private = serialization.load_pem_private_key(
                 data, self.passphrase if record.encrypted else None, unsafe_skip_rsa_key_validation=True
             )
-        except (ValueError, TypeError) as exc:
-            if record.encrypted and b"ENCRYPTED PRIVATE KEY" in data and "password" in str(exc).lower():
+        except (ValueError, TypeError):
+            if record.encrypted and b"ENCRYPTED PRIVATE KEY" in data and self.passphrase is not None:
+                # A wrong passphrase usually fails the padding check, but about one time in 256 it decrypts to
+                # garbage that fails later with another message: both mean the same to the admin.
                 raise KeyringLockedError(f"IDP_KEYS_PASSPHRASE does not decrypt {path}") from None
             raise KeyringCorruptError(f"{path} is not a readable private key") from None
         try:

@@ -7,7 +7,7 @@ import enum
 import uuid
 from typing import Any
 
-from sqlalchemy import ForeignKey, Index, LargeBinary, String
+from sqlalchemy import ForeignKey, Index, LargeBinary, String, UniqueConstraint
 from sqlalchemy.orm import Mapped, mapped_column, relationship
 
 from idp.db import Base, bool_false, created_at, utcnow, uuid_pk
@@ -73,6 +73,10 @@ class Client(Base):
     id_token_signed_response_alg: Mapped[str] = mapped_column(String(16), default="RS256")
     default_acr: Mapped[str | None] = mapped_column(String(200))
     first_party: Mapped[bool_false]
+    # Pairwise `sub` values are per sector: the host of the redirect URIs (OIDC Core §8.1).
+    sector_identifier: Mapped[str | None] = mapped_column(String(255))
+    # RFC 7592: the digest of the registration access token of a dynamically registered client.
+    registration_token_digest: Mapped[bytes | None] = mapped_column(LargeBinary(32))
     created_at: Mapped[created_at]
     secret_rotated_at: Mapped[dt.datetime | None]
 
@@ -143,4 +147,135 @@ class RateLimitCounter(Base):
     key: Mapped[str] = mapped_column(String(64), primary_key=True)
     window_start: Mapped[dt.datetime]
     count: Mapped[int] = mapped_column(default=0)
+    expires_at: Mapped[dt.datetime] = mapped_column(index=True)
+
+
+class AuthorizationCode(Base):
+    """An authorization code: single use (consumed_at set by compare-and-set), stored only as a digest."""
+
+    __tablename__ = "authorization_code"
+
+    digest: Mapped[bytes] = mapped_column(LargeBinary(32), primary_key=True)
+    # Everything issued from this code shares the grant id, so a replayed code can revoke it all.
+    grant_id: Mapped[uuid.UUID] = mapped_column(index=True)
+    client_id: Mapped[str] = mapped_column(ForeignKey("client.id", ondelete="CASCADE"), index=True)
+    resident_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("resident.id", ondelete="CASCADE"), index=True)
+    sid: Mapped[str | None] = mapped_column(String(64))
+    redirect_uri: Mapped[str] = mapped_column(String(2000))
+    scope: Mapped[str] = mapped_column(String(1000))
+    nonce: Mapped[str | None] = mapped_column(String(512))
+    code_challenge: Mapped[str | None] = mapped_column(String(128))
+    code_challenge_method: Mapped[str | None] = mapped_column(String(8))
+    claims: Mapped[dict[str, Any] | None]
+    acr: Mapped[str] = mapped_column(String(200))
+    amr: Mapped[list[str]] = mapped_column(default=list)
+    auth_time: Mapped[dt.datetime]
+    created_at: Mapped[created_at]
+    expires_at: Mapped[dt.datetime]
+    consumed_at: Mapped[dt.datetime | None]
+
+
+class RefreshToken(Base):
+    """A refresh token (digest only). Each use rotates it; using a rotated one revokes its whole grant."""
+
+    __tablename__ = "refresh_token"
+
+    digest: Mapped[bytes] = mapped_column(LargeBinary(32), primary_key=True)
+    grant_id: Mapped[uuid.UUID] = mapped_column(index=True)
+    client_id: Mapped[str] = mapped_column(ForeignKey("client.id", ondelete="CASCADE"), index=True)
+    resident_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("resident.id", ondelete="CASCADE"), index=True)
+    sid: Mapped[str | None] = mapped_column(String(64))
+    scope: Mapped[str] = mapped_column(String(1000))
+    claims: Mapped[dict[str, Any] | None]
+    acr: Mapped[str] = mapped_column(String(200))
+    amr: Mapped[list[str]] = mapped_column(default=list)
+    auth_time: Mapped[dt.datetime]
+    created_at: Mapped[created_at]
+    expires_at: Mapped[dt.datetime]
+    # The family's absolute end: sliding renewals never pass it (DESIGN section 3).
+    family_expires_at: Mapped[dt.datetime]
+    rotated_at: Mapped[dt.datetime | None]
+    revoked_at: Mapped[dt.datetime | None]
+
+
+class AccessToken(Base):
+    """What the IdP remembers of a JWT access token: enough for introspection and revocation, not the token."""
+
+    __tablename__ = "access_token"
+
+    jti: Mapped[str] = mapped_column(String(64), primary_key=True)
+    grant_id: Mapped[uuid.UUID | None] = mapped_column(index=True)
+    client_id: Mapped[str] = mapped_column(ForeignKey("client.id", ondelete="CASCADE"), index=True)
+    resident_id: Mapped[uuid.UUID | None] = mapped_column(ForeignKey("resident.id", ondelete="CASCADE"), index=True)
+    scope: Mapped[str] = mapped_column(String(1000))
+    # The `userinfo` member of the `claims` request parameter, which UserInfo answers (OIDC Core §5.5).
+    claims: Mapped[dict[str, Any] | None]
+    issued_at: Mapped[dt.datetime]
+    expires_at: Mapped[dt.datetime] = mapped_column(index=True)
+    revoked_at: Mapped[dt.datetime | None]
+
+
+class Consent(Base):
+    """The scopes a resident granted a client; asked again only for scopes not yet granted."""
+
+    __tablename__ = "consent"
+    __table_args__ = (UniqueConstraint("resident_id", "client_id"),)
+
+    id: Mapped[uuid_pk]
+    resident_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("resident.id", ondelete="CASCADE"), index=True)
+    client_id: Mapped[str] = mapped_column(ForeignKey("client.id", ondelete="CASCADE"), index=True)
+    scopes: Mapped[list[str]] = mapped_column(default=list)
+    granted_at: Mapped[created_at]
+    updated_at: Mapped[dt.datetime] = mapped_column(default=utcnow, onupdate=utcnow)
+
+
+class InitialAccessToken(Base):
+    """Lets a relying service register itself (RFC 7591 §3); minted by an admin, stored as a digest."""
+
+    __tablename__ = "initial_access_token"
+
+    digest: Mapped[bytes] = mapped_column(LargeBinary(32), primary_key=True)
+    note: Mapped[str | None] = mapped_column(String(200))
+    created_at: Mapped[created_at]
+    expires_at: Mapped[dt.datetime]
+    uses_left: Mapped[int] = mapped_column(default=1)
+
+
+class LogoutDelivery(Base):
+    """A back-channel logout token to deliver; retried until delivered or given up, never dropped silently."""
+
+    __tablename__ = "logout_delivery"
+
+    id: Mapped[uuid_pk]
+    client_id: Mapped[str] = mapped_column(ForeignKey("client.id", ondelete="CASCADE"), index=True)
+    sid: Mapped[str] = mapped_column(String(64))
+    sub: Mapped[str] = mapped_column(String(255))
+    created_at: Mapped[created_at]
+    attempts: Mapped[int] = mapped_column(default=0)
+    next_attempt_at: Mapped[dt.datetime] = mapped_column(index=True)
+    delivered_at: Mapped[dt.datetime | None]
+    given_up_at: Mapped[dt.datetime | None]
+    last_error: Mapped[str | None] = mapped_column(String(300))
+
+
+class SessionClient(Base):
+    """A client that received tokens in a login session: who must hear of its logout (back-channel)."""
+
+    __tablename__ = "session_client"
+    __table_args__ = (UniqueConstraint("session_id", "client_id"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True, autoincrement=True)
+    session_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("login_session.id", ondelete="CASCADE"), index=True)
+    client_id: Mapped[str] = mapped_column(ForeignKey("client.id", ondelete="CASCADE"))
+    sub: Mapped[str] = mapped_column(String(255))
+    created_at: Mapped[created_at]
+
+
+class UsedAssertion(Base):
+    """A client assertion's jti already accepted (RFC 7523 §3 item 7): the same assertion is refused again."""
+
+    __tablename__ = "used_assertion"
+
+    jti: Mapped[str] = mapped_column(String(255), primary_key=True)
+    client_id: Mapped[str] = mapped_column(String(64))
     expires_at: Mapped[dt.datetime] = mapped_column(index=True)

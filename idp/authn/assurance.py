@@ -65,3 +65,59 @@ def best_acr(acrs: Sequence[str], issuer: str) -> str:
     """The strongest of `acrs` in the order of DESIGN section 10."""
     order = acr_order(issuer)
     return max(acrs, key=lambda acr: order.index(acr) if acr in order else -1)
+
+
+class LoginReason(enum.StrEnum):
+    """Why the resident must (re)authenticate before a code is issued."""
+
+    NO_SESSION = "no_session"
+    PROMPT_LOGIN = "prompt_login"
+    MAX_AGE = "max_age"
+    ACR_TOO_LOW = "acr_too_low"
+
+
+def acr_satisfies(reached: str, wanted: str, issuer: str) -> bool:
+    """Whether the level reached meets the one asked for; higher levels meet lower requests."""
+    order = acr_order(issuer)
+    if wanted not in order:
+        return False
+    return reached in order and order.index(reached) >= order.index(wanted)
+
+
+def best_acceptable(requested: list[str], issuer: str) -> list[str]:
+    """The requested acr values this provider knows, in the client's order of preference."""
+    known = set(acr_order(issuer))
+    return [value for value in requested if value in known]
+
+
+def login_reason(
+    *,
+    has_session: bool,
+    auth_time: dt.datetime | None,
+    session_acr: str | None,
+    prompt: set[str],
+    max_age: int | None,
+    wanted_acr: list[str],
+    authenticated_since: dt.datetime | None,
+    issuer: str,
+    now: dt.datetime,
+) -> LoginReason | None:
+    """The first reason the resident must sign in (again), or None when the session will do.
+
+    `authenticated_since` is when this authorization request last sent the resident to sign in: an
+    authentication after it answers `prompt=login` and `max_age` (OIDC Core §3.1.2.1), or the request would loop.
+    """
+    # No session: nothing to issue a code for.
+    if not has_session or auth_time is None or session_acr is None:
+        return LoginReason.NO_SESSION
+    fresh = authenticated_since is not None and auth_time >= authenticated_since
+    # prompt=login: a new authentication, whatever the session.
+    if "login" in prompt and not fresh:
+        return LoginReason.PROMPT_LOGIN
+    # max_age: the last active authentication must be recent enough.
+    if max_age is not None and (now - auth_time).total_seconds() > max_age and not fresh:
+        return LoginReason.MAX_AGE
+    # acr_values: step up when the session's level meets none of the acceptable ones.
+    if wanted_acr and not any(acr_satisfies(session_acr, acr, issuer) for acr in wanted_acr) and not fresh:
+        return LoginReason.ACR_TOO_LOW
+    return None

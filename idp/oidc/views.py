@@ -1,14 +1,347 @@
-"""The oidc blueprint: discovery and the JWKS (the protocol endpoints join it in later issues)."""
+"""The oidc blueprint: /authorize /token /userinfo /introspect /revoke, discovery and the JWKS."""
 
 from __future__ import annotations
 
-from flask import Blueprint, Response, current_app, request
-from werkzeug.exceptions import HTTPException
+import datetime as dt
+import json
+import secrets
+from typing import Any
+from urllib.parse import parse_qsl, urlencode, urlsplit
 
+from authlib.common.urls import add_params_to_uri
+from authlib.oauth2.rfc6749 import OAuth2Error
+from authlib.oauth2.rfc6749.errors import InvalidRequestError
+from flask import Blueprint, Response, current_app, redirect, render_template, request, session, url_for
+from flask_babel import gettext as _
+from werkzeug.exceptions import HTTPException
+from werkzeug.wrappers import Response as BaseResponse
+
+from idp import db
+from idp.authn.assurance import best_acceptable, login_reason
 from idp.keyring import KeyringError
+from idp.oidc.consent import grant_consent, missing_scopes
+from idp.oidc.endpoints import UserInfoError, userinfo
+from idp.oidc.grants import AuthorizedResident
 from idp.oidc.published import PublishedDocuments
+from idp.oidc.server import IdpAuthorizationServer
+from idp.web.cookies import current_login
+from idp.web.forms import ActionForm
 
 bp = Blueprint("oidc", __name__)
+RESPONSE_MODES = ("query", "form_post")
+PENDING = "authz_pending"
+MAX_PARAMETER = 2048
+
+
+def _server() -> IdpAuthorizationServer:
+    server: IdpAuthorizationServer = current_app.extensions["idp.oidc"]
+    return server
+
+
+def _now() -> dt.datetime:
+    return dt.datetime.now(dt.UTC)
+
+
+def _authorization_params() -> dict[str, str]:
+    source = request.form if request.method == "POST" else request.args
+    return {key: value for key, value in source.items(multi=False) if key != "csrf_token"}
+
+
+def _redirect_back(params: dict[str, str], error: OAuth2Error) -> BaseResponse:
+    """The error to the client's redirect URI with state and iss (RFC 9207), in the response mode asked for."""
+    redirect_uri = error.redirect_uri
+    assert redirect_uri
+    fields = [("error", error.error)]
+    if error.description:
+        fields.append(("error_description", error.description))
+    if params.get("state"):
+        fields.append(("state", params["state"]))
+    fields.append(("iss", _server().settings.issuer))
+    return _deliver(params, add_params_to_uri(redirect_uri, fields))
+
+
+def _deliver(params: dict[str, str], location: str) -> BaseResponse:
+    """A redirect for response_mode=query; an auto-submitted form for form_post (OAuth 2.0 Form Post)."""
+    if params.get("response_mode") != "form_post":
+        response = redirect(location, 302)
+        response.headers["Cache-Control"] = "no-store"
+        return response
+    parts = urlsplit(location)
+    action = parts._replace(query="").geturl()
+    fields = parse_qsl(parts.query, keep_blank_values=True)
+    response = Response(render_template("form_post.html", action=action, fields=fields), mimetype="text/html")
+    response.headers["Cache-Control"] = "no-store"
+    return response
+
+
+def _protocol_error(code: str, redirect_uri: str | None, description: str | None = None) -> OAuth2Error:
+    error = OAuth2Error(description=description, redirect_uri=redirect_uri)
+    error.error = code
+    return error
+
+
+def _error_page(error: OAuth2Error) -> tuple[str, int]:
+    """An error that cannot go back safely (unknown client, unregistered redirect URI): a page, never a redirect."""
+    messages = {
+        "invalid_client": _("This service is not registered with Gyeonggi-do sign-in."),
+        "invalid_request": _("The service sent an incomplete or invalid sign-in request."),
+        "unsupported_response_type": _("The service asked for a sign-in method this provider does not offer."),
+    }
+    message = messages.get(error.error, _("The service sent an invalid sign-in request."))
+    return render_template("error.html", status=400, message=message, detail=error.error), 400
+
+
+def _check_parameters(params: dict[str, str]) -> None:
+    """Checks Authlib leaves to us, each one rule, before a grant is looked for.
+
+    Raises:
+        InvalidRequestError: without a redirect URI yet; the caller decides whether it may redirect.
+    """
+    # Duplicated parameters are refused (RFC 6749 §3.1).
+    source = request.form if request.method == "POST" else request.args
+    for key in source:
+        if len(source.getlist(key)) > 1:
+            raise InvalidRequestError(f"Parameter '{key}' is repeated.")
+    # Oversized values are refused rather than stored.
+    for key, value in params.items():
+        if len(value) > MAX_PARAMETER:
+            raise InvalidRequestError(f"Parameter '{key}' is too long.")
+    # response_mode: query or form_post only (OAuth 2.0 Multiple Response Types; Form Post Response Mode).
+    mode = params.get("response_mode")
+    if mode is not None and mode not in RESPONSE_MODES:
+        raise InvalidRequestError("Unsupported 'response_mode'.")
+    # max_age must be a non-negative integer (OIDC Core §3.1.2.1).
+    max_age = params.get("max_age")
+    if max_age is not None and not max_age.isdigit():
+        raise InvalidRequestError("Invalid 'max_age'.")
+    # Request objects are not supported (OIDC Core §6): say so instead of ignoring them.
+    if "request" in params or "request_uri" in params:
+        raise InvalidRequestError("Request objects are not supported.")
+
+
+def _safe_redirect_uri(params: dict[str, str]) -> str | None:
+    """The redirect URI if the client exists and registered it exactly: only then may an error go back."""
+    client = _server().query_client(params.get("client_id", ""))
+    uri = params.get("redirect_uri")
+    return uri if client is not None and uri and client.check_redirect_uri(uri) else None
+
+
+@bp.route("/authorize", methods=["GET", "POST"])
+def authorize() -> BaseResponse | tuple[str, int]:
+    """The authorization endpoint: validate, make sure the resident is signed in well enough, ask consent,
+    then redirect back with a code (or an error, when it is safe to)."""
+    server = _server()
+    params = _authorization_params()
+    try:
+        _check_parameters(params)
+    except OAuth2Error as error:
+        error.redirect_uri = _safe_redirect_uri(params)
+        return _redirect_back(params, error) if error.redirect_uri else _error_page(error)
+    login = current_login()
+    end_user = AuthorizedResident(login.resident, login) if login else None
+    try:
+        grant = server.get_consent_grant(end_user=end_user)
+        server.requested_claims(grant.request)
+    except OAuth2Error as error:
+        if error.error == "unsupported_response_type":
+            error.redirect_uri = _safe_redirect_uri(params)
+        if error.redirect_uri:
+            return _redirect_back(params, error)
+        return _error_page(error)
+
+    client = grant.request.client.model
+    prompt = set(params.get("prompt", "").split())
+    wanted_acr = best_acceptable(_requested_acr(params, client.default_acr), server.settings.issuer)
+    pending = _pending(params)
+    reason = login_reason(
+        has_session=login is not None,
+        auth_time=login.auth_time if login else None,
+        session_acr=login.acr if login else None,
+        prompt=prompt,
+        max_age=int(params["max_age"]) if params.get("max_age") else None,
+        wanted_acr=wanted_acr,
+        authenticated_since=pending.get("since_dt"),
+        issuer=server.settings.issuer,
+        now=_now(),
+    )
+    if reason is not None:
+        if "none" in prompt:
+            return _redirect_back(params, _protocol_error("login_required", grant.redirect_uri))
+        if login is not None and _essential_acr(params) and reason.value == "acr_too_low" and pending.get("since"):
+            # An essential acr that the sign-in just done could not reach (OIDC Core §5.5.1.1).
+            unmet = _protocol_error(
+                "unmet_authentication_requirements",
+                grant.redirect_uri,
+                "The requested authentication level cannot be met.",
+            )
+            return _redirect_back(params, unmet)
+        _remember_pending(params)
+        query = {"next": url_for("oidc.authorize") + "?" + urlencode(params)}
+        if params.get("ui_locales"):
+            query["ui_locales"] = params["ui_locales"]
+        return redirect(url_for("web.login") + "?" + urlencode(query), 303)
+
+    assert login is not None
+    scopes = grant.request.scope.split()
+    missing = missing_scopes(db.session(), login.resident_id, client, scopes)
+    decision = pending.get("consent")
+    if missing or ("consent" in prompt and decision is None):
+        if "none" in prompt:
+            return _redirect_back(params, _protocol_error("consent_required", grant.redirect_uri))
+        if decision is None:
+            request_id = _remember_pending(params)
+            return render_template(
+                "consent.html",
+                client=client,
+                scopes=scopes,
+                missing=missing or scopes,
+                request_id=request_id,
+                form=ActionForm(),
+            ), 200
+    _forget_pending(params)
+    grant_user = end_user if decision != "deny" else None
+    response: Response = server.create_authorization_response(grant=grant, grant_user=grant_user)
+    db.session().commit()
+    location = response.headers.get("Location")
+    if location and params.get("response_mode") == "form_post":
+        return _deliver(params, location)
+    response.headers["Cache-Control"] = "no-store"
+    return response
+
+
+def _requested_acr(params: dict[str, str], default_acr: str | None) -> list[str]:
+    values = params.get("acr_values", "").split()
+    claims = params.get("claims")
+    if claims:
+        try:
+            acr = json.loads(claims).get("id_token", {}).get("acr", {})
+        except (ValueError, AttributeError):
+            acr = {}
+        if isinstance(acr, dict):
+            if isinstance(acr.get("values"), list):
+                values = [str(v) for v in acr["values"]] + values
+            elif isinstance(acr.get("value"), str):
+                values = [acr["value"], *values]
+    return values or ([default_acr] if default_acr else [])
+
+
+def _essential_acr(params: dict[str, str]) -> bool:
+    claims = params.get("claims")
+    if not claims:
+        return False
+    try:
+        acr = json.loads(claims).get("id_token", {}).get("acr", {})
+    except (ValueError, AttributeError):
+        return False
+    return isinstance(acr, dict) and acr.get("essential") is True
+
+
+def _request_key(params: dict[str, str]) -> str:
+    # One pending entry per authorization request of this browser (client, redirect, state, nonce).
+    return "|".join(params.get(k, "") for k in ("client_id", "redirect_uri", "state", "nonce"))
+
+
+def _pending(params: dict[str, str]) -> dict[str, Any]:
+    entry = dict(session.get(PENDING, {}).get(_request_key(params), {}))
+    if "since" in entry:
+        entry["since_dt"] = dt.datetime.fromisoformat(entry["since"])
+    return entry
+
+
+def _remember_pending(params: dict[str, str]) -> str:
+    pending = dict(session.get(PENDING, {}))
+    key = _request_key(params)
+    entry = dict(pending.get(key, {}))
+    entry.setdefault("since", _now().isoformat())
+    entry.setdefault("id", secrets.token_urlsafe(12))
+    entry["params"] = params
+    # Keep only a few pending requests per browser: the cookie must stay small.
+    pending = {k: v for k, v in list(pending.items())[-4:]}
+    pending[key] = entry
+    session[PENDING] = pending
+    return str(entry["id"])
+
+
+def _forget_pending(params: dict[str, str]) -> None:
+    pending = dict(session.get(PENDING, {}))
+    if pending.pop(_request_key(params), None) is not None:
+        session[PENDING] = pending
+
+
+@bp.post("/consent")
+def consent() -> BaseResponse | Response:
+    """The resident's answer on the consent page: allowed scopes are stored, then the request continues."""
+    from idp.web import render_error
+
+    form = ActionForm()
+    request_id = request.form.get("request_id", "")
+    pending = dict(session.get(PENDING, {}))
+    entry_key = next((k for k, v in pending.items() if v.get("id") == request_id), None)
+    login = current_login()
+    if not form.validate() or entry_key is None or login is None:
+        return render_error(400, _("This sign-in request has expired. Go back to the service and try again."))
+    entry = dict(pending[entry_key])
+    params: dict[str, str] = entry["params"]
+    allow = request.form.get("decision") == "allow"
+    if allow:
+        scopes = [s for s in params.get("scope", "").split() if s]
+        grant_consent(db.session(), login.resident_id, params.get("client_id", ""), scopes, now=_now())
+        db.session().commit()
+    entry["consent"] = "allow" if allow else "deny"
+    pending[entry_key] = entry
+    session[PENDING] = pending
+    return redirect(url_for("oidc.authorize") + "?" + urlencode(params), 303)
+
+
+@bp.post("/token")
+def token() -> Response:
+    """The token endpoint; what a grant wrote (codes consumed, replays revoked, tokens recorded) is committed
+    whatever the answer, so a replayed code stays revoked."""
+    response: Response = _server().create_token_response()
+    db.session().commit()
+    return response
+
+
+@bp.route("/userinfo", methods=["GET", "POST"])
+def userinfo_endpoint() -> Response:
+    bearer = None
+    header = request.headers.get("Authorization", "")
+    if header[:7].lower() == "bearer ":
+        bearer = header[7:].strip()
+    elif request.method == "POST" and request.mimetype == "application/x-www-form-urlencoded":
+        bearer = request.form.get("access_token")  # RFC 6750 §2.2
+    try:
+        body = userinfo(_server(), bearer)
+    except UserInfoError as error:
+        response = Response(
+            json.dumps({"error": error.error, "error_description": error.description}),
+            status=error.status,
+            mimetype="application/json",
+        )
+        challenge = (
+            f'Bearer realm="idp", error="{error.error}"' if error.error != "invalid_request" else 'Bearer realm="idp"'
+        )
+        response.headers["WWW-Authenticate"] = challenge
+        response.headers["Cache-Control"] = "no-store"
+        return response
+    response = Response(json.dumps(body, ensure_ascii=False), mimetype="application/json")
+    response.headers["Cache-Control"] = "no-store"
+    # Browser-based services call UserInfo from their own origin (OIDC Core §5.3).
+    response.headers["Access-Control-Allow-Origin"] = "*"
+    return response
+
+
+@bp.post("/introspect")
+def introspect() -> Response:
+    response: Response = _server().create_endpoint_response("introspection")
+    return response
+
+
+@bp.post("/revoke")
+def revoke() -> Response:
+    response: Response = _server().create_endpoint_response("revocation")
+    db.session().commit()
+    return response
 
 
 @bp.get("/.well-known/openid-configuration")
@@ -35,7 +368,8 @@ def keyring_unavailable(error: KeyringError) -> Response:
 
 def json_http_error(error: HTTPException) -> Response:
     """An HTTP error as `{"error": …}` for API clients (resident-facing pages get HTML instead)."""
-    code = (error.name or "error").lower().replace(" ", "_")
+    # OAuth's own word for a failure on our side (RFC 6749 §4.1.2.1); otherwise the HTTP status name.
+    code = "server_error" if (error.code or 500) >= 500 else (error.name or "error").lower().replace(" ", "_")
     response = Response(f'{{"error":"{code}"}}', status=error.code or 500, mimetype="application/json")
     for name, value in error.get_headers():
         if name.lower() not in ("content-type", "content-length"):

@@ -15,7 +15,8 @@ KEYWORDS = {"_": None, "gettext": None, "ngettext": (1, 2), "_l": None, "lazy_ge
 
 
 def source_messages() -> set[str]:
-    found = extract_from_dir(str(ROOT / "idp" / "web"), METHODS, keywords=KEYWORDS)
+    found = list(extract_from_dir(str(ROOT / "idp" / "web"), METHODS, keywords=KEYWORDS))
+    found += extract_from_dir(str(ROOT / "idp" / "oidc"), [("views.py", "python")], keywords=KEYWORDS)
     return {message if isinstance(message, str) else message[0] for _, _, message, _, _ in found}
 
 

@@ -1,0 +1,326 @@
+"""Authlib grants adapted to our storage: authorization code (with OIDC and S256-only PKCE), refresh, client
+credentials. Only lookups and storage here; no HTTP and no commits."""
+
+from __future__ import annotations
+
+import datetime as dt
+import uuid
+from dataclasses import dataclass
+from typing import Any
+
+from authlib.oauth2.rfc6749 import InvalidGrantError, InvalidRequestError, InvalidScopeError, grants
+from authlib.oauth2.rfc7636 import CodeChallenge
+from authlib.oidc.core import OpenIDCode
+
+from idp import db
+from idp.models import AuthorizationCode, LoginSession, RefreshToken, Resident
+from idp.oidc import tokens
+from idp.oidc.claims import AUTH_METHODS, id_token_claims
+from idp.oidc.server import IdpAuthorizationServer, OAuthClient
+
+
+@dataclass(frozen=True, slots=True)
+class AuthorizedResident:
+    """The grant user of an authorization request: the resident and the login session they are in."""
+
+    resident: Resident
+    session: LoginSession
+
+
+class CodeRecord:
+    """What Authlib asks of an authorization code, over our row."""
+
+    def __init__(self, row: AuthorizationCode) -> None:
+        self.row = row
+
+    def get_redirect_uri(self) -> str:
+        return self.row.redirect_uri
+
+    def get_scope(self) -> str:
+        return self.row.scope
+
+    def get_nonce(self) -> str | None:
+        return self.row.nonce
+
+    def get_auth_time(self) -> int:
+        return int(self.row.auth_time.timestamp())
+
+    def get_acr(self) -> str:
+        return self.row.acr
+
+    def get_amr(self) -> list[str]:
+        return list(self.row.amr)
+
+    @property
+    def code_challenge(self) -> str | None:
+        return self.row.code_challenge
+
+    @property
+    def code_challenge_method(self) -> str | None:
+        return self.row.code_challenge_method
+
+
+class RefreshRecord:
+    """What Authlib asks of a refresh token, over our row."""
+
+    def __init__(self, row: RefreshToken) -> None:
+        self.row = row
+
+    def get_scope(self) -> str:
+        return self.row.scope
+
+    def check_client(self, client: OAuthClient) -> bool:
+        return self.row.client_id == client.get_client_id()
+
+
+def _server(grant: grants.BaseGrant) -> IdpAuthorizationServer:
+    server: IdpAuthorizationServer = grant.server
+    return server
+
+
+def _now() -> dt.datetime:
+    return dt.datetime.now(dt.UTC)
+
+
+def _issue(
+    grant: grants.BaseGrant,
+    *,
+    scope: str,
+    authentication: tokens.Authentication | None,
+    grant_id: uuid.UUID | None,
+    claims: dict[str, Any] | None,
+    include_refresh_token: bool,
+    family_expires_at: dt.datetime | None = None,
+) -> dict[str, Any]:
+    """The token response of any grant: a JWT access token, and a refresh token when the grant may have one."""
+    server = _server(grant)
+    client: OAuthClient = grant.request.client
+    now = _now()
+    session = db.session()
+    access_token, expires_in = tokens.issue_access_token(
+        session,
+        server.keyring.current(),
+        server.settings,
+        client=client.model,
+        scope=scope,
+        now=now,
+        authentication=authentication,
+        grant_id=grant_id,
+        userinfo_claims=(claims or {}).get("userinfo"),
+    )
+    token: dict[str, Any] = {
+        "token_type": "Bearer",
+        "access_token": access_token,
+        "expires_in": expires_in,
+        "scope": scope,
+    }
+    if include_refresh_token and authentication is not None and grant_id is not None:
+        token["refresh_token"] = tokens.issue_refresh_token(
+            session,
+            server.settings,
+            client=client.model,
+            authentication=authentication,
+            scope=scope,
+            grant_id=grant_id,
+            claims=claims,
+            now=now,
+            family_expires_at=family_expires_at,
+        )
+    return token
+
+
+def may_refresh(client: OAuthClient, scope: str) -> bool:
+    """A refresh token when the client may use the grant and `offline_access` was granted (OIDC Core §11)."""
+    return client.check_grant_type("refresh_token") and "offline_access" in scope.split()
+
+
+class AuthorizationCodeGrant(grants.AuthorizationCodeGrant):
+    TOKEN_ENDPOINT_AUTH_METHODS = list(AUTH_METHODS)
+
+    def save_authorization_code(self, code: str, request: Any) -> None:
+        user: AuthorizedResident = request.user
+        payload = request.payload.data
+        now = _now()
+        session = user.session
+        db.session().add(
+            AuthorizationCode(
+                digest=tokens.digest(code),
+                grant_id=uuid.uuid4(),
+                client_id=request.client.get_client_id(),
+                resident_id=user.resident.id,
+                sid=session.sid,
+                redirect_uri=request.payload.redirect_uri,
+                scope=request.scope,
+                nonce=payload.get("nonce"),
+                code_challenge=payload.get("code_challenge"),
+                code_challenge_method=payload.get("code_challenge_method"),
+                claims=_server(self).requested_claims(request),
+                acr=session.acr,
+                amr=list(session.amr),
+                auth_time=session.auth_time,
+                created_at=now,
+                expires_at=now + dt.timedelta(seconds=_server(self).settings.code_ttl),
+            )
+        )
+
+    def query_authorization_code(self, code: str, client: OAuthClient) -> CodeRecord | None:
+        row = tokens.consume_code(db.session(), code, client.get_client_id(), now=_now())
+        return CodeRecord(row) if row is not None else None
+
+    def delete_authorization_code(self, authorization_code: CodeRecord) -> None:
+        """Nothing to delete: the code was consumed by a compare-and-set when it was looked up."""
+
+    def authenticate_user(self, authorization_code: CodeRecord) -> Resident | None:
+        return db.session().get(Resident, authorization_code.row.resident_id)
+
+    def generate_token(
+        self,
+        user: Any = None,
+        scope: str | None = None,
+        grant_type: str | None = None,
+        expires_in: int | None = None,
+        include_refresh_token: bool = True,
+    ) -> dict[str, Any]:
+        row = self.request.authorization_code.row
+        authentication = tokens.Authentication(
+            resident=user, sid=row.sid, acr=row.acr, amr=list(row.amr), auth_time=row.auth_time
+        )
+        self.request.authentication = authentication
+        _server(self).remember_session_client(row.sid, self.request.client.model, user)
+        return _issue(
+            self,
+            scope=row.scope,
+            authentication=authentication,
+            grant_id=row.grant_id,
+            claims=row.claims,
+            include_refresh_token=may_refresh(self.request.client, row.scope),
+        )
+
+
+class RefreshTokenGrant(grants.RefreshTokenGrant):
+    TOKEN_ENDPOINT_AUTH_METHODS = list(AUTH_METHODS)
+    INCLUDE_NEW_REFRESH_TOKEN = True
+
+    def _validate_request_token(self, client: OAuthClient) -> RefreshRecord:
+        presented = self.request.form.get("refresh_token")
+        if presented is None:
+            raise InvalidRequestError("Missing 'refresh_token' in request.")
+        row = tokens.rotate_refresh_token(db.session(), presented, client.get_client_id(), now=_now())
+        if row is None:
+            raise InvalidGrantError()
+        return RefreshRecord(row)
+
+    def authenticate_refresh_token(self, refresh_token: str) -> RefreshRecord | None:
+        raise NotImplementedError("looked up and rotated in _validate_request_token")
+
+    def authenticate_user(self, refresh_token: RefreshRecord) -> Resident | None:
+        resident = db.session().get(Resident, refresh_token.row.resident_id)
+        return None if resident is None or resident.is_locked else resident
+
+    def revoke_old_credential(self, refresh_token: RefreshRecord) -> None:
+        """Nothing more: the old token was marked rotated by a compare-and-set when it was looked up."""
+
+    def generate_token(
+        self,
+        user: Any = None,
+        scope: str | None = None,
+        grant_type: str | None = None,
+        expires_in: int | None = None,
+        include_refresh_token: bool = True,
+    ) -> dict[str, Any]:
+        old: RefreshToken = self.request.refresh_token.row
+        authentication = tokens.Authentication(
+            resident=user, sid=old.sid, acr=old.acr, amr=list(old.amr), auth_time=old.auth_time
+        )
+        granted = scope or old.scope
+        token = _issue(
+            self,
+            scope=granted,
+            authentication=authentication,
+            grant_id=old.grant_id,
+            claims=old.claims,
+            include_refresh_token=True,
+            family_expires_at=old.family_expires_at,
+        )
+        if "openid" in granted.split():
+            # OIDC Core §12.2: a refreshed ID token keeps the original authentication's claims.
+            server = _server(self)
+            token["id_token"] = tokens.issue_id_token(
+                server.keyring.current(),
+                server.settings,
+                client=self.request.client.model,
+                authentication=authentication,
+                claims=id_token_claims(user, granted, old.claims, self.request.client.model, server.settings),
+                now=_now(),
+                access_token=token["access_token"],
+            )
+        return token
+
+    def _validate_token_scope(self, token: RefreshRecord) -> None:
+        # A refresh may narrow the scope, never widen it (RFC 6749 §6).
+        scope = self.request.payload.scope
+        if scope and not set(scope.split()) <= set(token.get_scope().split()):
+            raise InvalidScopeError()
+
+
+class ClientCredentialsGrant(grants.ClientCredentialsGrant):
+    TOKEN_ENDPOINT_AUTH_METHODS = ["client_secret_basic", "client_secret_post", "private_key_jwt"]
+
+    def generate_token(
+        self,
+        user: Any = None,
+        scope: str | None = None,
+        grant_type: str | None = None,
+        expires_in: int | None = None,
+        include_refresh_token: bool = True,
+    ) -> dict[str, Any]:
+        # Service-to-service: no resident, so no refresh token and no ID token.
+        granted = " ".join(s for s in (scope or "").split() if s not in ("openid", "offline_access"))
+        return _issue(self, scope=granted, authentication=None, grant_id=None, claims=None, include_refresh_token=False)
+
+
+class OpenIDCodeFlow(OpenIDCode):
+    """The OIDC half of the code grant: the ID token, signed by the keyring with the client's algorithm."""
+
+    def exists_nonce(self, nonce: str, request: Any) -> bool:
+        # Codes are single use, so a nonce cannot be replayed through this server; the client checks its own.
+        return False
+
+    def encode_id_token(self, token: dict[str, Any], request: Any) -> str:
+        server: IdpAuthorizationServer = request_server(request)
+        row = request.authorization_code.row
+        client = request.client.model
+        return tokens.issue_id_token(
+            server.keyring.current(),
+            server.settings,
+            client=client,
+            authentication=request.authentication,
+            claims=id_token_claims(request.user, row.scope, row.claims, client, server.settings),
+            now=_now(),
+            nonce=row.nonce,
+            access_token=token.get("access_token"),
+        )
+
+
+def request_server(request: Any) -> IdpAuthorizationServer:
+    from flask import current_app
+
+    server: IdpAuthorizationServer = current_app.extensions["idp.oidc"]
+    return server
+
+
+class S256CodeChallenge(CodeChallenge):
+    """PKCE with S256 only (`plain` is refused: RFC 9700 §2.1.1), required for public clients."""
+
+    DEFAULT_CODE_CHALLENGE_METHOD = "S256"
+    SUPPORTED_CODE_CHALLENGE_METHOD = ["S256"]
+
+    def validate_code_challenge(self, grant: grants.BaseGrant, redirect_uri: str) -> None:
+        request = grant.request
+        data = request.payload.data
+        # PKCE is required for public clients: RFC 9700 §2.1.1.
+        if request.client.is_public and not data.get("code_challenge"):
+            raise InvalidRequestError("Public clients must send a PKCE 'code_challenge' (S256).")
+        if data.get("code_challenge") and data.get("code_challenge_method") != "S256":
+            raise InvalidRequestError("Only 'code_challenge_method=S256' is supported.")
+        super().validate_code_challenge(grant, redirect_uri)

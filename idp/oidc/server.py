@@ -1,0 +1,203 @@
+"""The AuthorizationServer on Authlib: client lookup, error policy, and what grants need from the app."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import time
+from typing import Any
+
+import httpx
+from authlib.integrations.flask_oauth2 import AuthorizationServer
+from authlib.oauth2.rfc6749 import ClientMixin, InvalidRequestError, OAuth2Error
+from authlib.oauth2.rfc6749.errors import InvalidClientError
+from authlib.oauth2.rfc7523 import JWTBearerClientAssertion
+from joserfc.errors import JoseError
+from joserfc.jwk import KeySet
+from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError
+
+from idp import db
+from idp.keyring import Keyring
+from idp.models import Client, LoginSession, Resident, SessionClient, UsedAssertion
+from idp.oidc.claims import SCOPES
+from idp.oidc.clients import verify_client_secret
+from idp.settings import Settings
+
+MAX_CLIENT_ID = 128
+MAX_CLAIMS_PARAMETER = 4096
+
+
+class OAuthClient(ClientMixin):
+    """What Authlib asks of a client, over our Client row."""
+
+    def __init__(self, model: Client, secret_key: bytes) -> None:
+        self.model = model
+        self._secret_key = secret_key
+
+    @property
+    def is_public(self) -> bool:
+        return self.model.is_public
+
+    @property
+    def client_id(self) -> str:
+        return self.model.id
+
+    def get_client_id(self) -> str:
+        return self.model.id
+
+    def get_default_redirect_uri(self) -> None:
+        # OIDC Core §3.1.2.1: redirect_uri is required, even with one registered.
+        return None
+
+    def get_allowed_scope(self, scope: str | None) -> str | None:
+        """The requested scope if the client may have all of it; None makes Authlib answer invalid_scope."""
+        requested = (scope or "").split()
+        if not requested or any(s not in SCOPES or s not in self.model.scopes for s in requested):
+            return None
+        return " ".join(dict.fromkeys(requested))
+
+    def check_redirect_uri(self, redirect_uri: str) -> bool:
+        # Exact match, no patterns (RFC 9700 §4.1.3).
+        return redirect_uri in self.model.redirect_uris
+
+    def check_client_secret(self, client_secret: str) -> bool:
+        return verify_client_secret(self.model, client_secret, key=self._secret_key)
+
+    def check_endpoint_auth_method(self, method: str, endpoint: str) -> bool:
+        return method == self.model.token_endpoint_auth_method
+
+    def check_response_type(self, response_type: str) -> bool:
+        return response_type == "code"
+
+    def check_grant_type(self, grant_type: str) -> bool:
+        return grant_type in self.model.grant_types
+
+
+class PrivateKeyJwt(JWTBearerClientAssertion):
+    """`private_key_jwt` client authentication (RFC 7523, OIDC Core §9) with the client's registered keys."""
+
+    CLIENT_AUTH_METHOD = "private_key_jwt"
+    JWKS_CACHE_SECONDS = 300
+
+    def __init__(self, issuer: str) -> None:
+        super().__init__(leeway=30)
+        self.issuer = issuer
+        self._fetched: dict[str, tuple[float, KeySet]] = {}
+
+    def get_audiences(self) -> list[str]:
+        # The token endpoint or the issuer, as OIDC Core §9 and RFC 7523 §3 allow.
+        return [f"{self.issuer}/token", self.issuer, f"{self.issuer}/introspect", f"{self.issuer}/revoke"]
+
+    def validate_jti(self, claims: dict[str, Any], jti: str) -> bool:
+        if not isinstance(jti, str) or not jti or len(jti) > 255:
+            return False
+        exp = claims.get("exp")
+        expires = dt.datetime.fromtimestamp(exp, dt.UTC) if isinstance(exp, int) else dt.datetime.now(dt.UTC)
+        session = db.session()
+        try:
+            with session.begin_nested():
+                session.add(
+                    UsedAssertion(
+                        jti=f"{claims.get('iss')}:{jti}"[:255], client_id=str(claims.get("iss")), expires_at=expires
+                    )
+                )
+        except IntegrityError:
+            return False
+        return True
+
+    def resolve_client_public_key(self, client: OAuthClient) -> KeySet:
+        model = client.model
+        if model.jwks:
+            return KeySet.import_key_set(model.jwks)  # type: ignore[arg-type]  # validated when registered
+        if model.jwks_uri:
+            cached = self._fetched.get(model.id)
+            if cached and time.monotonic() - cached[0] < self.JWKS_CACHE_SECONDS:
+                return cached[1]
+            try:
+                response = httpx.get(model.jwks_uri, timeout=5.0, follow_redirects=False)
+                response.raise_for_status()
+                keys = KeySet.import_key_set(response.json())
+            except (httpx.HTTPError, ValueError, TypeError, KeyError, JoseError):
+                raise InvalidClientError(description="The client's jwks_uri could not be read.") from None
+            self._fetched[model.id] = (time.monotonic(), keys)
+            return keys
+        raise InvalidClientError(description="The client has no keys for private_key_jwt.")
+
+
+class IdpAuthorizationServer(AuthorizationServer):
+    """Authlib's server with our client lookup; tokens are stored where they are issued (oidc/tokens.py)."""
+
+    def __init__(self, settings: Settings, keyring: Keyring, secret_key: bytes) -> None:
+        super().__init__()
+        self.settings = settings
+        self.keyring = keyring
+        self.secret_key = secret_key
+        self.scopes_supported = list(SCOPES)
+        self.register_client_auth_method(PrivateKeyJwt.CLIENT_AUTH_METHOD, PrivateKeyJwt(settings.issuer))
+
+    def query_client(self, client_id: str) -> OAuthClient | None:
+        if not client_id or len(client_id) > MAX_CLIENT_ID:
+            return None
+        model = db.session().get(Client, client_id)
+        return OAuthClient(model, self.secret_key) if model is not None else None
+
+    def save_token(self, token: dict[str, Any], request: Any) -> None:
+        """Nothing here: access and refresh tokens were recorded as they were issued."""
+
+    def handle_error_response(self, request: Any, error: OAuth2Error) -> Any:
+        if isinstance(error, InvalidClientError):
+            # RFC 6749 §5.2: invalid_client is 401 with a challenge for the scheme the client may use.
+            error.status_code = 401
+        response = super().handle_error_response(request, error)
+        if isinstance(error, InvalidClientError):
+            response.headers["WWW-Authenticate"] = 'Basic realm="idp", error="invalid_client"'
+        return response
+
+    def requested_claims(self, request: Any) -> dict[str, Any] | None:
+        """The `claims` request parameter (OIDC Core §5.5), parsed.
+
+        Raises:
+            InvalidRequestError: it is not a JSON object of objects.
+        """
+        raw = request.payload.data.get("claims")
+        if not raw:
+            return None
+        if len(raw) > MAX_CLAIMS_PARAMETER:
+            raise InvalidRequestError("The 'claims' parameter is too large.")
+        try:
+            parsed = json.loads(raw)
+        except ValueError:
+            raise InvalidRequestError("The 'claims' parameter is not JSON.") from None
+        if not isinstance(parsed, dict) or any(
+            not isinstance(parsed.get(member, {}), dict) for member in ("id_token", "userinfo")
+        ):
+            raise InvalidRequestError("The 'claims' parameter must be a JSON object of objects.")
+        return {member: parsed[member] for member in ("id_token", "userinfo") if member in parsed}
+
+    def remember_session_client(self, sid: str | None, client: Client, resident: Resident) -> None:
+        """Record that the client took part in the login session, so that logout reaches it."""
+        if sid is None:
+            return
+        session = db.session()
+        login = session.scalar(select(LoginSession).where(LoginSession.sid == sid))
+        if login is None:
+            return
+        exists = session.scalar(
+            select(SessionClient.id).where(SessionClient.session_id == login.id, SessionClient.client_id == client.id)
+        )
+        if exists is None:
+            from idp.oidc.tokens import subject_for
+
+            try:
+                # Two token requests of one session may race here; the unique constraint keeps one row.
+                with session.begin_nested():
+                    session.add(
+                        SessionClient(
+                            session_id=login.id,
+                            client_id=client.id,
+                            sub=subject_for(client, resident.id, self.settings),
+                        )
+                    )
+            except IntegrityError:
+                pass

@@ -1,0 +1,348 @@
+"""Tokens: ID tokens, RFC 9068 JWT access tokens, refresh-token families (rotate, revoke on reuse)."""
+
+from __future__ import annotations
+
+import base64
+import datetime as dt
+import hashlib
+import secrets
+import uuid
+from dataclasses import dataclass
+from typing import Any
+
+from joserfc import jwt
+from joserfc.errors import JoseError
+from sqlalchemy import select, update
+from sqlalchemy.orm import Session
+
+from idp.keyring import LoadedKeys, SigningKey
+from idp.models import AccessToken, AuthorizationCode, Client, RefreshToken, Resident
+from idp.oidc.claims import pairwise_sub
+from idp.settings import Settings
+
+ACCESS_TOKEN_TYPE = "at+jwt"  # noqa: S105  RFC 9068 §2.1 (a media type, not a secret)
+ID_TOKEN_TYPE = "JWT"  # noqa: S105  (a media type, not a secret)
+CLOCK_LEEWAY = 30
+MAX_TOKEN_LENGTH = 4096
+
+
+class TokenInvalidError(Exception):
+    """A presented token is malformed, forged, expired, of the wrong type or revoked."""
+
+
+@dataclass(frozen=True, slots=True)
+class Authentication:
+    """How the resident signed in, carried from the code to every token of the grant."""
+
+    resident: Resident
+    sid: str | None
+    acr: str
+    amr: list[str]
+    auth_time: dt.datetime
+
+
+@dataclass(frozen=True, slots=True)
+class IssuedTokens:
+    access_token: str
+    expires_in: int
+    scope: str
+    refresh_token: str | None = None
+
+
+def digest(value: str) -> bytes:
+    """Codes and refresh tokens are stored as SHA-256 digests: 256 random bits need no slow hash."""
+    return hashlib.sha256(value.encode()).digest()
+
+
+def new_secret() -> str:
+    return secrets.token_urlsafe(32)
+
+
+def subject_for(client: Client, resident_id: uuid.UUID, settings: Settings) -> str:
+    """The `sub` this client sees: pairwise per sector by default, the resident id where an admin allowed it."""
+    if client.subject_type == "public":
+        return str(resident_id)
+    sector = client.sector_identifier or client.id
+    return pairwise_sub(sector, str(resident_id), settings.pairwise_secret)
+
+
+def _epoch(value: dt.datetime) -> int:
+    return int(value.timestamp())
+
+
+# -- access tokens -------------------------------------------------------------------------------------------------
+
+
+def issue_access_token(
+    db: Session,
+    keys: LoadedKeys,
+    settings: Settings,
+    *,
+    client: Client,
+    scope: str,
+    now: dt.datetime,
+    authentication: Authentication | None = None,
+    grant_id: uuid.UUID | None = None,
+    userinfo_claims: dict[str, Any] | None = None,
+) -> tuple[str, int]:
+    """Sign an RFC 9068 access token and remember its jti (for introspection and revocation)."""
+    jti = secrets.token_urlsafe(24)
+    expires_in = settings.access_token_ttl
+    claims: dict[str, Any] = {
+        "iss": settings.issuer,
+        # The requesting service is the resource server of its own APIs (RFC 9068 §3, no resource indicators).
+        "aud": client.id,
+        "client_id": client.id,
+        "iat": _epoch(now),
+        "exp": _epoch(now) + expires_in,
+        "jti": jti,
+        "scope": scope,
+    }
+    if authentication is not None:
+        claims["sub"] = subject_for(client, authentication.resident.id, settings)
+        claims["auth_time"] = _epoch(authentication.auth_time)
+        claims["acr"] = authentication.acr
+        claims["amr"] = authentication.amr
+    else:
+        claims["sub"] = client.id  # client credentials: the service acts for itself (RFC 9068 §2.2)
+    token = keys.active(settings.access_token_alg).sign(claims, typ=ACCESS_TOKEN_TYPE)
+    db.add(
+        AccessToken(
+            jti=jti,
+            grant_id=grant_id,
+            client_id=client.id,
+            resident_id=authentication.resident.id if authentication else None,
+            scope=scope,
+            claims=userinfo_claims,
+            issued_at=now,
+            expires_at=now + dt.timedelta(seconds=expires_in),
+        )
+    )
+    return token, expires_in
+
+
+def verify_access_token(token: str, keys: LoadedKeys, settings: Settings, *, now: dt.datetime) -> dict[str, Any]:
+    """The claims of an access token this IdP signed, checked offline (signature, typ, iss, exp).
+
+    Raises:
+        TokenInvalidError: anything wrong with it.
+    """
+    if not token or len(token) > MAX_TOKEN_LENGTH or token.count(".") != 2:
+        raise TokenInvalidError("malformed token")
+    try:
+        decoded = jwt.decode(token, keys.public_keys, algorithms=sorted({key.alg for key in keys.keys}))
+    except (JoseError, ValueError, TypeError) as exc:
+        raise TokenInvalidError(f"bad token: {type(exc).__name__}") from None
+    if decoded.header.get("typ") != ACCESS_TOKEN_TYPE:
+        raise TokenInvalidError("not an access token")
+    claims = decoded.claims
+    if claims.get("iss") != settings.issuer:
+        raise TokenInvalidError("issued elsewhere")
+    exp = claims.get("exp")
+    if not isinstance(exp, int) or exp + CLOCK_LEEWAY < _epoch(now):
+        raise TokenInvalidError("expired")
+    if not isinstance(claims.get("jti"), str):
+        raise TokenInvalidError("no jti")
+    return claims
+
+
+def find_access_token(db: Session, jti: str) -> AccessToken | None:
+    return db.get(AccessToken, jti)
+
+
+# -- ID tokens -------------------------------------------------------------------------------------------------------
+
+
+def issue_id_token(
+    keys: LoadedKeys,
+    settings: Settings,
+    *,
+    client: Client,
+    authentication: Authentication,
+    claims: dict[str, Any],
+    now: dt.datetime,
+    nonce: str | None = None,
+    access_token: str | None = None,
+) -> str:
+    """Sign an ID token with the client's algorithm (RS256 unless it registered another)."""
+    key = keys.active(client.id_token_signed_response_alg)
+    payload: dict[str, Any] = {
+        "iss": settings.issuer,
+        "sub": subject_for(client, authentication.resident.id, settings),
+        "aud": client.id,
+        "iat": _epoch(now),
+        "exp": _epoch(now) + settings.id_token_ttl,
+        "auth_time": _epoch(authentication.auth_time),
+        "acr": authentication.acr,
+        "amr": authentication.amr,
+    }
+    if authentication.sid:
+        payload["sid"] = authentication.sid
+    if nonce:
+        payload["nonce"] = nonce
+    if access_token:
+        payload["at_hash"] = half_hash(access_token, key)
+    payload.update(claims)
+    return key.sign(payload, typ=ID_TOKEN_TYPE)
+
+
+def half_hash(value: str, key: SigningKey) -> str:
+    """OIDC Core §3.1.3.6 at_hash: the left half of the hash that matches the signing algorithm."""
+    algorithm = hashlib.sha512 if key.alg == "EdDSA" else hashlib.sha256
+    digest_bytes = algorithm(value.encode("ascii")).digest()
+    return base64.urlsafe_b64encode(digest_bytes[: len(digest_bytes) // 2]).rstrip(b"=").decode()
+
+
+# -- authorization codes --------------------------------------------------------------------------------------------
+
+
+def consume_code(db: Session, code: str, client_id: str, *, now: dt.datetime) -> AuthorizationCode | None:
+    """The code, used once: a compare-and-set marks it consumed. A replay revokes what the code issued.
+
+    Returns None for an unknown, expired, replayed code or one issued to another client.
+    """
+    if not code or len(code) > 256:
+        return None
+    record = db.get(AuthorizationCode, digest(code))
+    if record is None or record.client_id != client_id:
+        return None
+    consumed = db.execute(
+        update(AuthorizationCode)
+        .where(AuthorizationCode.digest == record.digest, AuthorizationCode.consumed_at.is_(None))
+        .values(consumed_at=now)
+        .execution_options(synchronize_session=False)
+    )
+    if consumed.rowcount != 1:  # type: ignore[attr-defined]  # CursorResult of an UPDATE
+        # RFC 6749 §4.1.2 and RFC 9700 §4.5: a code used twice may be stolen; revoke what it issued.
+        revoke_grant(db, record.grant_id, now=now)
+        return None
+    if record.expires_at <= now:
+        return None
+    return record
+
+
+# -- refresh tokens -------------------------------------------------------------------------------------------------
+
+
+def issue_refresh_token(
+    db: Session,
+    settings: Settings,
+    *,
+    client: Client,
+    authentication: Authentication,
+    scope: str,
+    grant_id: uuid.UUID,
+    claims: dict[str, Any] | None,
+    now: dt.datetime,
+    family_expires_at: dt.datetime | None = None,
+) -> str:
+    """A new refresh token of the grant's family: sliding lifetime, never past the family's absolute end."""
+    family_end = family_expires_at or now + dt.timedelta(seconds=settings.refresh_token_absolute_ttl)
+    token = new_secret()
+    db.add(
+        RefreshToken(
+            digest=digest(token),
+            grant_id=grant_id,
+            client_id=client.id,
+            resident_id=authentication.resident.id,
+            sid=authentication.sid,
+            scope=scope,
+            claims=claims,
+            acr=authentication.acr,
+            amr=authentication.amr,
+            auth_time=authentication.auth_time,
+            created_at=now,
+            expires_at=min(family_end, now + dt.timedelta(seconds=settings.refresh_token_ttl)),
+            family_expires_at=family_end,
+        )
+    )
+    return token
+
+
+def rotate_refresh_token(db: Session, token: str, client_id: str, *, now: dt.datetime) -> RefreshToken | None:
+    """Use a refresh token once (compare-and-set). A token already rotated means theft: revoke the family.
+
+    Returns None for unknown, expired, revoked or reused tokens and tokens of another client.
+    """
+    if not token or len(token) > 256:
+        return None
+    record = db.get(RefreshToken, digest(token))
+    if record is None or record.client_id != client_id:
+        return None
+    rotated = db.execute(
+        update(RefreshToken)
+        .where(
+            RefreshToken.digest == record.digest,
+            RefreshToken.rotated_at.is_(None),
+            RefreshToken.revoked_at.is_(None),
+        )
+        .values(rotated_at=now)
+        .execution_options(synchronize_session=False)
+    )
+    if rotated.rowcount != 1:  # type: ignore[attr-defined]  # CursorResult of an UPDATE
+        if record.revoked_at is None:
+            # RFC 9700 §4.14.2: reuse of a rotated refresh token revokes the whole family.
+            revoke_grant(db, record.grant_id, now=now)
+        return None
+    if record.expires_at <= now:
+        return None
+    return record
+
+
+def revoke_grant(db: Session, grant_id: uuid.UUID, *, now: dt.datetime) -> None:
+    """Revoke every access and refresh token issued under the grant."""
+    db.execute(
+        update(RefreshToken)
+        .where(RefreshToken.grant_id == grant_id, RefreshToken.revoked_at.is_(None))
+        .values(revoked_at=now)
+        .execution_options(synchronize_session=False)
+    )
+    db.execute(
+        update(AccessToken)
+        .where(AccessToken.grant_id == grant_id, AccessToken.revoked_at.is_(None))
+        .values(revoked_at=now)
+        .execution_options(synchronize_session=False)
+    )
+
+
+def revoke_client_grants(db: Session, *, resident_id: uuid.UUID, client_id: str, now: dt.datetime) -> None:
+    """Revoke a client's refresh and access tokens for a resident (consent withdrawn)."""
+    db.execute(
+        update(RefreshToken)
+        .where(
+            RefreshToken.resident_id == resident_id,
+            RefreshToken.client_id == client_id,
+            RefreshToken.revoked_at.is_(None),
+        )
+        .values(revoked_at=now)
+        .execution_options(synchronize_session=False)
+    )
+    db.execute(
+        update(AccessToken)
+        .where(
+            AccessToken.resident_id == resident_id,
+            AccessToken.client_id == client_id,
+            AccessToken.revoked_at.is_(None),
+        )
+        .values(revoked_at=now)
+        .execution_options(synchronize_session=False)
+    )
+
+
+def find_refresh_token(db: Session, token: str) -> RefreshToken | None:
+    if not token or len(token) > 256:
+        return None
+    return db.get(RefreshToken, digest(token))
+
+
+def live_refresh_tokens(db: Session, resident_id: uuid.UUID, *, now: dt.datetime) -> list[RefreshToken]:
+    return list(
+        db.scalars(
+            select(RefreshToken).where(
+                RefreshToken.resident_id == resident_id,
+                RefreshToken.revoked_at.is_(None),
+                RefreshToken.rotated_at.is_(None),
+                RefreshToken.expires_at > now,
+            )
+        )
+    )

@@ -1,0 +1,147 @@
+"""The authorization code flow with PKCE through the Flask app, signing in through the sandbox agency."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import replace
+
+import pytest
+from flask import Flask
+from oidc_flow import KIM_E164, REDIRECT, authorize, basic, decode, exchange, register, sign_in
+from sandbox_agency import SandboxAgency
+
+from idp.settings import Settings
+
+
+@pytest.fixture
+def app(
+    make_app: Callable[[Settings], Flask], settings: Settings, sandbox: SandboxAgency, fresh_database_url: str
+) -> Flask:
+    app = make_app(replace(settings, carrier_agency_url=sandbox.url, database_url=fresh_database_url))
+    app.config["TESTING"] = True
+    return app
+
+
+def test_code_flow_issues_verified_tokens(app: Flask, sandbox: SandboxAgency) -> None:
+    created = register(app)
+    browser = app.test_client()
+    sign_in(browser, sandbox)
+    authorization = authorize(browser, created.client.id)
+    assert authorization.params["state"] == [authorization.state]
+    assert authorization.params["iss"] == ["http://localhost:8000"]
+    response = exchange(browser, created, authorization)
+    assert response.status_code == 200, response.get_data(as_text=True)
+    assert response.headers["Cache-Control"] == "no-store"
+    body = response.get_json()
+    assert body["token_type"] == "Bearer"
+    assert set(body) >= {"access_token", "id_token", "refresh_token", "expires_in", "scope"}
+    id_token = decode(app, body["id_token"])
+    assert id_token.header["alg"] == "RS256"
+    claims = id_token.claims
+    assert claims["iss"] == "http://localhost:8000"
+    assert claims["aud"] == created.client.id
+    assert claims["nonce"] == authorization.nonce
+    assert claims["amr"] == ["sms", "mca"]
+    assert claims["acr"] == "http://localhost:8000/acr/aal1"
+    assert claims["name"] == "김경기"
+    assert claims["phone_number"] == KIM_E164
+    assert "sid" in claims
+    assert "at_hash" in claims
+    access = decode(app, body["access_token"])
+    assert access.header["typ"] == "at+jwt"
+    assert access.claims["sub"] == claims["sub"]
+    info = browser.get("/userinfo", headers={"Authorization": f"Bearer {body['access_token']}"})
+    assert info.status_code == 200
+    assert info.get_json()["sub"] == claims["sub"]
+    assert info.get_json()["birthdate"] == "1985-03-14"
+
+
+def test_replayed_code_is_refused_and_revokes_what_it_issued(app: Flask, sandbox: SandboxAgency) -> None:
+    created = register(app)
+    browser = app.test_client()
+    sign_in(browser, sandbox)
+    authorization = authorize(browser, created.client.id)
+    first = exchange(browser, created, authorization).get_json()
+    replay = exchange(browser, created, authorization)
+    assert replay.status_code == 400
+    assert replay.get_json()["error"] == "invalid_grant"
+    info = browser.get("/userinfo", headers={"Authorization": f"Bearer {first['access_token']}"})
+    assert info.status_code == 401
+    refreshed = browser.post(
+        "/token",
+        data={"grant_type": "refresh_token", "refresh_token": first["refresh_token"]},
+        headers=basic(created.client.id, created.secret or ""),
+    )
+    assert refreshed.get_json()["error"] == "invalid_grant"
+
+
+def test_refresh_rotates_and_reuse_revokes_the_family(app: Flask, sandbox: SandboxAgency) -> None:
+    created = register(app)
+    browser = app.test_client()
+    sign_in(browser, sandbox)
+    tokens = exchange(browser, created, authorize(browser, created.client.id)).get_json()
+    auth = basic(created.client.id, created.secret or "")
+    second = browser.post(
+        "/token", data={"grant_type": "refresh_token", "refresh_token": tokens["refresh_token"]}, headers=auth
+    )
+    assert second.status_code == 200, second.get_data(as_text=True)
+    rotated = second.get_json()
+    assert rotated["refresh_token"] != tokens["refresh_token"]
+    assert "id_token" in rotated
+    reuse = browser.post(
+        "/token", data={"grant_type": "refresh_token", "refresh_token": tokens["refresh_token"]}, headers=auth
+    )
+    assert reuse.get_json()["error"] == "invalid_grant"
+    after = browser.post(
+        "/token", data={"grant_type": "refresh_token", "refresh_token": rotated["refresh_token"]}, headers=auth
+    )
+    assert after.get_json()["error"] == "invalid_grant"
+
+
+def test_introspection_and_revocation(app: Flask, sandbox: SandboxAgency) -> None:
+    created = register(app)
+    other = register(app, name="다른 서비스")
+    browser = app.test_client()
+    sign_in(browser, sandbox)
+    tokens = exchange(browser, created, authorize(browser, created.client.id)).get_json()
+    auth = basic(created.client.id, created.secret or "")
+    active = browser.post("/introspect", data={"token": tokens["access_token"]}, headers=auth).get_json()
+    assert active["active"] is True
+    assert active["client_id"] == created.client.id
+    foreign = browser.post(
+        "/introspect", data={"token": tokens["access_token"]}, headers=basic(other.client.id, other.secret or "")
+    ).get_json()
+    assert foreign == {"active": False}
+    revoked = browser.post("/revoke", data={"token": tokens["refresh_token"]}, headers=auth)
+    assert revoked.status_code == 200
+    after = browser.post("/introspect", data={"token": tokens["access_token"]}, headers=auth).get_json()
+    assert after == {"active": False}
+
+
+def test_client_credentials_issue_an_access_token_only(app: Flask) -> None:
+    created = register(app, redirect_uris=(), grant_types=("client_credentials",), scopes=("profile",))
+    response = app.test_client().post(
+        "/token",
+        data={"grant_type": "client_credentials", "scope": "profile"},
+        headers=basic(created.client.id, created.secret or ""),
+    )
+    assert response.status_code == 200, response.get_data(as_text=True)
+    body = response.get_json()
+    assert "id_token" not in body
+    assert "refresh_token" not in body
+    assert decode(app, body["access_token"]).claims["sub"] == created.client.id
+
+
+def test_public_client_needs_pkce(app: Flask, sandbox: SandboxAgency) -> None:
+    created = register(app, public=True)
+    browser = app.test_client()
+    sign_in(browser, sandbox)
+    response = browser.get(
+        f"/authorize?response_type=code&client_id={created.client.id}&redirect_uri={REDIRECT}&scope=openid&state=s"
+    )
+    assert response.status_code == 302
+    assert "error=invalid_request" in response.headers["Location"]
+    authorization = authorize(browser, created.client.id, scope="openid")
+    tokens = exchange(browser, created, authorization)
+    assert tokens.status_code == 200, tokens.get_data(as_text=True)
+    assert "refresh_token" not in tokens.get_json()
