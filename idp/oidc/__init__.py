@@ -9,6 +9,7 @@ from idp.oidc import grants, views
 from idp.oidc.clients import secret_digest_key
 from idp.oidc.discovery import MetadataCache
 from idp.oidc.endpoints import Introspection, Revocation
+from idp.oidc.logout import DeliveryWorker
 from idp.oidc.published import PublishedDocuments, PublishedDocumentsMiddleware
 from idp.oidc.server import IdpAuthorizationServer
 from idp.settings import Settings
@@ -36,6 +37,11 @@ def init_app(app: Flask, settings: Settings) -> None:
     server.register_endpoint(Introspection)
     server.register_endpoint(Revocation)
     app.extensions["idp.oidc"] = server
+    worker = DeliveryWorker(app.extensions["idp.db"][1], app.extensions["idp.keyring"], settings)
+    app.extensions["idp.logout"] = worker
+    if not app.testing:
+        # Retries of back-channel logout tokens that could not be delivered at once.
+        worker.start()
 
     documents = PublishedDocuments(app.extensions["idp.keyring"], MetadataCache(settings), settings)
     app.extensions["idp.published"] = documents

@@ -271,7 +271,7 @@ def _checked_keys(spec: ClientSpec, auth_method: str) -> dict[str, Any] | None:
         if PRIVATE_MEMBERS & entry.keys():
             # The client signs with its private key; the IdP must never hold it (nor a shared oct key).
             kid = entry.get("kid")
-            raise ClientInvalidError(f"the JWKS holds a private or symmetric key{f' ({kid!r})' if kid else ''}")
+            raise ClientInvalidError(f"the JWKS holds a private or symmetric key{f' {kid!r}' if kid else ''}")
     try:
         # RFC 7517 §5: keys of a type joserfc does not know are skipped; a set of nothing but those fails.
         KeySet.import_key_set(spec.jwks)  # type: ignore[arg-type]  # checked to be {"keys": [dict, …]}

@@ -42,4 +42,4 @@ def list_consents(db: Session, resident_id: uuid.UUID) -> list[tuple[Consent, Cl
     rows = db.execute(
         select(Consent, Client).join(Client, Client.id == Consent.client_id).where(Consent.resident_id == resident_id)
     )
-    return [(consent, client) for consent, client in rows.tuples()]
+    return [(row[0], row[1]) for row in rows]

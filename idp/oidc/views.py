@@ -19,12 +19,14 @@ from werkzeug.wrappers import Response as BaseResponse
 from idp import db
 from idp.authn.assurance import best_acceptable, login_reason
 from idp.keyring import KeyringError
+from idp.models import Client
 from idp.oidc.consent import grant_consent, missing_scopes
 from idp.oidc.endpoints import UserInfoError, userinfo
 from idp.oidc.grants import AuthorizedResident
+from idp.oidc.logout import IdTokenHintInvalidError, end_login_session, read_id_token_hint
 from idp.oidc.published import PublishedDocuments
 from idp.oidc.server import IdpAuthorizationServer
-from idp.web.cookies import current_login
+from idp.web.cookies import clear_session_cookie, current_login
 from idp.web.forms import ActionForm
 
 bp = Blueprint("oidc", __name__)
@@ -375,4 +377,62 @@ def json_http_error(error: HTTPException) -> Response:
         if name.lower() not in ("content-type", "content-length"):
             response.headers[name] = value
     response.headers["Cache-Control"] = "no-store"
+    return response
+
+
+@bp.route("/logout", methods=["GET", "POST"])
+def end_session_endpoint() -> BaseResponse | tuple[str, int]:
+    """RP-Initiated Logout 1.0: end the session (asking the resident unless the hint proves the request is
+    about their session), tell the session's clients through back-channel logout, and return to the client."""
+    server = _server()
+    params = _authorization_params()
+    login = current_login()
+    client = None
+    hint_sid = None
+    hint = params.get("id_token_hint")
+    if hint:
+        try:
+            claims = read_id_token_hint(hint, server.keyring.current(), server.settings)
+        except IdTokenHintInvalidError:
+            return render_template(
+                "error.html",
+                status=400,
+                message=_("The service sent an invalid sign-out request."),
+                detail="invalid_request",
+            ), 400
+        audience = claims.get("aud")
+        client_id = audience[0] if isinstance(audience, list) and audience else audience
+        if params.get("client_id") and params["client_id"] != client_id:
+            return render_template(
+                "error.html",
+                status=400,
+                message=_("The service sent an invalid sign-out request."),
+                detail="invalid_request",
+            ), 400
+        client = db.session().get(Client, client_id) if isinstance(client_id, str) else None
+        hint_sid = claims.get("sid")
+    elif params.get("client_id"):
+        client = db.session().get(Client, params["client_id"][:128])
+    target = params.get("post_logout_redirect_uri")
+    if target and (client is None or target not in client.post_logout_redirect_uris):
+        # Exact match against the client's registered URIs, or no redirect at all (§3).
+        return render_template(
+            "error.html",
+            status=400,
+            message=_("The service sent an invalid sign-out request."),
+            detail="invalid_request",
+        ), 400
+    confirmed = request.method == "POST" and ActionForm().validate() and request.form.get("confirm") == "yes"
+    same_session = login is not None and hint_sid is not None and hint_sid == login.sid
+    if login is not None and not (same_session or confirmed):
+        return render_template("logout_confirm.html", params=params, client=client, form=ActionForm()), 200
+    if login is not None:
+        queued = end_login_session(db.session(), login, now=_now(), client_ip=request.remote_addr)
+        db.session().commit()
+        current_app.extensions["idp.logout"].deliver_now(queued)
+    if target:
+        response = redirect(add_params_to_uri(target, [("state", params["state"])] if params.get("state") else []), 303)
+    else:
+        response = Response(render_template("signed_out.html"), mimetype="text/html")
+    clear_session_cookie(response)
     return response

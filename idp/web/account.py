@@ -4,16 +4,18 @@ from __future__ import annotations
 
 import datetime as dt
 
-from flask import Blueprint, redirect, render_template, request, url_for
+from flask import Blueprint, current_app, redirect, render_template, request, url_for
 from flask_babel import gettext as _
 from sqlalchemy import select
 from werkzeug.wrappers import Response
 
 from idp import db
 from idp.audit import SUCCESS, record_event
-from idp.authn.sessions import end_all_sessions, end_session, live_sessions
+from idp.authn.sessions import live_sessions
 from idp.logs import mask_phone
 from idp.models import AuditEvent
+from idp.oidc.consent import list_consents, revoke_consent
+from idp.oidc.logout import end_login_session
 from idp.web import render_error
 from idp.web.cookies import clear_session_cookie, current_login
 from idp.web.forms import ActionForm
@@ -56,11 +58,9 @@ def sign_out() -> Response:
         return render_error(400, _("This form has expired. Please try again."))
     login = current_login()
     if login is not None:
-        end_session(db.session(), login, now=dt.datetime.now(dt.UTC))
-        record_event(
-            db.session(), "signout", result=SUCCESS, resident_id=login.resident_id, client_ip=request.remote_addr
-        )
+        queued = end_login_session(db.session(), login, now=dt.datetime.now(dt.UTC), client_ip=request.remote_addr)
         db.session().commit()
+        current_app.extensions["idp.logout"].deliver_now(queued)
     response = redirect(url_for("web.login"), 303)
     clear_session_cookie(response)
     return response
@@ -73,16 +73,47 @@ def sign_out_everywhere() -> Response:
     login = current_login()
     if login is None:
         return redirect(url_for("web.login"), 303)
-    ended = end_all_sessions(db.session(), login.resident_id, now=dt.datetime.now(dt.UTC))
+    now = dt.datetime.now(dt.UTC)
+    queued: list[str] = []
+    # Each session's services hear of it through back-channel logout, as with a single sign-out.
+    sessions = live_sessions(db.session(), login.resident_id, now=now)
+    for other in sessions:
+        queued += end_login_session(db.session(), other, now=now, client_ip=request.remote_addr)
     record_event(
         db.session(),
         "signout.everywhere",
         result=SUCCESS,
         resident_id=login.resident_id,
         client_ip=request.remote_addr,
-        sessions=ended,
+        sessions=len(sessions),
     )
     db.session().commit()
+    current_app.extensions["idp.logout"].deliver_now(queued)
     response = redirect(url_for("web.login"), 303)
     clear_session_cookie(response)
     return response
+
+
+@bp.get("/account/services")
+def services() -> str | Response:
+    """The services the resident allowed, each with a button to withdraw it."""
+    login = current_login()
+    if login is None:
+        return redirect(url_for("web.login", next=request.path), 303)
+    consents = list_consents(db.session(), login.resident_id)
+    db.session().commit()
+    return render_template("services.html", consents=consents, form=ActionForm())
+
+
+@bp.post("/account/services/revoke")
+def revoke_service() -> Response:
+    """Withdraw consent from a service; its refresh and access tokens for the resident are revoked too."""
+    if not ActionForm().validate():
+        return render_error(400, _("This form has expired. Please try again."))
+    login = current_login()
+    if login is None:
+        return redirect(url_for("web.login"), 303)
+    client_id = request.form.get("client_id", "")[:128]
+    revoke_consent(db.session(), login.resident_id, client_id, now=dt.datetime.now(dt.UTC))
+    db.session().commit()
+    return redirect(url_for("account.services"), 303)
