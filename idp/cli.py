@@ -194,8 +194,10 @@ def _free_port(first: int) -> int:
     raise click.ClickException(f"no free port from {first} for the sandbox carrier agency")
 
 
+from idp.oidc.commands import clients  # noqa: E402  (the OIDC package owns its commands)
 from idp.sandbox.commands import sandbox  # noqa: E402  (the sandbox agency owns its commands)
 
+cli.add_command(clients)
 cli.add_command(sandbox)
 
 

@@ -23,6 +23,7 @@ def build_metadata(settings: Settings, keys: LoadedKeys) -> dict[str, Any]:
         "introspection_endpoint": f"{issuer}/introspect",
         "revocation_endpoint": f"{issuer}/revoke",
         "end_session_endpoint": f"{issuer}/logout",
+        "registration_endpoint": f"{issuer}/register",
         "backchannel_logout_supported": True,
         "backchannel_logout_session_supported": True,
         "scopes_supported": list(SCOPES),

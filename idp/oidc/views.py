@@ -25,6 +25,13 @@ from idp.oidc.endpoints import UserInfoError, userinfo
 from idp.oidc.grants import AuthorizedResident
 from idp.oidc.logout import IdTokenHintInvalidError, end_login_session, read_id_token_hint
 from idp.oidc.published import PublishedDocuments
+from idp.oidc.registration import (
+    RegistrationError,
+    client_for_registration_token,
+    delete_registration,
+    read_registration,
+    register_client,
+)
 from idp.oidc.server import IdpAuthorizationServer
 from idp.web.cookies import clear_session_cookie, current_login
 from idp.web.forms import ActionForm
@@ -436,3 +443,65 @@ def end_session_endpoint() -> BaseResponse | tuple[str, int]:
         response = Response(render_template("signed_out.html"), mimetype="text/html")
     clear_session_cookie(response)
     return response
+
+
+def _json(body: object, status: int = 200, headers: dict[str, str] | None = None) -> Response:
+    response = Response(json.dumps(body, ensure_ascii=False), status=status, mimetype="application/json")
+    response.headers["Cache-Control"] = "no-store"
+    for name, value in (headers or {}).items():
+        response.headers[name] = value
+    return response
+
+
+def _registration_error(error: RegistrationError) -> Response:
+    headers = {"WWW-Authenticate": f'Bearer realm="idp", error="{error.error}"'} if error.status == 401 else None
+    return _json({"error": error.error, "error_description": error.description}, error.status, headers)
+
+
+def _bearer() -> str | None:
+    header = request.headers.get("Authorization", "")
+    return header[7:].strip() if header[:7].lower() == "bearer " else None
+
+
+@bp.post("/register")
+def register() -> Response:
+    """RFC 7591: register with an initial access token; closed to everyone without one."""
+    server = _server()
+    metadata = request.get_json(silent=True)
+    try:
+        if not isinstance(metadata, dict):
+            raise RegistrationError("invalid_client_metadata", "The body must be a JSON object.")
+        body = register_client(
+            db.session(),
+            _bearer(),
+            metadata,
+            secret_key=server.secret_key,
+            issuer=server.settings.issuer,
+            now=_now(),
+        )
+    except RegistrationError as error:
+        db.session().rollback()
+        return _registration_error(error)
+    db.session().commit()
+    return _json(body, 201)
+
+
+@bp.route("/register/<client_id>", methods=["GET", "DELETE", "PUT"])
+def registration(client_id: str) -> Response:
+    """RFC 7592: read or delete a registration with its registration access token (updates: not offered)."""
+    server = _server()
+    try:
+        client = client_for_registration_token(db.session(), client_id, _bearer())
+    except RegistrationError as error:
+        return _registration_error(error)
+    if request.method == "GET":
+        return _json(read_registration(client, issuer=server.settings.issuer))
+    if request.method == "DELETE":
+        delete_registration(db.session(), client)
+        db.session().commit()
+        return Response(status=204)
+    return _json(
+        {"error": "invalid_request", "error_description": "Updates are not offered: register again, then delete."},
+        405,
+        {"Allow": "GET, DELETE"},
+    )
