@@ -7,6 +7,8 @@ import hashlib
 import hmac
 from typing import Any
 
+from cryptography.fernet import Fernet, InvalidToken
+
 from idp.models import Client, Resident
 from idp.settings import Settings
 
@@ -113,14 +115,22 @@ def id_token_claims(
     )
 
 
+def _data_fernet(settings: Settings) -> Fernet:
+    # Fernet (AES-128-CBC + HMAC-SHA256) keyed from IDP_DATA_KEY: authenticated, so tampering is detected.
+    key = base64.urlsafe_b64encode(hashlib.sha256(b"idp data key\x00" + settings.data_key.encode()).digest())
+    return Fernet(key)
+
+
+def encrypt_ci(ci: str, settings: Settings) -> bytes:
+    """The raw CI encrypted at rest, kept only for residents of services an admin allowed `kr_ci`."""
+    return _data_fernet(settings).encrypt(ci.encode())
+
+
 def decrypt_ci(resident: Resident, settings: Settings) -> str | None:
-    """The raw CI, kept encrypted only for residents of services allowed `kr_ci`; None when not kept."""
+    """The raw CI, or None when it is not kept (or IDP_DATA_KEY changed)."""
     if resident.ci_encrypted is None:
         return None
-    from cryptography.fernet import Fernet, InvalidToken
-
-    key = base64.urlsafe_b64encode(hashlib.sha256(b"idp data key\x00" + settings.data_key.encode()).digest())
     try:
-        return Fernet(key).decrypt(resident.ci_encrypted).decode()
+        return _data_fernet(settings).decrypt(resident.ci_encrypted).decode()
     except InvalidToken:
         return None

@@ -17,7 +17,7 @@ from werkzeug.exceptions import HTTPException
 from werkzeug.wrappers import Response as BaseResponse
 
 from idp import db
-from idp.authn.assurance import best_acceptable, login_reason
+from idp.authn.assurance import LoginReason, best_acceptable, login_reason
 from idp.keyring import KeyringError
 from idp.models import Client
 from idp.oidc.consent import grant_consent, missing_scopes
@@ -173,6 +173,14 @@ def authorize() -> BaseResponse | tuple[str, int]:
         issuer=server.settings.issuer,
         now=_now(),
     )
+    if (
+        reason is None
+        and login is not None
+        and "kr_ci" in grant.request.scope.split()
+        and login.resident.ci_encrypted is None
+    ):
+        # The raw CI is kept only for services allowed it, so it comes from a fresh carrier verification.
+        reason = LoginReason.PROMPT_LOGIN
     if reason is not None:
         if "none" in prompt:
             return _redirect_back(params, _protocol_error("login_required", grant.redirect_uri))

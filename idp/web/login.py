@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime as dt
 import secrets
 from typing import Any
+from urllib.parse import parse_qsl, urlsplit
 
 from flask import Blueprint, Response, current_app, redirect, render_template, request, session, url_for
 from flask_babel import gettext as _
@@ -31,7 +32,9 @@ from idp.authn.verification import (
     start_verification,
 )
 from idp.logs import mask_phone
-from idp.web import render_error
+from idp.models import Client
+from idp.oidc.claims import encrypt_ci
+from idp.web import page_settings, render_error
 from idp.web.cookies import set_session_cookie
 from idp.web.forms import CARRIER_LABELS, ActionForm, CarrierStartForm, CodeForm
 
@@ -263,6 +266,8 @@ def _verify_failed(flow: dict[str, Any], error: CarrierVerificationError) -> tup
 
 def _finish_sign_in(identity: VerifiedIdentity) -> BaseResponse | Response:
     now = _now()
+    settings = page_settings()
+    keep_ci = wants_raw_ci(db.session(), session.get("next"))
     try:
         signed_in = sign_in(
             db.session(),
@@ -271,6 +276,7 @@ def _finish_sign_in(identity: VerifiedIdentity) -> BaseResponse | Response:
             client_ip=_client_ip(),
             user_agent=request.headers.get("User-Agent"),
             now=now,
+            encrypted_ci=encrypt_ci(identity.ci, settings) if keep_ci else None,
         )
     except ResidentLockedError:
         db.session().commit()
@@ -292,6 +298,17 @@ def _finish_sign_in(identity: VerifiedIdentity) -> BaseResponse | Response:
         response = redirect(target or url_for("account.overview"), 303)
     set_session_cookie(response, signed_in.session.cookie_value)
     return response
+
+
+def wants_raw_ci(db_session: Any, target: str | None) -> bool:
+    """Whether the sign-in continues an authorization request for `kr_ci` by a client allowed it."""
+    if not target or not target.startswith("/authorize?"):
+        return False
+    query = dict(parse_qsl(urlsplit(target).query))
+    if "kr_ci" not in query.get("scope", "").split():
+        return False
+    client = db_session.get(Client, query.get("client_id", "")[:128])
+    return client is not None and "kr_ci" in client.scopes
 
 
 @bp.get("/login/welcome")

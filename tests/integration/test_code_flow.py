@@ -4,12 +4,15 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import replace
+from urllib.parse import urlencode
 
 import pytest
 from flask import Flask
-from oidc_flow import KIM_E164, REDIRECT, authorize, basic, decode, exchange, register, sign_in
+from oidc_flow import KIM_E164, REDIRECT, authorize, basic, decode, exchange, pkce, register, sign_in
 from sandbox_agency import SandboxAgency
+from sqlalchemy import select
 
+from idp.models import Resident
 from idp.settings import Settings
 
 
@@ -145,3 +148,53 @@ def test_public_client_needs_pkce(app: Flask, sandbox: SandboxAgency) -> None:
     tokens = exchange(browser, created, authorization)
     assert tokens.status_code == 200, tokens.get_data(as_text=True)
     assert "refresh_token" not in tokens.get_json()
+
+
+def test_raw_ci_only_for_a_client_allowed_kr_ci(app: Flask, sandbox: SandboxAgency) -> None:
+    ordinary = register(app)
+    allowed = register(app, name="복지급여 테스트", scopes=("openid", "profile", "kr_ci"))
+    browser = app.test_client()
+    sign_in(browser, sandbox)
+    plain = decode(app, exchange(browser, ordinary, authorize(browser, ordinary.client.id)).get_json()["id_token"])
+    assert "kr_ci" not in plain.claims
+    with app.extensions["idp.db"][1]() as db:
+        assert db.scalars(select(Resident.ci_encrypted)).one() is None
+    # Asking for kr_ci sends the resident through a fresh carrier verification, whose CI is then kept.
+    response = browser.get(
+        "/authorize?"
+        + urlencode(
+            {
+                "response_type": "code",
+                "client_id": allowed.client.id,
+                "redirect_uri": REDIRECT,
+                "scope": "openid kr_ci",
+                "state": "s",
+                "code_challenge": pkce()[1],
+                "code_challenge_method": "S256",
+            }
+        )
+    )
+    assert response.status_code == 303
+    assert response.headers["Location"].startswith("/login?")
+    browser.get(response.headers["Location"])
+    sign_in(browser, sandbox)
+    authorization = authorize(browser, allowed.client.id, scope="openid kr_ci")
+    claims = decode(app, exchange(browser, allowed, authorization).get_json()["id_token"]).claims
+    assert len(claims["kr_ci"]) == 88
+    with app.extensions["idp.db"][1]() as db:
+        stored = db.scalars(select(Resident.ci_encrypted)).one()
+    assert stored is not None
+    assert claims["kr_ci"].encode() not in stored
+    refused = browser.get(
+        "/authorize?"
+        + urlencode(
+            {
+                "response_type": "code",
+                "client_id": ordinary.client.id,
+                "redirect_uri": REDIRECT,
+                "scope": "openid kr_ci",
+                "state": "s",
+            }
+        )
+    )
+    assert "error=invalid_scope" in refused.headers["Location"]
