@@ -395,6 +395,11 @@ def json_http_error(error: HTTPException) -> Response:
     return response
 
 
+def _logout_refused() -> tuple[str, int]:
+    message = _("The service sent an invalid sign-out request.")
+    return render_template("error.html", status=400, message=message, detail="invalid_request"), 400
+
+
 @bp.route("/logout", methods=["GET", "POST"])
 def end_session_endpoint() -> BaseResponse | tuple[str, int]:
     """RP-Initiated Logout 1.0: end the session (asking the resident unless the hint proves the request is
@@ -409,21 +414,11 @@ def end_session_endpoint() -> BaseResponse | tuple[str, int]:
         try:
             claims = read_id_token_hint(hint, server.keyring.current(), server.settings)
         except IdTokenHintInvalidError:
-            return render_template(
-                "error.html",
-                status=400,
-                message=_("The service sent an invalid sign-out request."),
-                detail="invalid_request",
-            ), 400
+            return _logout_refused()
         audience = claims.get("aud")
         client_id = audience[0] if isinstance(audience, list) and audience else audience
         if params.get("client_id") and params["client_id"] != client_id:
-            return render_template(
-                "error.html",
-                status=400,
-                message=_("The service sent an invalid sign-out request."),
-                detail="invalid_request",
-            ), 400
+            return _logout_refused()
         client = db.session().get(Client, client_id) if isinstance(client_id, str) else None
         hint_sid = claims.get("sid")
     elif params.get("client_id"):
@@ -431,12 +426,7 @@ def end_session_endpoint() -> BaseResponse | tuple[str, int]:
     target = params.get("post_logout_redirect_uri")
     if target and (client is None or target not in client.post_logout_redirect_uris):
         # Exact match against the client's registered URIs, or no redirect at all (§3).
-        return render_template(
-            "error.html",
-            status=400,
-            message=_("The service sent an invalid sign-out request."),
-            detail="invalid_request",
-        ), 400
+        return _logout_refused()
     confirmed = request.method == "POST" and ActionForm().validate() and request.form.get("confirm") == "yes"
     same_session = login is not None and hint_sid is not None and hint_sid == login.sid
     if login is not None and not (same_session or confirmed):
