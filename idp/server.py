@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from flask import Flask
 from granian import Granian
 from granian.constants import Interfaces
 from granian.log import LogLevels
@@ -14,7 +15,7 @@ THREADS_PER_WORKER = 8
 def run(*, host: str, port: int, workers: int, threads: int = THREADS_PER_WORKER) -> None:
     """Serve until stopped. Each worker builds its own app from the same IDP_* environment."""
     Granian(
-        "idp:create_app",
+        "idp.server:create_served_app",
         factory=True,
         address=host,
         port=port,
@@ -27,3 +28,13 @@ def run(*, host: str, port: int, workers: int, threads: int = THREADS_PER_WORKER
         log_access=False,
         log_level=LogLevels.warning,
     ).serve()
+
+
+def create_served_app() -> Flask:
+    """The app as `idp serve` runs it: with the background work a long-running process owns (the retries of
+    back-channel logout tokens), which tests and one-off scripts do not start."""
+    from idp import create_app
+
+    app = create_app()
+    app.extensions["idp.logout"].start()
+    return app

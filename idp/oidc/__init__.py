@@ -37,11 +37,8 @@ def init_app(app: Flask, settings: Settings) -> None:
     server.register_endpoint(Introspection)
     server.register_endpoint(Revocation)
     app.extensions["idp.oidc"] = server
-    worker = DeliveryWorker(app.extensions["idp.db"][1], app.extensions["idp.keyring"], settings)
-    app.extensions["idp.logout"] = worker
-    if not app.testing:
-        # Retries of back-channel logout tokens that could not be delivered at once.
-        worker.start()
+    # Back-channel logout: deliveries are tried at once; `idp serve` also starts the retry loop (idp/server.py).
+    app.extensions["idp.logout"] = DeliveryWorker(app.extensions["idp.db"][1], app.extensions["idp.keyring"], settings)
 
     documents = PublishedDocuments(app.extensions["idp.keyring"], MetadataCache(settings), settings)
     app.extensions["idp.published"] = documents

@@ -66,7 +66,8 @@ def resident_claims(
     if include_scope_claims:
         wanted |= {claim for s in granted for claim in SCOPE_CLAIMS.get(s, ())}
     requested = _requested(claims_request, member)
-    wanted |= set(requested) & allowed_claims(client.scopes)
+    # The claims parameter picks among what the granted scopes cover, never more: consent was for the scopes.
+    wanted |= set(requested) & allowed_claims(sorted(granted))
     values: dict[str, Any] = {
         "name": resident.name,
         "birthdate": resident.birthdate.isoformat() if resident.birthdate else None,
@@ -78,24 +79,29 @@ def resident_claims(
         ci = decrypt_ci(resident, settings)
         if ci is not None:
             result["kr_ci"] = ci
-    if "verified_claims" in requested and resident.verified_at is not None:
-        result["verified_claims"] = verified_claims(resident)
+    if "verified_claims" in requested and "profile" in granted and resident.verified_at is not None:
+        result["verified_claims"] = verified_claims(resident, requested["verified_claims"])
     return result
 
 
-def verified_claims(resident: Resident) -> dict[str, Any]:
-    """Name and birth date as verified by the carrier agency (OpenID Connect for Identity Assurance 1.0)."""
+def verified_claims(resident: Resident, request: object = None) -> dict[str, Any]:
+    """Name and birth date as verified by the carrier agency (OpenID Connect for Identity Assurance 1.0),
+    limited to the inner claims the request names when it names any."""
     assert resident.verified_at is not None
+    values = {
+        "name": resident.name,
+        "birthdate": resident.birthdate.isoformat() if resident.birthdate else None,
+    }
+    inner = request.get("claims") if isinstance(request, dict) else None
+    if isinstance(inner, dict) and inner:
+        values = {name: value for name, value in values.items() if name in inner}
     return {
         "verification": {
             "trust_framework": IDENTITY_TRUST_FRAMEWORK,
             "time": resident.verified_at.isoformat().replace("+00:00", "Z"),
             "verification_process": resident.verified_by,
         },
-        "claims": {
-            "name": resident.name,
-            "birthdate": resident.birthdate.isoformat() if resident.birthdate else None,
-        },
+        "claims": values,
     }
 
 

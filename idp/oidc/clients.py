@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import hmac
+import re
 import secrets
 from dataclasses import dataclass
 from typing import Any
@@ -154,7 +155,7 @@ def create_client(
         # one host of the redirect URIs; a second host would be a second sector with other subjects.
         raise ClientRedirectUriInvalidError(
             f"redirect URIs are on several hosts ({', '.join(hosts)}): pairwise subjects need one sector, "
-            "so register one client per host or use --subject-type public"
+            "so register one client per host (or give it public subjects)"
         )
     post_logout_redirect_uris = _unique(spec.post_logout_redirect_uris)
     for uri in post_logout_redirect_uris:
@@ -346,9 +347,13 @@ def delete_client(db: Session, client: Client) -> None:
     record_event(db, "client.deleted", result=SUCCESS, client_id=client_id)
 
 
+CLIENT_ID_PATTERN = re.compile(r"[A-Za-z0-9_\-]{1,64}")
+
+
 def find_client(db: Session, client_id: str) -> Client | None:
-    """The client with this id, or None."""
-    if not client_id or len(client_id) > 64:
+    """The client with this id, or None; ids outside the shape we issue are never looked up (a NUL byte, say,
+    which PostgreSQL refuses in text)."""
+    if not isinstance(client_id, str) or not CLIENT_ID_PATTERN.fullmatch(client_id):
         return None
     return db.get(Client, client_id)
 

@@ -10,6 +10,8 @@ from idp.keyring import LoadedKeys
 from idp.oidc.claims import AUTH_METHODS, GRANT_TYPES, IDENTITY_TRUST_FRAMEWORK, SCOPES, SUBJECT_TYPES
 from idp.settings import Settings
 
+ASSERTION_ALGORITHMS = ["RS256", "ES256"]
+
 
 def build_metadata(settings: Settings, keys: LoadedKeys) -> dict[str, Any]:
     """The metadata document: only what this provider really serves (OIDC Discovery §3, RFC 8414 §2)."""
@@ -37,6 +39,10 @@ def build_metadata(settings: Settings, keys: LoadedKeys) -> dict[str, Any]:
         "introspection_endpoint_auth_methods_supported": [m for m in AUTH_METHODS if m != "none"],
         "revocation_endpoint_auth_methods_supported": list(AUTH_METHODS),
         "code_challenge_methods_supported": ["S256"],
+        # private_key_jwt assertions: the algorithms the token endpoint verifies (RFC 8414 §2).
+        "token_endpoint_auth_signing_alg_values_supported": ASSERTION_ALGORITHMS,
+        "introspection_endpoint_auth_signing_alg_values_supported": ASSERTION_ALGORITHMS,
+        "revocation_endpoint_auth_signing_alg_values_supported": ASSERTION_ALGORITHMS,
         "claims_parameter_supported": True,
         "request_parameter_supported": False,
         "request_uri_parameter_supported": False,

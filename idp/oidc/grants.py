@@ -205,6 +205,14 @@ class RefreshTokenGrant(grants.RefreshTokenGrant):
         presented = self.request.form.get("refresh_token")
         if presented is None:
             raise InvalidRequestError("Missing 'refresh_token' in request.")
+        # Checks that leave the token usable come first: a request with a wider scope, or for a locked
+        # resident, must not spend it.
+        known = tokens.find_refresh_token(db.session(), presented)
+        if known is not None and known.client_id == client.get_client_id():
+            self._validate_token_scope(RefreshRecord(known))
+            resident = db.session().get(Resident, known.resident_id)
+            if resident is None or resident.is_locked:
+                raise InvalidGrantError("The resident can no longer be signed in.")
         row = tokens.rotate_refresh_token(db.session(), presented, client.get_client_id(), now=_now())
         if row is None:
             raise InvalidGrantError()
@@ -239,7 +247,19 @@ class RefreshTokenGrant(grants.RefreshTokenGrant):
             authentication=authentication,
             grant_id=old.grant_id,
             claims=old.claims,
-            include_refresh_token=True,
+            include_refresh_token=False,
+        )
+        # The new refresh token keeps the grant's full scope (RFC 6749 §6): a narrowed request narrows
+        # this access token only.
+        token["refresh_token"] = tokens.issue_refresh_token(
+            db.session(),
+            _server(self).settings,
+            client=self.request.client.model,
+            authentication=authentication,
+            scope=old.scope,
+            grant_id=old.grant_id,
+            claims=old.claims,
+            now=_now(),
             family_expires_at=old.family_expires_at,
         )
         if "openid" in granted.split():
@@ -266,6 +286,13 @@ class RefreshTokenGrant(grants.RefreshTokenGrant):
 class ClientCredentialsGrant(grants.ClientCredentialsGrant):
     TOKEN_ENDPOINT_AUTH_METHODS = ["client_secret_basic", "client_secret_post", "private_key_jwt"]
 
+    def validate_requested_scope(self) -> None:
+        # Only scopes an admin allowed this client (Authlib passes the request through unchecked).
+        super().validate_requested_scope()
+        requested = self.request.payload.scope
+        if requested and self.request.client.get_allowed_scope(requested) is None:
+            raise InvalidScopeError()
+
     def generate_token(
         self,
         user: Any = None,
@@ -274,8 +301,10 @@ class ClientCredentialsGrant(grants.ClientCredentialsGrant):
         expires_in: int | None = None,
         include_refresh_token: bool = True,
     ) -> dict[str, Any]:
-        # Service-to-service: no resident, so no refresh token and no ID token.
-        granted = " ".join(s for s in (scope or "").split() if s not in ("openid", "offline_access"))
+        # Service-to-service: no resident, so no refresh token and no ID token. Without a scope in the
+        # request, the client gets what it was registered for (RFC 6749 §3.3).
+        requested = (scope or " ".join(self.request.client.model.scopes)).split()
+        granted = " ".join(s for s in requested if s not in ("openid", "offline_access"))
         return _issue(self, scope=granted, authentication=None, grant_id=None, claims=None, include_refresh_token=False)
 
 

@@ -92,6 +92,7 @@ def register_client(
     secret_key: bytes,
     issuer: str,
     now: dt.datetime,
+    signing_algorithms: list[str],
 ) -> dict[str, Any]:
     """Register a client with an initial access token; the RFC 7591 §3.2.1 response body.
 
@@ -100,8 +101,12 @@ def register_client(
     """
     if not initial_token or not consume_initial_access_token(db, initial_token, now=now):
         raise RegistrationError("invalid_token", "A valid initial access token is required.", 401)
+    spec = spec_from_metadata(metadata)
+    if spec.id_token_alg and spec.id_token_alg not in signing_algorithms:
+        # Every token request would fail for want of a key: refuse now (RFC 7591 §3.2.2).
+        raise RegistrationError("invalid_client_metadata", f"ID tokens cannot be signed with {spec.id_token_alg} here.")
     try:
-        created = create_client(db, spec_from_metadata(metadata), secret_key=secret_key, issuer=issuer, now=now)
+        created = create_client(db, spec, secret_key=secret_key, issuer=issuer, now=now)
     except ClientRedirectUriInvalidError as exc:
         raise RegistrationError("invalid_redirect_uri", str(exc)) from None
     except ClientInvalidError as exc:

@@ -10,7 +10,7 @@ from typing import Any
 import httpx
 from authlib.integrations.flask_oauth2 import AuthorizationServer
 from authlib.oauth2.rfc6749 import ClientMixin, InvalidRequestError, OAuth2Error
-from authlib.oauth2.rfc6749.errors import InvalidClientError
+from authlib.oauth2.rfc6749.errors import InvalidClientError, UnsupportedTokenTypeError
 from authlib.oauth2.rfc7523 import JWTBearerClientAssertion
 from joserfc.errors import JoseError
 from joserfc.jwk import KeySet
@@ -21,10 +21,10 @@ from idp import db
 from idp.keyring import Keyring
 from idp.models import Client, LoginSession, Resident, SessionClient, UsedAssertion
 from idp.oidc.claims import SCOPES
-from idp.oidc.clients import verify_client_secret
+from idp.oidc.clients import find_client, verify_client_secret
 from idp.settings import Settings
 
-MAX_CLIENT_ID = 128
+MAX_ASSERTION_LIFETIME = 3600
 MAX_CLAIMS_PARAMETER = 4096
 
 
@@ -68,7 +68,8 @@ class OAuthClient(ClientMixin):
         return method == self.model.token_endpoint_auth_method
 
     def check_response_type(self, response_type: str) -> bool:
-        return response_type == "code"
+        # A client without the code grant gets unauthorized_client here, not a code it cannot redeem.
+        return response_type == "code" and "authorization_code" in self.model.grant_types
 
     def check_grant_type(self, grant_type: str) -> bool:
         return grant_type in self.model.grant_types
@@ -93,7 +94,11 @@ class PrivateKeyJwt(JWTBearerClientAssertion):
         if not isinstance(jti, str) or not jti or len(jti) > 255:
             return False
         exp = claims.get("exp")
-        expires = dt.datetime.fromtimestamp(exp, dt.UTC) if isinstance(exp, int) else dt.datetime.now(dt.UTC)
+        now = dt.datetime.now(dt.UTC)
+        # An assertion lives minutes; its jti is remembered until it expires, and an exp far ahead is refused.
+        if not isinstance(exp, int) or exp > now.timestamp() + MAX_ASSERTION_LIFETIME:
+            return False
+        expires = dt.datetime.fromtimestamp(exp, dt.UTC)
         session = db.session()
         try:
             with session.begin_nested():
@@ -137,9 +142,7 @@ class IdpAuthorizationServer(AuthorizationServer):
         self.register_client_auth_method(PrivateKeyJwt.CLIENT_AUTH_METHOD, PrivateKeyJwt(settings.issuer))
 
     def query_client(self, client_id: str) -> OAuthClient | None:
-        if not client_id or len(client_id) > MAX_CLIENT_ID:
-            return None
-        model = db.session().get(Client, client_id)
+        model = find_client(db.session(), client_id)
         return OAuthClient(model, self.secret_key) if model is not None else None
 
     def save_token(self, token: dict[str, Any], request: Any) -> None:
@@ -149,6 +152,9 @@ class IdpAuthorizationServer(AuthorizationServer):
         if isinstance(error, InvalidClientError):
             # RFC 6749 §5.2: invalid_client is 401 with a challenge for the scheme the client may use.
             error.status_code = 401
+        elif isinstance(error, UnsupportedTokenTypeError):
+            # Authlib inherits 401 here; the client authenticated fine, the request is what is wrong.
+            error.status_code = 400
         response = super().handle_error_response(request, error)
         if isinstance(error, InvalidClientError):
             response.headers["WWW-Authenticate"] = 'Basic realm="idp", error="invalid_client"'

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import re
 import secrets
 from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlsplit
@@ -19,7 +20,7 @@ from werkzeug.wrappers import Response as BaseResponse
 from idp import db
 from idp.authn.assurance import LoginReason, best_acceptable, login_reason
 from idp.keyring import KeyringError
-from idp.models import Client
+from idp.oidc.clients import find_client
 from idp.oidc.consent import grant_consent, missing_scopes
 from idp.oidc.endpoints import UserInfoError, userinfo
 from idp.oidc.grants import AuthorizedResident
@@ -35,10 +36,13 @@ from idp.oidc.registration import (
 from idp.oidc.server import IdpAuthorizationServer
 from idp.web.cookies import clear_session_cookie, current_login
 from idp.web.forms import ActionForm
+from idp.web.login import PENDING_AUTHORIZATIONS
 
 bp = Blueprint("oidc", __name__)
 RESPONSE_MODES = ("query", "form_post")
-PENDING = "authz_pending"
+MAX_NONCE = 512
+CONTROL_CHARACTERS = re.compile(r"[\x00-\x1f\x7f]")
+PENDING = PENDING_AUTHORIZATIONS
 MAX_PARAMETER = 2048
 
 
@@ -111,25 +115,39 @@ def _check_parameters(params: dict[str, str]) -> None:
     for key in source:
         if len(source.getlist(key)) > 1:
             raise InvalidRequestError(f"Parameter '{key}' is repeated.")
-    # Oversized values are refused rather than stored.
+    # Oversized values and control characters are refused rather than stored.
     for key, value in params.items():
         if len(value) > MAX_PARAMETER:
             raise InvalidRequestError(f"Parameter '{key}' is too long.")
+        if CONTROL_CHARACTERS.search(value) or CONTROL_CHARACTERS.search(key):
+            raise InvalidRequestError(f"Parameter '{key}' contains control characters.")
     # response_mode: query or form_post only (OAuth 2.0 Multiple Response Types; Form Post Response Mode).
     mode = params.get("response_mode")
     if mode is not None and mode not in RESPONSE_MODES:
         raise InvalidRequestError("Unsupported 'response_mode'.")
     # max_age must be a non-negative integer (OIDC Core §3.1.2.1).
     max_age = params.get("max_age")
-    if max_age is not None and not max_age.isdigit():
+    if max_age is not None and not re.fullmatch(r"[0-9]{1,10}", max_age):
         raise InvalidRequestError("Invalid 'max_age'.")
-    # Request objects are not supported (OIDC Core §6): say so instead of ignoring them.
-    if "request" in params or "request_uri" in params:
-        raise InvalidRequestError("Request objects are not supported.")
+    # response_type is required (RFC 6749 §4.1.1); Authlib would call its absence "unsupported".
+    if not params.get("response_type"):
+        raise InvalidRequestError("Missing 'response_type'.")
+    # The nonce is stored with the code and returned in the ID token: bounded, like the column.
+    if len(params.get("nonce", "")) > MAX_NONCE:
+        raise InvalidRequestError("Parameter 'nonce' is too long.")
+    # Request objects are not supported (OIDC Core §6): say so instead of ignoring them (§3.1.2.6).
+    for name in ("request", "request_uri"):
+        if name in params:
+            unsupported = InvalidRequestError(f"The '{name}' parameter is not supported.")
+            unsupported.error = f"{name}_not_supported"
+            raise unsupported
 
 
 def _safe_redirect_uri(params: dict[str, str]) -> str | None:
     """The redirect URI if the client exists and registered it exactly: only then may an error go back."""
+    source = request.form if request.method == "POST" else request.args
+    if len(source.getlist("client_id")) > 1 or len(source.getlist("redirect_uri")) > 1:
+        return None
     client = _server().query_client(params.get("client_id", ""))
     uri = params.get("redirect_uri")
     return uri if client is not None and uri and client.check_redirect_uri(uri) else None
@@ -150,13 +168,18 @@ def authorize() -> BaseResponse | tuple[str, int]:
     end_user = AuthorizedResident(login.resident, login) if login else None
     try:
         grant = server.get_consent_grant(end_user=end_user)
-        server.requested_claims(grant.request)
     except OAuth2Error as error:
         if error.error == "unsupported_response_type":
             error.redirect_uri = _safe_redirect_uri(params)
         if error.redirect_uri:
             return _redirect_back(params, error)
         return _error_page(error)
+    try:
+        server.requested_claims(grant.request)
+    except OAuth2Error as error:
+        # The client and its redirect URI are verified by now, so the error may go back to it.
+        error.redirect_uri = grant.redirect_uri
+        return _redirect_back(params, error)
 
     client = grant.request.client.model
     prompt = set(params.get("prompt", "").split())
@@ -310,11 +333,33 @@ def consent() -> BaseResponse | Response:
     return redirect(url_for("oidc.authorize") + "?" + urlencode(params), 303)
 
 
+CORS_ENDPOINTS = frozenset({"oidc.token", "oidc.userinfo_endpoint", "oidc.revoke"})
+
+
+@bp.after_request
+def _cors(response: Response) -> Response:
+    """Browser-based public clients (PKCE) call these from their own origin; no cookies are involved."""
+    if request.endpoint in CORS_ENDPOINTS:
+        response.headers["Access-Control-Allow-Origin"] = "*"
+        if request.method == "OPTIONS":
+            response.headers["Access-Control-Allow-Methods"] = "GET, POST"
+            response.headers["Access-Control-Allow-Headers"] = "Authorization, Content-Type, DPoP"
+            response.headers["Access-Control-Max-Age"] = "600"
+    return response
+
+
 @bp.post("/token")
 def token() -> Response:
     """The token endpoint; what a grant wrote (codes consumed, replays revoked, tokens recorded) is committed
     whatever the answer, so a replayed code stays revoked."""
-    response: Response = _server().create_token_response()
+    server = _server()
+    repeated = next((key for key in request.form if len(request.form.getlist(key)) > 1), None)
+    if repeated is not None or not request.form.get("grant_type"):
+        # RFC 6749 §3.2: parameters must not repeat; grant_type is required (JSON bodies arrive here too).
+        description = f"Parameter '{repeated}' is repeated." if repeated else "Missing 'grant_type'."
+        refused: Response = server.handle_error_response(None, InvalidRequestError(description))
+        return refused
+    response: Response = server.create_token_response()
     db.session().commit()
     return response
 
@@ -419,10 +464,10 @@ def end_session_endpoint() -> BaseResponse | tuple[str, int]:
         client_id = audience[0] if isinstance(audience, list) and audience else audience
         if params.get("client_id") and params["client_id"] != client_id:
             return _logout_refused()
-        client = db.session().get(Client, client_id) if isinstance(client_id, str) else None
+        client = find_client(db.session(), client_id) if isinstance(client_id, str) else None
         hint_sid = claims.get("sid")
     elif params.get("client_id"):
-        client = db.session().get(Client, params["client_id"][:128])
+        client = find_client(db.session(), params["client_id"])
     target = params.get("post_logout_redirect_uri")
     if target and (client is None or target not in client.post_logout_redirect_uris):
         # Exact match against the client's registered URIs, or no redirect at all (§3).
@@ -476,6 +521,7 @@ def register() -> Response:
             secret_key=server.secret_key,
             issuer=server.settings.issuer,
             now=_now(),
+            signing_algorithms=server.keyring.current().signing_algorithms,
         )
     except RegistrationError as error:
         db.session().rollback()

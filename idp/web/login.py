@@ -41,6 +41,7 @@ from idp.web.forms import CARRIER_LABELS, ActionForm, CarrierStartForm, CodeForm
 bp = Blueprint("web", __name__, template_folder="templates", static_folder="static", static_url_path="/static")
 
 FLOW_KEY = "carrier"
+PENDING_AUTHORIZATIONS = "authz_pending"  # kept by idp.oidc.views between /authorize and the sign-in
 
 
 def _service() -> CarrierSignIn:
@@ -285,10 +286,14 @@ def _finish_sign_in(identity: VerifiedIdentity) -> BaseResponse | Response:
     db.session().commit()
     flow_locale = session.get("locale")
     target = safe_next(session.get("next"))
-    # A new flow cookie as well as a new session id: nothing from before the sign-in carries over.
+    # The authorization requests waiting for this sign-in (prompt=login, max_age, step-up) must survive it.
+    pending = session.get(PENDING_AUTHORIZATIONS)
+    # A new flow cookie as well as a new session id: nothing else from before the sign-in carries over.
     session.clear()
     if flow_locale:
         session["locale"] = flow_locale
+    if pending:
+        session[PENDING_AUTHORIZATIONS] = pending
     if signed_in.account.outcome is AccountOutcome.CREATED:
         session["welcome"] = True
         if target:

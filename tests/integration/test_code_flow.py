@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from dataclasses import replace
-from urllib.parse import urlencode
+from urllib.parse import parse_qs, urlencode, urlsplit
 
 import pytest
 from flask import Flask
@@ -198,3 +199,88 @@ def test_raw_ci_only_for_a_client_allowed_kr_ci(app: Flask, sandbox: SandboxAgen
         )
     )
     assert "error=invalid_scope" in refused.headers["Location"]
+
+
+def test_prompt_login_signs_in_again_and_moves_auth_time(app: Flask, sandbox: SandboxAgency) -> None:
+    created = register(app)
+    browser = app.test_client()
+    sign_in(browser, sandbox)
+    first = decode(app, exchange(browser, created, authorize(browser, created.client.id)).get_json()["id_token"])
+    verifier, challenge = pkce()
+    query = {
+        "response_type": "code",
+        "client_id": created.client.id,
+        "redirect_uri": REDIRECT,
+        "scope": "openid",
+        "state": "s",
+        "prompt": "login",
+        "code_challenge": challenge,
+        "code_challenge_method": "S256",
+    }
+    asked = browser.get("/authorize?" + urlencode(query))
+    assert asked.headers["Location"].startswith("/login?")
+    login_page = asked.headers["Location"]
+    browser.get(login_page)
+    time.sleep(1)  # auth_time has one-second resolution
+    sign_in(browser, sandbox)
+    # The same request, after the new sign-in, goes through (no loop back to /login).
+    returned = browser.get(parse_qs(urlsplit(login_page).query)["next"][0])
+    assert returned.status_code == 302, returned.get_data(as_text=True)[-300:]
+    code = parse_qs(urlsplit(returned.headers["Location"]).query)["code"][0]
+    tokens = browser.post(
+        "/token",
+        data={"grant_type": "authorization_code", "code": code, "redirect_uri": REDIRECT, "code_verifier": verifier},
+        headers=basic(created.client.id, created.secret or ""),
+    ).get_json()
+    second = decode(app, tokens["id_token"])
+    assert second.claims["auth_time"] > first.claims["auth_time"]
+
+
+def test_client_credentials_grant_only_registered_scopes(app: Flask) -> None:
+    created = register(app, redirect_uris=(), grant_types=("client_credentials",), scopes=("profile",))
+    auth = basic(created.client.id, created.secret or "")
+    wider = app.test_client().post("/token", data={"grant_type": "client_credentials", "scope": "phone"}, headers=auth)
+    assert wider.status_code == 400
+    assert wider.get_json()["error"] == "invalid_scope"
+    default = app.test_client().post("/token", data={"grant_type": "client_credentials"}, headers=auth).get_json()
+    assert default["scope"] == "profile"
+
+
+def test_claims_parameter_cannot_reach_past_the_granted_scopes(app: Flask, sandbox: SandboxAgency) -> None:
+    created = register(app)
+    browser = app.test_client()
+    sign_in(browser, sandbox)
+    claims = '{"id_token": {"phone_number": null, "verified_claims": {"claims": {"name": null}}}}'
+    authorization = authorize(browser, created.client.id, scope="openid", claims=claims)
+    token = decode(app, exchange(browser, created, authorization).get_json()["id_token"]).claims
+    assert "phone_number" not in token
+    assert "verified_claims" not in token
+    with_profile = authorize(browser, created.client.id, scope="openid profile", claims=claims)
+    verified = decode(app, exchange(browser, created, with_profile).get_json()["id_token"]).claims["verified_claims"]
+    assert verified["claims"] == {"name": "김경기"}
+    assert verified["verification"]["trust_framework"] == "kr_mobile_identity_verification"
+
+
+def test_refresh_with_a_wider_scope_leaves_the_token_usable(app: Flask, sandbox: SandboxAgency) -> None:
+    created = register(app)
+    browser = app.test_client()
+    sign_in(browser, sandbox)
+    tokens = exchange(browser, created, authorize(browser, created.client.id, scope="openid offline_access")).get_json()
+    auth = basic(created.client.id, created.secret or "")
+    wider = browser.post(
+        "/token",
+        data={"grant_type": "refresh_token", "refresh_token": tokens["refresh_token"], "scope": "openid phone"},
+        headers=auth,
+    )
+    assert wider.get_json()["error"] == "invalid_scope"
+    narrower = browser.post(
+        "/token",
+        data={"grant_type": "refresh_token", "refresh_token": tokens["refresh_token"], "scope": "openid"},
+        headers=auth,
+    ).get_json()
+    assert narrower["scope"] == "openid"
+    # The family keeps its full scope: the next refresh may ask for offline_access again.
+    again = browser.post(
+        "/token", data={"grant_type": "refresh_token", "refresh_token": narrower["refresh_token"]}, headers=auth
+    )
+    assert again.get_json()["scope"] == "openid offline_access"

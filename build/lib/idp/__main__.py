@@ -1,5 +1,0 @@
-"""`python -m idp` is the `idp` command."""
-
-from idp.cli import main
-
-main()

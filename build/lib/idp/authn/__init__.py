@@ -1,1 +1,0 @@
-"""How a resident proves who they are: carrier verification, sessions, assurance and lockouts (no Flask here)."""
