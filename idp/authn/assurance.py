@@ -121,3 +121,14 @@ def login_reason(
     if wanted_acr and not any(acr_satisfies(session_acr, acr, issuer) for acr in wanted_acr) and not fresh:
         return LoginReason.ACR_TOO_LOW
     return None
+
+
+def reachable_acr(methods: set[Method], issuer: str) -> str:
+    """The strongest level the resident could reach now with the methods they have."""
+    return best_acr([acr_for_method(method, issuer) for method in methods] or [aal1(issuer)], issuer)
+
+
+def available_methods() -> set[Method]:
+    """The sign-in methods a resident can use: carrier verification, which every resident has.
+    TODO(#5, #6): passkeys and TOTP join here for residents who enrolled them, so step-up can reach phr."""
+    return {Method.CARRIER_SMS, Method.CARRIER_APP}

@@ -18,7 +18,14 @@ from werkzeug.exceptions import HTTPException
 from werkzeug.wrappers import Response as BaseResponse
 
 from idp import db
-from idp.authn.assurance import LoginReason, best_acceptable, login_reason
+from idp.authn.assurance import (
+    LoginReason,
+    acr_satisfies,
+    available_methods,
+    best_acceptable,
+    login_reason,
+    reachable_acr,
+)
 from idp.keyring import KeyringError
 from idp.oidc.clients import find_client
 from idp.oidc.consent import grant_consent, missing_scopes
@@ -184,6 +191,9 @@ def authorize() -> BaseResponse | tuple[str, int]:
     client = grant.request.client.model
     prompt = set(params.get("prompt", "").split())
     wanted_acr = best_acceptable(_requested_acr(params, client.default_acr), server.settings.issuer)
+    # Step up only to a level the resident's methods can reach; the rest is settled after sign-in.
+    reachable = reachable_acr(available_methods(), server.settings.issuer)
+    step_up_to = [acr for acr in wanted_acr if acr_satisfies(reachable, acr, server.settings.issuer)]
     pending = _pending(params)
     reason = login_reason(
         has_session=login is not None,
@@ -191,7 +201,7 @@ def authorize() -> BaseResponse | tuple[str, int]:
         session_acr=login.acr if login else None,
         prompt=prompt,
         max_age=int(params["max_age"]) if params.get("max_age") else None,
-        wanted_acr=wanted_acr,
+        wanted_acr=step_up_to,
         authenticated_since=pending.get("since_dt"),
         issuer=server.settings.issuer,
         now=_now(),
@@ -204,17 +214,21 @@ def authorize() -> BaseResponse | tuple[str, int]:
     ):
         # The raw CI is kept only for services allowed it, so it comes from a fresh carrier verification.
         reason = LoginReason.PROMPT_LOGIN
-    if reason is not None:
-        if "none" in prompt:
-            return _redirect_back(params, _protocol_error("login_required", grant.redirect_uri))
-        if login is not None and _essential_acr(params) and reason.value == "acr_too_low" and pending.get("since"):
-            # An essential acr that the sign-in just done could not reach (OIDC Core §5.5.1.1).
+    if reason is None and login is not None and wanted_acr:
+        reached = any(acr_satisfies(login.acr, acr, server.settings.issuer) for acr in wanted_acr)
+        if not reached and _essential_acr(params):
+            # An essential acr this resident cannot reach fails the request (OIDC Core §5.5.1.1); a voluntary
+            # one returns the level reached.
             unmet = _protocol_error(
                 "unmet_authentication_requirements",
                 grant.redirect_uri,
                 "The requested authentication level cannot be met.",
             )
+            _forget_pending(params)
             return _redirect_back(params, unmet)
+    if reason is not None:
+        if "none" in prompt:
+            return _redirect_back(params, _protocol_error("login_required", grant.redirect_uri))
         _remember_pending(params)
         query = {"next": url_for("oidc.authorize") + "?" + urlencode(params)}
         if params.get("ui_locales"):

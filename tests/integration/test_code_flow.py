@@ -284,3 +284,35 @@ def test_refresh_with_a_wider_scope_leaves_the_token_usable(app: Flask, sandbox:
         "/token", data={"grant_type": "refresh_token", "refresh_token": narrower["refresh_token"]}, headers=auth
     )
     assert again.get_json()["scope"] == "openid offline_access"
+
+
+def test_essential_acr_that_cannot_be_reached_fails(app: Flask, sandbox: SandboxAgency) -> None:
+    created = register(app)
+    browser = app.test_client()
+    sign_in(browser, sandbox)
+    claims = '{"id_token": {"acr": {"essential": true, "values": ["phr"]}}}'
+    query = {
+        "response_type": "code",
+        "client_id": created.client.id,
+        "redirect_uri": REDIRECT,
+        "scope": "openid",
+        "state": "s",
+        "claims": claims,
+        "code_challenge": pkce()[1],
+        "code_challenge_method": "S256",
+    }
+    # Carrier verification, the only method this resident has, reaches aal1: no sign-in can help.
+    failed = browser.get("/authorize?" + urlencode(query))
+    assert failed.status_code == 302
+    location = parse_qs(urlsplit(failed.headers["Location"]).query)
+    assert location["error"] == ["unmet_authentication_requirements"]
+    assert location["state"] == ["s"]
+
+
+def test_voluntary_acr_returns_the_level_reached(app: Flask, sandbox: SandboxAgency) -> None:
+    created = register(app)
+    browser = app.test_client()
+    sign_in(browser, sandbox)
+    authorization = authorize(browser, created.client.id, scope="openid", acr_values="phr")
+    claims = decode(app, exchange(browser, created, authorization).get_json()["id_token"]).claims
+    assert claims["acr"] == "http://localhost:8000/acr/aal1"
