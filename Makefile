@@ -36,6 +36,10 @@ migrations-check: $(STAMP)
 pytest: $(STAMP) test-tools
 	$(BIN)/pytest
 
+# The IdP beside node-oidc-provider, per core (bench/README.md); IDP_BENCH_POSTGRES_URL adds PostgreSQL rows.
+bench: $(STAMP)
+	$(BIN)/python bench/run.py
+
 # The tests run real Chromium and a real Redis from Debian's packages (never a browser download).
 TEST_TOOLS := chromium redis-server
 test-tools:

@@ -1,20 +1,28 @@
 """Benchmark the idp against node-oidc-provider, per core: HTTP endpoints with wrk and ID-token signing.
 
 Both servers run on CPU 0 (`taskset`), wrk runs on CPU 1, everything on 127.0.0.1. The idp is a fresh instance in a
-temporary folder; node-oidc-provider gets the same signing keys. See bench/README.md for how to read the figures.
+temporary folder (SQLite, and PostgreSQL when given a server); node-oidc-provider gets the same signing keys. The
+token cases spend single-use codes and refresh tokens minted before each run. See bench/README.md for how to read
+the figures.
 
     .venv/bin/python bench/run.py [--quick] [--duration 10] [--connections 32] [--only NAME] [--idp-workers N]
+        [--postgres-url postgresql+psycopg://USER@127.0.0.1:PORT/DB]
 """
 
 from __future__ import annotations
 
 import argparse
+import base64
 import contextlib
+import dataclasses
 import datetime as dt
+import hashlib
 import json
+import math
 import os
 import platform
 import re
+import secrets
 import shutil
 import signal
 import socket
@@ -26,10 +34,11 @@ import time
 import urllib.error
 import urllib.parse
 import urllib.request
-from collections.abc import Iterator, Mapping, Sequence
+import uuid
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, Protocol
 
 from idp.keyring import Keyring, KeyState, SigningKey
 
@@ -50,13 +59,42 @@ SIGN_ALGORITHMS = ("ES256", "RS256")
 CLAIM_SUB = "Qm9iIHRoZSBiZW5jaG1hcmsgcmVzaWRlbnQgc3ViamVjdA"
 CLAIM_SID = "9b6a4b8f-3e1c-4d0b-a1f2-6c0d1e2f3a4b"
 
+# The client both servers know for the token cases (bench/node/provider.mjs registers the same): confidential,
+# client_secret_basic, code flow with refresh tokens and client credentials, pairwise subjects, RS256 ID tokens.
+NODE_CLIENT_ID = "bench"
+REDIRECT_URI = "http://localhost/callback"
+CODE_SCOPE = "openid profile phone offline_access"
+# PKCE (S256): both servers require it for these codes; one verifier serves every minted code.
+CODE_VERIFIER = "bench-code-verifier-0123456789-abcdefghijklmnopqrstuvwxyz"
+# The resident the codes and tokens are for; node's account has the same claims.
+RESIDENT = {"name": "김경기", "birthdate": dt.date(1985, 3, 14), "phone": "+821000000001", "carrier": "SKT"}
+# Replaced in a request's body and headers by a value minted before each run (or each request: `single_use`).
+FRESH = "__BENCH_FRESH__"
+
+# Single-use values: each run gets rate x seconds x MINT_MARGIN of them (plus MINT_EXTRA and two per connection),
+# the rate being the last one measured for that server, or MINT_FIRST_GUESS before any.
+MINT_FIRST_GUESS = 3000.0
+MINT_MARGIN = 1.5
+MINT_EXTRA = 200
+MINT_ATTEMPTS = 4
+MINT_BATCH = 20_000  # rows per INSERT batch, values per node request
+
+POSTGRES_SKIPPED = "no PostgreSQL server given (--postgres-url or IDP_BENCH_POSTGRES_URL): PostgreSQL rows skipped"
+
 
 # -- what is measured --------------------------------------------------------------------------------------------
 
 
+MintKind = Literal["code", "refresh_token", "access_token"]
+
+
 @dataclass(frozen=True, slots=True)
 class Request:
-    """One HTTP request for wrk: a fixed path, or a URL the server's discovery document names."""
+    """One HTTP request for wrk: a fixed path, or a URL the server's discovery document names.
+
+    With `fresh`, a value of that kind is minted before each run and replaces FRESH in the body and headers; with
+    `single_use` as well, every request gets its own value (authorization codes, refresh tokens) and none is reused.
+    """
 
     path: str | None = None
     discovery_field: str | None = None
@@ -64,6 +102,8 @@ class Request:
     body: bytes | None = None
     headers: Mapping[str, str] = field(default_factory=dict)
     expect_status: int = 200
+    fresh: MintKind | None = None
+    single_use: bool = False
 
     @classmethod
     def get(cls, path: str) -> Request:
@@ -78,22 +118,110 @@ class Request:
     def needs_script(self) -> bool:
         return self.method != "GET" or self.body is not None or bool(self.headers)
 
+    def with_value(self, value: str) -> Request:
+        """This request with FRESH replaced by `value` (one value for the whole run)."""
+        body = self.body.replace(FRESH.encode(), value.encode()) if self.body is not None else None
+        headers = {name: text.replace(FRESH, value) for name, text in self.headers.items()}
+        return Request(self.path, self.discovery_field, self.method, body, headers, self.expect_status)
+
+
+@dataclass(frozen=True, slots=True)
+class Credentials:
+    """The bench client as one server knows it."""
+
+    client_id: str
+    client_secret: str
+
+    def basic(self) -> dict[str, str]:
+        """client_secret_basic: id and secret form-encoded, then Base64 (RFC 6749 §2.3.1)."""
+        pair = f"{urllib.parse.quote(self.client_id, safe='')}:{urllib.parse.quote(self.client_secret, safe='')}"
+        return {"Authorization": "Basic " + base64.b64encode(pair.encode()).decode()}
+
+
+RequestSpec = Request | Callable[[Credentials], Request]
+
 
 @dataclass(frozen=True, slots=True)
 class Case:
-    """An endpoint measured on both servers, by name (`--only NAME`)."""
+    """An endpoint measured on both servers, by name (`--only NAME`).
+
+    A case that touches the idp's database (`uses_database`) is measured once per database (SQLite, PostgreSQL).
+    """
 
     name: str
-    idp: Request
-    node: Request
+    idp: RequestSpec
+    node: RequestSpec
+    uses_database: bool = False
 
 
-# Later issues add endpoints here; a POST case gives method, body and headers and wrk gets a Lua script for it.
+FORM = {"Content-Type": "application/x-www-form-urlencoded"}
+
+
+def _form(**fields: str) -> bytes:
+    # FRESH is made of characters urlencode leaves alone, so it can still be found and replaced.
+    return urllib.parse.urlencode(fields).encode()
+
+
+def client_credentials_request(client: Credentials) -> Request:
+    return Request(
+        discovery_field="token_endpoint",
+        method="POST",
+        body=_form(grant_type="client_credentials"),
+        headers={**FORM, **client.basic()},
+    )
+
+
+def authorization_code_request(client: Credentials) -> Request:
+    body = _form(grant_type="authorization_code", code=FRESH, redirect_uri=REDIRECT_URI, code_verifier=CODE_VERIFIER)
+    return Request(
+        discovery_field="token_endpoint",
+        method="POST",
+        body=body,
+        headers={**FORM, **client.basic()},
+        fresh="code",
+        single_use=True,
+    )
+
+
+def refresh_token_request(client: Credentials) -> Request:
+    return Request(
+        discovery_field="token_endpoint",
+        method="POST",
+        body=_form(grant_type="refresh_token", refresh_token=FRESH),
+        headers={**FORM, **client.basic()},
+        fresh="refresh_token",
+        single_use=True,
+    )
+
+
+def userinfo_request(client: Credentials) -> Request:
+    return Request(
+        discovery_field="userinfo_endpoint", headers={"Authorization": f"Bearer {FRESH}"}, fresh="access_token"
+    )
+
+
+def introspection_request(client: Credentials) -> Request:
+    return Request(
+        discovery_field="introspection_endpoint",
+        method="POST",
+        body=_form(token=FRESH, token_type_hint="access_token"),  # noqa: S106  (a token type, not a secret)
+        headers={**FORM, **client.basic()},
+        fresh="access_token",
+    )
+
+
+# A POST case gives method, body and headers and wrk gets a Lua script for it; a case that needs credentials gives
+# a function of them.
 CASES: tuple[Case, ...] = (
     Case(
         "discovery", Request.get("/.well-known/openid-configuration"), Request.get("/.well-known/openid-configuration")
     ),
     Case("jwks", Request.get("/jwks"), Request.from_discovery("jwks_uri")),
+    Case("client_credentials", client_credentials_request, client_credentials_request, uses_database=True),
+    Case("authorization_code", authorization_code_request, authorization_code_request, uses_database=True),
+    Case("refresh_token", refresh_token_request, refresh_token_request, uses_database=True),
+    Case("userinfo", userinfo_request, userinfo_request, uses_database=True),
+    Case("introspection", introspection_request, introspection_request, uses_database=True),
 )
 
 
@@ -110,6 +238,7 @@ class WrkResult:
     socket_errors: int
     response_bytes: int
     command: str
+    single_use_values: int = 0  # minted for the run (codes or refresh tokens), each sent at most once
 
 
 @dataclass(frozen=True, slots=True)
@@ -346,6 +475,224 @@ def node_package_version(name: str) -> str:
     return str(data.get("version", "unknown"))
 
 
+# -- the token cases: databases, the bench client and resident, single-use values ---------------------------------
+
+LOOPBACK = frozenset({"127.0.0.1", "localhost", "::1"})
+
+
+@dataclass(frozen=True, slots=True)
+class IdpDatabase:
+    """A database the idp is measured on: the label in the table, the key of its runs in the JSON, the URL."""
+
+    label: str
+    key: str
+    url: str | None  # None: the instance's SQLite file (`idp init`'s default)
+
+
+SQLITE = IdpDatabase("SQLite", "idp", None)
+
+
+def postgres_url_from(raw: str) -> Any:
+    """The SQLAlchemy URL of the PostgreSQL server, with the psycopg 3 driver the idp installs.
+
+    Raises:
+        BenchError: not a PostgreSQL URL, or a server off the loopback interface.
+    """
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import ArgumentError
+
+    try:
+        url = make_url(raw)
+    except ArgumentError:
+        raise BenchError(f"not a database URL: {raw!r}") from None
+    if url.get_backend_name() != "postgresql":
+        raise BenchError(f"not a PostgreSQL URL: {url.render_as_string()}")
+    if url.host and not url.host.startswith("/") and url.host not in LOOPBACK:
+        raise BenchError(f"the PostgreSQL server must be on 127.0.0.1 like everything measured, not {url.host}")
+    return url.set(drivername="postgresql+psycopg")
+
+
+@contextlib.contextmanager
+def postgres_database(raw_url: str, *, keep: bool) -> Iterator[IdpDatabase]:
+    """A fresh database on the PostgreSQL server at `raw_url`, dropped afterwards (unless `keep`)."""
+    from sqlalchemy import create_engine, text
+    from sqlalchemy.exc import SQLAlchemyError
+
+    server_url = postgres_url_from(raw_url)
+    name = f"idp_bench_{secrets.token_hex(6)}"
+    admin = create_engine(server_url, isolation_level="AUTOCOMMIT")
+    try:
+        try:
+            with admin.connect() as connection:
+                connection.execute(text(f'CREATE DATABASE "{name}"'))
+        except SQLAlchemyError as exc:
+            raise BenchError(f"cannot create a database on {server_url.render_as_string()}: {exc}") from None
+        print(f"PostgreSQL: database {name} on {server_url.host or 'a local socket'}:{server_url.port or 5432}")
+        try:
+            yield IdpDatabase("PostgreSQL", "idp-postgresql", server_url.set(database=name).render_as_string(False))
+        finally:
+            if keep:
+                print(f"PostgreSQL database {name} kept", file=sys.stderr)
+            else:
+                with admin.connect() as connection:
+                    connection.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+    finally:
+        admin.dispose()
+
+
+class Minter(Protocol):
+    def mint(self, kind: MintKind, count: int) -> list[str]:
+        """`count` new values of `kind`, each good for one use."""
+        ...
+
+
+@dataclass
+class Target:
+    """A server as a case sees it: the bench client's credentials there and how to mint single-use values."""
+
+    key: str  # the key of its runs in the JSON: idp, idp-postgresql, node
+    label: str
+    server: Server
+    credentials: Credentials
+    minter: Minter
+
+
+def pkce_challenge(verifier: str) -> str:
+    return base64.urlsafe_b64encode(hashlib.sha256(verifier.encode()).digest()).rstrip(b"=").decode()
+
+
+class IdpMinter:
+    """The bench client and resident in one idp database, and codes and refresh tokens written straight into it,
+    row for row as the idp's grants write them (`AuthorizationCodeGrant.save_authorization_code`,
+    `tokens.issue_refresh_token`). Access tokens come from the token endpoint itself, for a minted code."""
+
+    def __init__(self, url: str, env: Mapping[str, str]) -> None:
+        from idp.db import make_engine, make_session_factory
+        from idp.settings import Settings
+
+        self.settings = Settings.from_env(env)
+        self.engine = make_engine(url)
+        self.sessions = make_session_factory(self.engine)
+        self.server: Server | None = None
+        self.credentials = self._create_client_and_resident()
+
+    def _create_client_and_resident(self) -> Credentials:
+        from idp.authn.assurance import AuthEvent, Method
+        from idp.authn.sessions import start_session
+        from idp.models import Resident
+        from idp.oidc.clients import ClientSpec, create_client, secret_digest_key
+
+        now = dt.datetime.now(dt.UTC)
+        spec = ClientSpec(
+            name="bench",
+            redirect_uris=(REDIRECT_URI,),
+            grant_types=("authorization_code", "refresh_token", "client_credentials"),
+            scopes=tuple(CODE_SCOPE.split()),
+        )
+        with self.sessions() as db:
+            created = create_client(
+                db, spec, secret_key=secret_digest_key(self.settings.secret_key), issuer=self.settings.issuer, now=now
+            )
+            resident = Resident(id=uuid.uuid4(), verified_at=now, verified_by="bench", created_at=now, **RESIDENT)
+            db.add(resident)
+            db.flush()
+            # Signed in by carrier SMS half a minute ago: the login session a code's sid, acr and amr come from.
+            event = AuthEvent.of(Method.CARRIER_SMS, issuer=self.settings.issuer, at=now - dt.timedelta(seconds=30))
+            login = start_session(db, resident, event, client_ip=HOST, user_agent="bench/run.py", now=now).session
+            self.client_id = created.client.id
+            self.resident_id = resident.id
+            self.sid, self.acr, self.amr, self.auth_time = login.sid, login.acr, list(login.amr), login.auth_time
+            db.commit()
+        assert created.secret is not None
+        return Credentials(created.client.id, created.secret)
+
+    def mint(self, kind: MintKind, count: int) -> list[str]:
+        if kind == "access_token":
+            return [self._access_token() for _ in range(count)]
+        from sqlalchemy import insert
+
+        from idp.models import AuthorizationCode, RefreshToken
+        from idp.oidc import tokens
+
+        now = dt.datetime.now(dt.UTC)
+        values: list[str] = []
+        rows: list[dict[str, Any]] = []
+        common = {"client_id": self.client_id, "resident_id": self.resident_id, "sid": self.sid, "scope": CODE_SCOPE}
+        common |= {"claims": None, "acr": self.acr, "amr": self.amr, "auth_time": self.auth_time, "created_at": now}
+        if kind == "code":
+            from authlib.common.security import generate_token
+            from authlib.oauth2.rfc6749.grants import AuthorizationCodeGrant
+
+            model: Any = AuthorizationCode
+            challenge = pkce_challenge(CODE_VERIFIER)
+            for _ in range(count):
+                values.append(generate_token(AuthorizationCodeGrant.AUTHORIZATION_CODE_LENGTH))
+                rows.append(
+                    {
+                        **common,
+                        "digest": tokens.digest(values[-1]),
+                        "grant_id": uuid.uuid4(),
+                        "redirect_uri": REDIRECT_URI,
+                        "nonce": secrets.token_urlsafe(12),
+                        "code_challenge": challenge,
+                        "code_challenge_method": "S256",
+                        "expires_at": now + dt.timedelta(seconds=self.settings.code_ttl),
+                    }
+                )
+        else:
+            model = RefreshToken
+            family_end = now + dt.timedelta(seconds=self.settings.refresh_token_absolute_ttl)
+            expires_at = min(family_end, now + dt.timedelta(seconds=self.settings.refresh_token_ttl))
+            for _ in range(count):
+                values.append(tokens.new_secret())
+                rows.append(
+                    {
+                        **common,
+                        "digest": tokens.digest(values[-1]),
+                        "grant_id": uuid.uuid4(),  # one family per token, as one resident's sign-in would start
+                        "expires_at": expires_at,
+                        "family_expires_at": family_end,
+                    }
+                )
+        with self.sessions() as db:
+            for start in range(0, len(rows), MINT_BATCH):
+                db.execute(insert(model), rows[start : start + MINT_BATCH])
+            db.commit()
+        return values
+
+    def _access_token(self) -> str:
+        """An access token with the code's scope (openid included), from the token endpoint."""
+        assert self.server is not None
+        request = authorization_code_request(self.credentials).with_value(self.mint("code", 1)[0])
+        url = self.server.base_url + resolve_path(self.server, request)
+        status, _, body = http_request(url, method=request.method, body=request.body, headers=request.headers)
+        if status != 200:
+            raise BenchError(f"idp code exchange for an access token: status {status}: {body[:300]!r}")
+        token: str = json.loads(body)["access_token"]
+        return token
+
+    def close(self) -> None:
+        self.engine.dispose()
+
+
+class NodeMinter:
+    """Codes, refresh tokens and opaque access tokens saved by node-oidc-provider's own models (`--mint`)."""
+
+    def __init__(self, server: Server) -> None:
+        self.server = server
+
+    def mint(self, kind: MintKind, count: int) -> list[str]:
+        values: list[str] = []
+        while len(values) < count:
+            batch = min(MINT_BATCH, count - len(values))
+            query = urllib.parse.urlencode({"kind": kind, "count": batch})
+            status, _, body = http_request(f"{self.server.base_url}/bench/mint?{query}", method="POST", timeout=120)
+            if status != 200:
+                raise BenchError(f"node-oidc-provider /bench/mint: status {status}: {body[:300]!r}")
+            values += json.loads(body)["values"]
+        return values
+
+
 # -- wrk ---------------------------------------------------------------------------------------------------------
 
 _UNIT_MS = {"us": 0.001, "ms": 1.0, "s": 1000.0, "m": 60_000.0, "h": 3_600_000.0}
@@ -417,19 +764,95 @@ def resolve_path(server: Server, request: Request) -> str:
     return urllib.parse.urlsplit(url).path or "/"
 
 
+EXHAUSTED = re.compile(r"^single-use values exhausted: (\d+)$", re.MULTILINE)
+
+
+def single_use_script(request: Request, values_path: Path, threads: int) -> str:
+    """A wrk script that sends every value of `values_path` (one a line) at most once, in place of FRESH in the
+    body; thread i of `threads` takes lines i, i + threads, … Once a thread runs out it sends `exhausted`, which the
+    server refuses, and counts it; `done` prints the count (see `_single_use_wrk`)."""
+    assert request.body is not None
+    assert FRESH.encode() in request.body, "a single-use value goes in the body"
+    prefix, _, suffix = request.body.partition(FRESH.encode())
+    static = Request(method=request.method, headers=request.headers)
+    return wrk_script(static) + "\n".join(
+        [
+            f"local values_path = {lua_string(str(values_path))}",
+            f"local prefix, suffix = {lua_string(prefix)}, {lua_string(suffix)}",
+            f"local threads = {threads}",
+            "local values, next_value, thread_count, started = {}, 1, 0, {}",
+            "exhausted = 0  -- a global, so that done() can read each thread's",
+            "function setup(thread)",
+            "  thread:set('thread_index', thread_count)",
+            "  thread_count = thread_count + 1",
+            "  started[#started + 1] = thread",
+            "end",
+            "function init(args)",
+            "  local i = 0",
+            "  for line in io.lines(values_path) do",
+            "    if i % threads == thread_index then values[#values + 1] = line end",
+            "    i = i + 1",
+            "  end",
+            "end",
+            "function request()",
+            "  local value = values[next_value]",
+            "  if value then",
+            "    values[next_value] = nil",
+            "    next_value = next_value + 1",
+            "  else",
+            "    value = 'exhausted'",
+            "    exhausted = exhausted + 1",
+            "  end",
+            "  return wrk.format(nil, nil, nil, prefix .. value .. suffix)",
+            "end",
+            "function done(summary, latency, requests)",
+            "  local total = 0",
+            "  for _, thread in ipairs(started) do total = total + thread:get('exhausted') end",
+            "  io.write(string.format('single-use values exhausted: %d\\n', total))",
+            "end",
+            "",
+        ]
+    )
+
+
 def run_wrk(
-    server: Server, request: Request, options: LoadOptions, work: Path, label: str, *, warmup: bool = True
+    target: Target,
+    request: Request,
+    options: LoadOptions,
+    work: Path,
+    label: str,
+    *,
+    warmup: bool = True,
+    rate: float = MINT_FIRST_GUESS,
 ) -> WrkResult:
     """Check the endpoint answers as expected once, warm it up (unless told not to), then measure it with wrk.
+
+    A request with a fresh value gets one minted for the run; a single-use one gets a value per request, as many as
+    `rate` (requests per second expected) says the run needs, and more if they ran out.
 
     Raises:
         BenchError: a wrong status, or wrk failed.
     """
+    server = target.server
     url = server.base_url + resolve_path(server, request)
-    status, _, body = http_request(url, method=request.method, body=request.body, headers=request.headers)
+    if request.fresh is not None and not request.single_use:
+        request = request.with_value(target.minter.mint(request.fresh, 1)[0])
+    checked = request
+    if request.single_use:
+        assert request.fresh is not None
+        checked = request.with_value(target.minter.mint(request.fresh, 1)[0])
+    status, _, body = http_request(url, method=checked.method, body=checked.body, headers=checked.headers)
     if status != request.expect_status:
-        raise BenchError(f"{server.name} {request.method} {url}: status {status}, expected {request.expect_status}")
+        raise BenchError(
+            f"{server.name} {request.method} {url}: status {status}, expected {request.expect_status}: "
+            f"{body[:300].decode(errors='replace')}"
+        )
     argv = ["wrk", f"-t{options.threads}", f"-c{options.connections}", "--latency", "--timeout", "5s"]
+    if request.single_use:
+        if warmup and options.warmup > 0:
+            rate = _single_use_wrk(target, request, options, argv, url, work, label, options.warmup, rate)[1]
+        result, _ = _single_use_wrk(target, request, options, argv, url, work, label, options.duration, rate)
+        return dataclasses.replace(result, response_bytes=len(body))
     if request.needs_script:
         script = work / f"{label}.lua"
         script.write_text(wrk_script(request))
@@ -439,6 +862,47 @@ def run_wrk(
     command = pinned(options.wrk_cpus, [*argv, f"-d{options.duration}s", url])
     output = _wrk(command, options.duration)
     return parse_wrk(output, " ".join(command), len(body))
+
+
+def _single_use_wrk(
+    target: Target,
+    request: Request,
+    options: LoadOptions,
+    argv: list[str],
+    url: str,
+    work: Path,
+    label: str,
+    seconds: int,
+    rate: float,
+) -> tuple[WrkResult, float]:
+    """One wrk run of `seconds` spending single-use values; again with more if they ran out. The result, and the
+    rate to size the next run by.
+
+    Raises:
+        BenchError: they still ran out after MINT_ATTEMPTS runs, or wrk failed.
+    """
+    assert request.fresh is not None
+    for _ in range(MINT_ATTEMPTS):
+        # As many for each wrk thread as the whole run should need: a server may serve one thread's connections
+        # more than another's, and a thread cannot take values from another.
+        count = math.ceil(rate * seconds * MINT_MARGIN) + 2 * options.connections + MINT_EXTRA
+        values = target.minter.mint(request.fresh, count * options.threads)
+        values_path = work / f"{label}.values"
+        values_path.write_text("".join(urllib.parse.quote(value, safe="") + "\n" for value in values))
+        script = work / f"{label}.lua"
+        script.write_text(single_use_script(request, values_path, options.threads))
+        command = pinned(options.wrk_cpus, [*argv, "-s", str(script), f"-d{seconds}s", url])
+        output = _wrk(command, seconds)
+        result = parse_wrk(output, " ".join(command), 0)
+        measured = result.requests_per_second
+        exhausted = EXHAUSTED.search(output)
+        if exhausted is None:
+            raise BenchError(f"the single-use wrk script did not report:\n{output.strip()}")
+        if int(exhausted.group(1)) == 0:
+            return dataclasses.replace(result, single_use_values=len(values)), max(measured, 1.0)
+        print(f"  {len(values)} single-use values ran out after {result.requests} requests; again with more")
+        rate = max(rate, measured) * 2
+    raise BenchError(f"{target.label} {request.fresh}: single-use values kept running out")
 
 
 def _wrk(argv: list[str], duration: int) -> str:
@@ -528,7 +992,7 @@ def format_number(value: float) -> str:
     return f"{value:.2f}"
 
 
-def render_table(rows: Sequence[Row]) -> str:
+def render_table(rows: Sequence[Row], notes: Sequence[str] = ()) -> str:
     header = ("metric", "idp", "node-oidc-provider", "ratio (>1: idp better)")
     body = [
         (
@@ -548,6 +1012,7 @@ def render_table(rows: Sequence[Row]) -> str:
     out.append("")
     out.append("Both servers pinned to one core, wrk on another. ratio > 1 means the idp does better:")
     out.append("idp/node for req/s and signatures/s (higher is better), node/idp for p99 latency (lower is better).")
+    out.extend(notes)
     return "\n".join(out)
 
 
@@ -574,7 +1039,16 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--idp-workers", type=int, default=1, help="idp worker processes (1: per-core comparison)")
     parser.add_argument("--server-cpus", default="0", help="CPU list both servers are pinned to (0)")
     parser.add_argument("--wrk-cpus", default="1", help="CPU list wrk is pinned to (1)")
-    parser.add_argument("--keep-temp", action="store_true", help="keep the temporary instance folder and logs")
+    parser.add_argument(
+        "--postgres-url",
+        default=os.environ.get("IDP_BENCH_POSTGRES_URL") or None,
+        metavar="URL",
+        help="a PostgreSQL server on 127.0.0.1 (postgresql+psycopg://USER@127.0.0.1:PORT/DB) to create a fresh "
+        "database in and measure the idp's database cases on too (default: IDP_BENCH_POSTGRES_URL; none: skipped)",
+    )
+    parser.add_argument(
+        "--keep-temp", action="store_true", help="keep the temporary instance folder, logs and PostgreSQL database"
+    )
     args = parser.parse_args(argv)
     if args.warmup is None:
         args.warmup = 1 if args.quick else 2
@@ -621,6 +1095,10 @@ class Instance:
     def node_jwks(self) -> Path:
         return self.work / "node-jwks.json"
 
+    def env_for(self, database: IdpDatabase) -> dict[str, str]:
+        """The idp's environment on `database`: the same instance folder, secrets and keys, another database."""
+        return self.env if database.url is None else {**self.env, "IDP_DATABASE_URL": database.url}
+
 
 def create_instance(work: Path) -> Instance:
     """`idp init` in `work`, and the keyring exported as a private JWKS for node."""
@@ -631,26 +1109,44 @@ def create_instance(work: Path) -> Instance:
     return instance
 
 
+@dataclass
+class Servers:
+    """The running servers: the idp once per database (SQLite first), and node-oidc-provider."""
+
+    idp: list[tuple[IdpDatabase, Server]]
+    node: Server
+    node_client_secret: str
+
+
 @contextlib.contextmanager
-def running_servers(instance: Instance, args: argparse.Namespace) -> Iterator[tuple[Server, Server]]:
-    """The idp and node-oidc-provider, pinned to the server CPUs and ready; both stopped on exit, whatever happens."""
-    idp_argv = [str(VENV_BIN / "idp"), "serve", "--host", HOST, "--port", str(instance.idp_port)]
-    idp_argv += ["--workers", str(args.idp_workers)]
+def running_servers(
+    instance: Instance, args: argparse.Namespace, databases: Sequence[IdpDatabase]
+) -> Iterator[Servers]:
+    """The idp on each database and node-oidc-provider, pinned to the server CPUs and ready; all stopped on exit,
+    whatever happens. The idp listens on the issuer's port on SQLite, on another port on any other database (the
+    issuer stays the same: the tokens name the issuer, not the port they came from)."""
     node_argv = ["node", str(NODE_DIR / "provider.mjs"), "--port", str(instance.node_port)]
-    node_argv += ["--issuer", f"http://localhost:{instance.node_port}", "--jwks", str(instance.node_jwks)]
+    node_argv += ["--issuer", f"http://localhost:{instance.node_port}", "--jwks", str(instance.node_jwks), "--mint"]
+    node_client_secret = secrets.token_urlsafe(32)
     node_env = {key: value for key, value in os.environ.items() if not key.startswith("IDP_")}
-    node_env["NODE_ENV"] = "production"
+    node_env.update(NODE_ENV="production", BENCH_CLIENT_SECRET=node_client_secret, BENCH_CODE_VERIFIER=CODE_VERIFIER)
 
     servers: list[Server] = []
     try:
-        idp = start_server(
-            "idp",
-            pinned(args.server_cpus, idp_argv),
-            env=instance.env,
-            port=instance.idp_port,
-            log_path=instance.work / "idp.log",
-        )
-        servers.append(idp)
+        idp_servers: list[tuple[IdpDatabase, Server]] = []
+        for database in databases:
+            port = instance.idp_port if database.url is None else free_port()
+            idp_argv = [str(VENV_BIN / "idp"), "serve", "--host", HOST, "--port", str(port)]
+            idp_argv += ["--workers", str(args.idp_workers)]
+            idp = start_server(
+                "idp" if database.url is None else f"idp ({database.label})",
+                pinned(args.server_cpus, idp_argv),
+                env=instance.env_for(database),
+                port=port,
+                log_path=instance.work / f"{database.key}.log",
+            )
+            servers.append(idp)
+            idp_servers.append((database, idp))
         node = start_server(
             "node-oidc-provider",
             pinned(args.server_cpus, node_argv),
@@ -659,48 +1155,126 @@ def running_servers(instance: Instance, args: argparse.Namespace) -> Iterator[tu
             log_path=instance.work / "node.log",
         )
         servers.append(node)
-        wait_ready(idp, "/readyz")
+        for _, idp in idp_servers:
+            wait_ready(idp, "/readyz")
         wait_ready(node, "/.well-known/openid-configuration")
         for server in servers:
             _, _, body = http_request(server.base_url + "/.well-known/openid-configuration")
             server.discovery = json.loads(body)
-        check_same_keys(idp, node)
-        yield idp, node
+        for _, idp in idp_servers:
+            check_same_keys(idp, node)
+        yield Servers(idp=idp_servers, node=node, node_client_secret=node_client_secret)
     finally:
         for server in servers:
             server.stop()
 
 
+class StaticMinter:
+    """For the cases that mint nothing (discovery, JWKS)."""
+
+    def mint(self, kind: MintKind, count: int) -> list[str]:
+        raise BenchError(f"nothing to mint {kind} with")
+
+
+@contextlib.contextmanager
+def targets_of(servers: Servers, instance: Instance, *, with_client: bool) -> Iterator[list[Target]]:
+    """Each server as the cases see it; with the bench client and resident set up when a case needs them."""
+    minters: list[IdpMinter] = []
+    try:
+        targets: list[Target] = []
+        for database, server in servers.idp:
+            label = "idp" if database.url is None else f"idp ({database.label})"
+            if with_client:
+                minter = IdpMinter(database.url or _sqlite_url(instance), instance.env_for(database))
+                minter.server = server
+                minters.append(minter)
+                targets.append(Target(database.key, label, server, minter.credentials, minter))
+            else:
+                targets.append(Target(database.key, label, server, Credentials("", ""), StaticMinter()))
+        node = servers.node
+        credentials = Credentials(NODE_CLIENT_ID, servers.node_client_secret)
+        targets.append(Target("node", "node-oidc-provider", node, credentials, NodeMinter(node)))
+        yield targets
+    finally:
+        for minter in minters:
+            minter.close()
+
+
+def _sqlite_url(instance: Instance) -> str:
+    from idp.settings import Settings
+
+    return Settings.from_env(instance.env).sqlalchemy_url
+
+
+def request_for(case: Case, target: Target) -> Request:
+    spec = case.node if target.key == "node" else case.idp
+    return spec if isinstance(spec, Request) else spec(target.credentials)
+
+
 def measure_http(
-    instance: Instance, args: argparse.Namespace, cases: Sequence[Case], load: LoadOptions
+    instance: Instance,
+    args: argparse.Namespace,
+    cases: Sequence[Case],
+    load: LoadOptions,
+    databases: Sequence[IdpDatabase],
 ) -> tuple[dict[str, dict[str, list[WrkResult]]], list[Row]]:
-    """wrk against each case on both servers, alternating between them `--repeat` times; the medians as rows."""
+    """wrk against each case on every server, alternating between them `--repeat` times; the medians as rows.
+
+    A case that uses the database runs on the idp once per database; the others on SQLite only."""
     http: dict[str, dict[str, list[WrkResult]]] = {}
     rows: list[Row] = []
-    with running_servers(instance, args) as (idp, node):
+    with_client = any(case.uses_database for case in cases)
+    with (
+        running_servers(instance, args, databases) as servers,
+        targets_of(servers, instance, with_client=with_client) as all_targets,
+    ):
         for case in cases:
-            runs: dict[str, list[WrkResult]] = {"idp": [], "node": []}
-            targets = (("idp", idp, case.idp), ("node", node, case.node))
+            targets = [t for t in all_targets if case.uses_database or t.key in (SQLITE.key, "node")]
+            runs: dict[str, list[WrkResult]] = {target.key: [] for target in targets}
+            rates: dict[str, float] = {}
             for round_ in range(args.repeat):
-                for side, server, request in targets:
+                for target in targets:
                     counter = f" ({round_ + 1}/{args.repeat})" if args.repeat > 1 else ""
-                    print(f"wrk {case.name}: {server.name}{counter} …", flush=True)
-                    result = run_wrk(server, request, load, instance.work, f"{case.name}-{side}", warmup=round_ == 0)
+                    print(f"wrk {case.name}: {target.label}{counter} …", flush=True)
+                    request = request_for(case, target)
+                    result = run_wrk(
+                        target,
+                        request,
+                        load,
+                        instance.work,
+                        f"{case.name}-{target.key}",
+                        warmup=round_ == 0,
+                        rate=rates.get(target.key, MINT_FIRST_GUESS),
+                    )
+                    rates[target.key] = max(result.requests_per_second, 1.0)
                     # wrk counts 4xx as errors, so a case that expects one (a refused token request) is not warned.
                     wrong_status = result.non_2xx_3xx if request.expect_status < 400 else 0
                     if wrong_status or result.socket_errors:
                         print(
-                            f"warning: {server.name} {case.name}: {wrong_status} non-2xx/3xx responses, "
+                            f"warning: {target.label} {case.name}: {wrong_status} non-2xx/3xx responses, "
                             f"{result.socket_errors} socket errors",
                             file=sys.stderr,
                         )
-                    runs[side].append(result)
+                    runs[target.key].append(result)
             http[case.name] = runs
-            idp_rps, node_rps = (statistics.median(r.requests_per_second for r in runs[s]) for s in ("idp", "node"))
-            idp_p99, node_p99 = (statistics.median(r.latency_p99_ms for r in runs[s]) for s in ("idp", "node"))
-            rows.append(Row(f"{case.name} req/s", idp_rps, node_rps, "higher"))
-            rows.append(Row(f"{case.name} p99 latency ms (lower is better)", idp_p99, node_p99, "lower"))
+            rows += case_rows(case, runs, databases)
     return http, rows
+
+
+def case_rows(case: Case, runs: Mapping[str, Sequence[WrkResult]], databases: Sequence[IdpDatabase]) -> list[Row]:
+    """Median req/s and p99 of each idp database against node's; the database in brackets for database cases."""
+    node_rps = statistics.median(r.requests_per_second for r in runs["node"])
+    node_p99 = statistics.median(r.latency_p99_ms for r in runs["node"])
+    measured = [db for db in databases if db.key in runs] if case.uses_database else [SQLITE]
+    throughput: list[Row] = []
+    latency: list[Row] = []
+    for database in measured:
+        suffix = f" [{database.label}]" if case.uses_database else ""
+        idp_rps = statistics.median(r.requests_per_second for r in runs[database.key])
+        idp_p99 = statistics.median(r.latency_p99_ms for r in runs[database.key])
+        throughput.append(Row(f"{case.name} req/s{suffix}", idp_rps, node_rps, "higher"))
+        latency.append(Row(f"{case.name} p99 latency ms{suffix} (lower is better)", idp_p99, node_p99, "lower"))
+    return throughput + latency
 
 
 def measure_signing(
@@ -719,6 +1293,13 @@ def measure_signing(
     return signing, rows, runtime
 
 
+TOKEN_NOTES = (
+    "Token cases: the idp stores codes and tokens in its database (the one in brackets); node-oidc-provider in",
+    "memory. Both sign ES256 JWT access tokens and RS256 ID tokens; node's UserInfo and introspection tokens are",
+    "opaque (the only kind it accepts there), the idp's are its JWTs.",
+)
+
+
 def run(args: argparse.Namespace, work: Path) -> dict[str, Any]:
     """Every selected measurement; the figures as a JSON-ready dict (with the rendered table)."""
     selected = set(args.only or [*(case.name for case in CASES), "signing"])
@@ -734,9 +1315,24 @@ def run(args: argparse.Namespace, work: Path) -> dict[str, Any]:
     http: dict[str, dict[str, list[WrkResult]]] = {}
     signing: dict[str, dict[str, SignResult]] = {}
     rows: list[Row] = []
+    notes: list[str] = []
     runtime = node_version()
+    postgres: dict[str, Any] = {"skipped": POSTGRES_SKIPPED}
     if cases:
-        http, rows = measure_http(instance, args, cases, load)
+        uses_database = any(case.uses_database for case in cases)
+        with contextlib.ExitStack() as stack:
+            databases = [SQLITE]
+            if uses_database and args.postgres_url:
+                database = stack.enter_context(postgres_database(args.postgres_url, keep=args.keep_temp))
+                init_idp(instance.env_for(database))
+                databases.append(database)
+                postgres = {"server": postgres_url_from(args.postgres_url).render_as_string(), "version": None}
+                postgres["version"] = postgres_version(database)
+            http, rows = measure_http(instance, args, cases, load, databases)
+        if uses_database:
+            notes += ["", *TOKEN_NOTES]
+            if not args.postgres_url:
+                notes.append(POSTGRES_SKIPPED + ".")
     if "signing" in selected:
         signing, sign_rows, runtime = measure_signing(instance, args)
         rows += sign_rows
@@ -755,6 +1351,7 @@ def run(args: argparse.Namespace, work: Path) -> dict[str, Any]:
             "idp_workers": args.idp_workers,
             "wrk": asdict(load),
             "sign_seconds": args.sign_seconds,
+            "postgresql": postgres,
             "ratio": "> 1 means the idp does better: idp/node for throughput, node/idp for latency",
         },
         "http": {
@@ -764,8 +1361,20 @@ def run(args: argparse.Namespace, work: Path) -> dict[str, Any]:
         "rows": [
             {"metric": r.metric, "idp": r.idp, "node": r.node, "better": r.better, "ratio": r.ratio} for r in rows
         ],
-        "table": render_table(rows),
+        "table": render_table(rows, notes),
     }
+
+
+def postgres_version(database: IdpDatabase) -> str:
+    from sqlalchemy import create_engine, text
+
+    assert database.url is not None
+    engine = create_engine(database.url)
+    try:
+        with engine.connect() as connection:
+            return str(connection.execute(text("SHOW server_version")).scalar())
+    finally:
+        engine.dispose()
 
 
 def check_same_keys(idp: Server, node: Server) -> None:
@@ -775,7 +1384,7 @@ def check_same_keys(idp: Server, node: Server) -> None:
         _, _, body = http_request(server.base_url + resolve_path(server, Request.from_discovery("jwks_uri")))
         kids.append({key["kid"] for key in json.loads(body)["keys"]})
     if kids[0] != kids[1]:
-        raise BenchError(f"the two JWKS differ: idp {sorted(kids[0])}, node {sorted(kids[1])}")
+        raise BenchError(f"the two JWKS differ: {idp.name} {sorted(kids[0])}, node {sorted(kids[1])}")
 
 
 def node_version() -> str:

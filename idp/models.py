@@ -7,7 +7,7 @@ import enum
 import uuid
 from typing import Any
 
-from sqlalchemy import ForeignKey, Index, LargeBinary, String, UniqueConstraint
+from sqlalchemy import BigInteger, ForeignKey, Index, LargeBinary, String, UniqueConstraint
 from sqlalchemy.orm import Mapped, mapped_column, relationship
 
 from idp.db import Base, bool_false, created_at, utcnow, uuid_pk
@@ -279,3 +279,49 @@ class UsedAssertion(Base):
     jti: Mapped[str] = mapped_column(String(255), primary_key=True)
     client_id: Mapped[str] = mapped_column(String(64))
     expires_at: Mapped[dt.datetime] = mapped_column(index=True)
+
+
+class Passkey(Base):
+    """A resident's WebAuthn credential (discoverable, user-verifying)."""
+
+    __tablename__ = "passkey"
+
+    id: Mapped[uuid_pk]
+    resident_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("resident.id", ondelete="CASCADE"), index=True)
+    credential_id: Mapped[bytes] = mapped_column(LargeBinary(1023), unique=True)
+    public_key: Mapped[bytes] = mapped_column(LargeBinary)
+    # WebAuthn counters are 32-bit unsigned: more than PostgreSQL's signed INTEGER holds.
+    sign_count: Mapped[int] = mapped_column(BigInteger, default=0)
+    aaguid: Mapped[str] = mapped_column(String(36))
+    transports: Mapped[list[str]] = mapped_column(default=list)
+    # WebAuthn §6.1.3: backup eligibility says synced (multi-device) or device-bound; backup state may change.
+    backup_eligible: Mapped[bool_false]
+    backed_up: Mapped[bool_false]
+    # Registered with verified attestation from an allowed authenticator model (DESIGN section 10: phrh).
+    attested: Mapped[bool_false]
+    name: Mapped[str] = mapped_column(String(100))
+    created_at: Mapped[created_at]
+    last_used_at: Mapped[dt.datetime | None]
+    # Set when the signature counter went backwards: the credential may have been cloned and is refused.
+    suspected_clone_at: Mapped[dt.datetime | None]
+
+    @property
+    def is_synced(self) -> bool:
+        return self.backup_eligible
+
+    @property
+    def is_hardware_bound(self) -> bool:
+        return self.attested and not self.backup_eligible
+
+
+class WebAuthnChallenge(Base):
+    """A WebAuthn challenge: single use (compare-and-set), bound to the browser flow that asked, 5 minutes."""
+
+    __tablename__ = "webauthn_challenge"
+
+    digest: Mapped[bytes] = mapped_column(LargeBinary(32), primary_key=True)
+    purpose: Mapped[str] = mapped_column(String(16))
+    resident_id: Mapped[uuid.UUID | None]
+    binding: Mapped[bytes] = mapped_column(LargeBinary(32))
+    expires_at: Mapped[dt.datetime] = mapped_column(index=True)
+    consumed_at: Mapped[dt.datetime | None]

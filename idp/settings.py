@@ -77,6 +77,13 @@ class Settings:
     carrier_timeout: float = 5.0
     """IDP_CARRIER_TIMEOUT: seconds to wait for the agency before showing the resident other ways in."""
 
+    webauthn_require_attestation: bool = False
+    """IDP_WEBAUTHN_REQUIRE_ATTESTATION: only passkeys whose authenticator model is attested and allowed."""
+
+    fido_metadata_path: Path | None = None
+    """IDP_FIDO_METADATA_PATH: a JSON list of allowed authenticators ({"aaguid", "attestationRootCertificates"}),
+    taken from the FIDO Metadata Service; attested passkeys from these reach `phrh`."""
+
     ratelimit_storage: str = "database"
     """IDP_RATELIMIT_STORAGE: where limits and lockouts are counted (`database`, or `redis://…` for a fleet)."""
 
@@ -185,6 +192,8 @@ class Settings:
             carrier_site_secret=text("CARRIER_SITE_SECRET", SANDBOX_SITE_SECRET),
             carrier_timeout=_positive_float(text("CARRIER_TIMEOUT", "5"), "IDP_CARRIER_TIMEOUT", allow_zero=False),
             ratelimit_storage=text("RATELIMIT_STORAGE", "database"),
+            webauthn_require_attestation=text("WEBAUTHN_REQUIRE_ATTESTATION", "false").lower() in ("1", "true", "yes"),
+            fido_metadata_path=Path(text("FIDO_METADATA_PATH", "")) if text("FIDO_METADATA_PATH", "") else None,
             code_ttl=seconds("CODE_TTL", 60),
             id_token_ttl=seconds("ID_TOKEN_TTL", 300),
             access_token_ttl=seconds("ACCESS_TOKEN_TTL", 600),
@@ -228,6 +237,17 @@ class Settings:
             )
         if self.carrier_site_secret == SANDBOX_SITE_SECRET:
             raise SettingsError("IDP_ENV=production needs IDP_CARRIER_SITE_SECRET: the default is the sandbox's")
+
+    @property
+    def rp_id(self) -> str:
+        """The WebAuthn relying party id: the issuer's host."""
+        return urlsplit(self.issuer).hostname or "localhost"
+
+    @property
+    def origin(self) -> str:
+        """The origin WebAuthn responses must come from."""
+        parts = urlsplit(self.issuer)
+        return f"{parts.scheme}://{parts.netloc}"
 
     @property
     def sandbox_url_file(self) -> Path:

@@ -14,12 +14,18 @@ class Method(enum.StrEnum):
 
     CARRIER_SMS = "carrier_sms"
     CARRIER_APP = "carrier_app"
+    PASSKEY = "passkey"
+    PASSKEY_HARDWARE = "passkey_hardware"
 
 
-# RFC 8176 §2: sms = confirmation by SMS, mca = multiple-channel authentication (the carrier's own channel).
+# RFC 8176 §2: sms = confirmation by SMS, mca = multiple-channel authentication (the carrier's own channel),
+# swk/hwk = proof of a software- or hardware-secured key, user = user presence and verification, mfa = the
+# passkey's key plus the biometric or PIN that unlocked it.
 AMR_BY_METHOD: dict[Method, tuple[str, ...]] = {
     Method.CARRIER_SMS: ("sms", "mca"),
     Method.CARRIER_APP: ("mca",),
+    Method.PASSKEY: ("swk", "user", "mfa"),
+    Method.PASSKEY_HARDWARE: ("hwk", "user", "mfa"),
 }
 
 PHRH = "phrh"
@@ -40,7 +46,12 @@ def acr_order(issuer: str) -> list[str]:
 
 
 def acr_for_method(method: Method, issuer: str) -> str:
-    # Carrier verification is a single factor (something you have): AAL1 under NIST SP 800-63B-4.
+    # A passkey with user verification is phishing-resistant multi-factor (NIST SP 800-63B-4: phr); an
+    # attested, device-bound one is also hardware-backed (phrh). Carrier verification is one factor: AAL1.
+    if method is Method.PASSKEY_HARDWARE:
+        return PHRH
+    if method is Method.PASSKEY:
+        return PHR
     return aal1(issuer)
 
 
@@ -128,7 +139,12 @@ def reachable_acr(methods: set[Method], issuer: str) -> str:
     return best_acr([acr_for_method(method, issuer) for method in methods] or [aal1(issuer)], issuer)
 
 
-def available_methods() -> set[Method]:
-    """The sign-in methods a resident can use: carrier verification, which every resident has.
-    TODO(#5, #6): passkeys and TOTP join here for residents who enrolled them, so step-up can reach phr."""
-    return {Method.CARRIER_SMS, Method.CARRIER_APP}
+def available_methods(*, passkey: bool = False, hardware_passkey: bool = False) -> set[Method]:
+    """The sign-in methods a resident can use: carrier verification always, passkeys where registered.
+    TODO(#6): TOTP joins here for residents who enrolled it."""
+    methods = {Method.CARRIER_SMS, Method.CARRIER_APP}
+    if passkey:
+        methods.add(Method.PASSKEY)
+    if hardware_passkey:
+        methods.add(Method.PASSKEY_HARDWARE)
+    return methods

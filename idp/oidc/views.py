@@ -14,6 +14,7 @@ from authlib.oauth2.rfc6749 import OAuth2Error
 from authlib.oauth2.rfc6749.errors import InvalidRequestError
 from flask import Blueprint, Response, current_app, redirect, render_template, request, session, url_for
 from flask_babel import gettext as _
+from sqlalchemy import select
 from werkzeug.exceptions import HTTPException
 from werkzeug.wrappers import Response as BaseResponse
 
@@ -27,6 +28,7 @@ from idp.authn.assurance import (
     reachable_acr,
 )
 from idp.keyring import KeyringError
+from idp.models import Passkey
 from idp.oidc.clients import find_client
 from idp.oidc.consent import grant_consent, missing_scopes
 from idp.oidc.endpoints import UserInfoError, userinfo
@@ -192,7 +194,10 @@ def authorize() -> BaseResponse | tuple[str, int]:
     prompt = set(params.get("prompt", "").split())
     wanted_acr = best_acceptable(_requested_acr(params, client.default_acr), server.settings.issuer)
     # Step up only to a level the resident's methods can reach; the rest is settled after sign-in.
-    reachable = reachable_acr(available_methods(), server.settings.issuer)
+    passkeys = _passkey_kinds(login.resident_id) if login else (False, False)
+    reachable = reachable_acr(
+        available_methods(passkey=passkeys[0], hardware_passkey=passkeys[1]), server.settings.issuer
+    )
     step_up_to = [acr for acr in wanted_acr if acr_satisfies(reachable, acr, server.settings.issuer)]
     pending = _pending(params)
     reason = login_reason(
@@ -261,6 +266,20 @@ def authorize() -> BaseResponse | tuple[str, int]:
         return _deliver(params, location)
     response.headers["Cache-Control"] = "no-store"
     return response
+
+
+def _passkey_kinds(resident_id: Any) -> tuple[bool, bool]:
+    """Whether the resident has a usable passkey, and an attested device-bound one (for step-up)."""
+    rows = (
+        db.session()
+        .execute(
+            select(Passkey.attested, Passkey.backup_eligible).where(
+                Passkey.resident_id == resident_id, Passkey.suspected_clone_at.is_(None)
+            )
+        )
+        .all()
+    )
+    return bool(rows), any(attested and not synced for attested, synced in rows)
 
 
 def _requested_acr(params: dict[str, str], default_acr: str | None) -> list[str]:

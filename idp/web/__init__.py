@@ -51,7 +51,7 @@ def select_locale() -> str:
 
 
 def wants_html() -> bool:
-    if request.blueprint in ("web", "account"):
+    if request.blueprint in ("web", "account", "passkeys"):
         return True
     best = request.accept_mimetypes.best_match(["application/json", "text/html"])
     return best == "text/html" and request.accept_mimetypes[best] > request.accept_mimetypes["application/json"]
@@ -92,7 +92,8 @@ def _page_headers(response: Response) -> Response:
 
 
 def init_app(app: Flask, settings: Settings) -> None:
-    from idp.web import account, login
+    from idp.authn.passkeys import AttestationPolicy
+    from idp.web import account, login, passkeys
 
     https = settings.issuer.startswith("https://")
     app.config.update(
@@ -123,8 +124,12 @@ def init_app(app: Flask, settings: Settings) -> None:
         issuer=settings.issuer,
         ci_pepper=settings.ci_pepper,
     )
+    app.extensions["idp.attestation_policy"] = AttestationPolicy.from_metadata_file(
+        settings.fido_metadata_path, require=settings.webauthn_require_attestation
+    )
     app.register_blueprint(login.bp)
     app.register_blueprint(account.bp)
+    app.register_blueprint(passkeys.bp)
     app.after_request(_page_headers)
 
     @app.errorhandler(CSRFError)

@@ -124,6 +124,8 @@ def login() -> str | BaseResponse:
 def carrier_start() -> str | BaseResponse | tuple[str, int]:
     form = CarrierStartForm()
     if request.method == "GET":
+        # The phone number typed on /login comes along, so the resident does not type it twice.
+        form.phone.data = (request.args.get("phone") or "")[:20] or None
         return render_template("carrier_start.html", form=form, carriers=CARRIER_LABELS)
     if not form.validate():
         return render_template("carrier_start.html", form=form, carriers=CARRIER_LABELS), 400

@@ -33,7 +33,8 @@ KIM = {"carrier": "SKT", "name": "김경기", "birthdate": "1985-03-14", "rrn_di
 KIM_E164 = "+821000000001"
 CSRF = re.compile(r'name="csrf_token" value="([^"]+)"')
 REQUEST_ID = re.compile(r'name="request_id" value="([^"]+)"')
-CONTINUE_LINK = re.compile(r'<a class="button primary" href="([^"]+)"')
+# The welcome page offers a passkey first; the resident here continues to the service.
+CONTINUE_LINK = re.compile(r'<a class="button" href="([^"]+)">(?:계속|Continue)</a>')
 NPM_TIMEOUT = 180  # the first `npm ci` downloads three small packages
 STEP_TIMEOUT = 20.0  # one step of rp.mjs: discovery, or every grant and call after the callback
 

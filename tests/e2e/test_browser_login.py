@@ -25,14 +25,14 @@ def fill_carrier_form(page: Page, *, method: str = "sms", birthdate: str = "1985
 def test_resident_signs_in_with_an_sms_code(page: Page, idp: IdpServer, sandbox: SandboxAgency) -> None:
     page.goto(f"{idp.base}/login")
     expect(page).to_have_title(re.compile("로그인"))
-    page.get_by_role("link", name="휴대폰 본인확인으로 로그인").click()
+    page.get_by_role("button", name="휴대폰 본인확인으로 로그인").click()
     fill_carrier_form(page)
     expect(page.get_by_role("heading", name="인증번호 입력")).to_be_visible()
     expect(page.get_by_role("status")).to_contain_text("+8210****0001")
     page.get_by_label("인증번호", exact=True).fill(sandbox.last_code(KIM_PHONE))
     page.get_by_role("button", name="확인", exact=True).click()
     expect(page.get_by_role("heading", name="계정이 만들어졌습니다")).to_be_visible()
-    page.get_by_role("link", name="계속").click()
+    page.get_by_role("link", name="계속", exact=True).click()
     expect(page.get_by_role("heading", name="내 계정")).to_be_visible()
     expect(page.locator("dl.facts")).to_contain_text("김경기")
     cookies = {cookie["name"]: cookie for cookie in page.context.cookies()}

@@ -1,0 +1,249 @@
+"""Passkey pages: sign-in on /login (button and autofill) and management on /account/passkeys."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+
+from flask import Blueprint, Response, current_app, redirect, render_template, request, session, url_for
+from flask_babel import gettext as _
+from werkzeug.wrappers import Response as BaseResponse
+
+from idp import db
+from idp.audit import FAILURE, SUCCESS, record_event
+from idp.authn.assurance import AuthEvent, Method
+from idp.authn.passkeys import (
+    AttestationPolicy,
+    PasskeyClonedError,
+    PasskeyRejectedError,
+    authenticate_passkey,
+    authentication_options,
+    find_passkey,
+    list_passkeys,
+    new_binding,
+    register_passkey,
+    registration_options,
+    remove_passkey,
+    rename_passkey,
+)
+from idp.authn.sessions import add_event, start_session
+from idp.models import Passkey, Resident
+from idp.settings import Settings
+from idp.web import render_error
+from idp.web.cookies import current_login, set_session_cookie
+from idp.web.forms import ActionForm
+from idp.web.login import PENDING_AUTHORIZATIONS, safe_next
+
+bp = Blueprint("passkeys", __name__)
+BINDING = "webauthn"
+
+
+def _settings() -> Settings:
+    settings: Settings = current_app.extensions["idp.settings"]
+    return settings
+
+
+def _policy() -> AttestationPolicy:
+    policy: AttestationPolicy = current_app.extensions["idp.attestation_policy"]
+    return policy
+
+
+def _binding() -> str:
+    """The secret that ties this browser's challenges to it (a challenge from another browser is refused)."""
+    value = session.get(BINDING)
+    if not isinstance(value, str):
+        value = new_binding()
+        session[BINDING] = value
+    return value
+
+
+def _now() -> dt.datetime:
+    return dt.datetime.now(dt.UTC)
+
+
+def _json(body: object, status: int = 200) -> Response:
+    response = Response(json.dumps(body, ensure_ascii=False), status=status, mimetype="application/json")
+    response.headers["Cache-Control"] = "no-store"
+    return response
+
+
+def _refused(error: PasskeyRejectedError, *, resident_id: object = None) -> Response:
+    # Committed with the failure event: the consumed challenge (single use) and a clone mark must stick; the
+    # services store nothing else from a failed ceremony.
+    record_event(
+        db.session(),
+        "passkey.signin" if resident_id is None else "passkey.register",
+        result=FAILURE,
+        resident_id=resident_id,  # type: ignore[arg-type]  # a UUID or None
+        client_ip=request.remote_addr,
+        reason=error.reason,
+    )
+    db.session().commit()
+    if isinstance(error, PasskeyClonedError):
+        message = _("This passkey can no longer be used. Sign in another way and remove it from My account.")
+    else:
+        message = _("The passkey could not be verified. Try again, or sign in another way.")
+    return _json({"error": "passkey_rejected", "message": message}, 400)
+
+
+def passkey_event(passkey: Passkey, issuer: str, now: dt.datetime) -> AuthEvent:
+    method = Method.PASSKEY_HARDWARE if passkey.is_hardware_bound else Method.PASSKEY
+    return AuthEvent.of(method, issuer=issuer, at=now)
+
+
+@bp.post("/login/passkey/options")
+def sign_in_options() -> Response:
+    options = authentication_options(db.session(), rp_id=_settings().rp_id, binding=_binding(), now=_now())
+    db.session().commit()
+    return _json(json.loads(options))
+
+
+@bp.post("/login/passkey/verify")
+def sign_in_verify() -> Response:
+    settings, now = _settings(), _now()
+    try:
+        passkey = authenticate_passkey(
+            db.session(),
+            request.get_data(as_text=True),
+            rp_id=settings.rp_id,
+            origin=settings.origin,
+            binding=_binding(),
+            now=now,
+            client_ip=request.remote_addr,
+        )
+    except PasskeyRejectedError as error:
+        return _refused(error)
+    resident = db.session().get(Resident, passkey.resident_id)
+    if resident is None or resident.is_locked:
+        db.session().rollback()
+        return _json(
+            {"error": "locked", "message": _("This account is locked. Contact the help desk to unlock it.")}, 403
+        )
+    event = passkey_event(passkey, settings.issuer, now)
+    login = current_login()
+    target = safe_next(session.get("next")) or url_for("account.overview")
+    if login is not None and login.resident_id == resident.id:
+        # Step-up in the same session: its sid stays, its level rises (DESIGN section 10).
+        add_event(db.session(), login, event, issuer=settings.issuer, now=now)
+        cookie = None
+    else:
+        started = start_session(
+            db.session(),
+            resident,
+            event,
+            client_ip=request.remote_addr,
+            user_agent=request.headers.get("User-Agent"),
+            now=now,
+        )
+        cookie = started.cookie_value
+    record_event(
+        db.session(),
+        "signin",
+        result=SUCCESS,
+        resident_id=resident.id,
+        client_ip=request.remote_addr,
+        method=event.method.value,
+        acr=event.acr,
+        amr=list(event.amr),
+    )
+    db.session().commit()
+    response = _json({"redirect": target})
+    if cookie is not None:
+        locale, pending = session.get("locale"), session.get(PENDING_AUTHORIZATIONS)
+        session.clear()
+        if locale:
+            session["locale"] = locale
+        if pending:
+            session[PENDING_AUTHORIZATIONS] = pending
+        set_session_cookie(response, cookie)
+    return response
+
+
+@bp.get("/account/passkeys")
+def manage() -> str | BaseResponse:
+    login = current_login()
+    if login is None:
+        return redirect(url_for("web.login", next=request.path), 303)
+    passkeys = list_passkeys(db.session(), login.resident_id)
+    db.session().commit()
+    return render_template("passkeys.html", passkeys=passkeys, form=ActionForm())
+
+
+@bp.post("/account/passkeys/options")
+def register_options() -> Response:
+    login = current_login()
+    if login is None:
+        return _json({"error": "login_required"}, 401)
+    settings = _settings()
+    options = registration_options(
+        db.session(),
+        login.resident,
+        rp_id=settings.rp_id,
+        rp_name=_("Gyeonggi-do sign-in"),
+        binding=_binding(),
+        policy=_policy(),
+        now=_now(),
+    )
+    db.session().commit()
+    return _json(json.loads(options))
+
+
+@bp.post("/account/passkeys/verify")
+def register_verify() -> Response:
+    login = current_login()
+    if login is None:
+        return _json({"error": "login_required"}, 401)
+    settings = _settings()
+    name = request.args.get("name") or _("Passkey")
+    try:
+        register_passkey(
+            db.session(),
+            login.resident,
+            request.get_data(as_text=True),
+            rp_id=settings.rp_id,
+            origin=settings.origin,
+            binding=_binding(),
+            policy=_policy(),
+            name=name,
+            now=_now(),
+        )
+    except PasskeyRejectedError as error:
+        return _refused(error, resident_id=login.resident_id)
+    db.session().commit()
+    return _json({"redirect": url_for("passkeys.manage")})
+
+
+@bp.post("/account/passkeys/<passkey_id>/rename")
+def rename(passkey_id: str) -> BaseResponse | Response:
+    login = current_login()
+    if not ActionForm().validate():
+        return render_error(400, _("This form has expired. Please try again."))
+    if login is None:
+        return redirect(url_for("web.login"), 303)
+    passkey = find_passkey(db.session(), login.resident_id, passkey_id)
+    if passkey is None:
+        return render_error(404)
+    rename_passkey(db.session(), passkey, request.form.get("name", ""))
+    db.session().commit()
+    return redirect(url_for("passkeys.manage"), 303)
+
+
+@bp.post("/account/passkeys/<passkey_id>/remove")
+def remove(passkey_id: str) -> BaseResponse | Response:
+    login = current_login()
+    if not ActionForm().validate():
+        return render_error(400, _("This form has expired. Please try again."))
+    if login is None:
+        return redirect(url_for("web.login"), 303)
+    passkey = find_passkey(db.session(), login.resident_id, passkey_id)
+    if passkey is None:
+        return render_error(404)
+    others = [p for p in list_passkeys(db.session(), login.resident_id) if p.id != passkey.id]
+    if not others and request.form.get("confirm") != "yes":
+        # The last passkey: carrier verification still signs the resident in, but they must say they know.
+        return render_error(
+            400, _("This is your last passkey. Tick the box to confirm that you will sign in with your mobile phone.")
+        )
+    remove_passkey(db.session(), passkey)
+    db.session().commit()
+    return redirect(url_for("passkeys.manage"), 303)
