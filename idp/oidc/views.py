@@ -43,6 +43,7 @@ from idp.oidc.registration import (
     register_client,
 )
 from idp.oidc.server import IdpAuthorizationServer
+from idp.oidc.tokens import subject_for
 from idp.web.cookies import clear_session_cookie, current_login
 from idp.web.forms import ActionForm
 from idp.web.login import PENDING_AUTHORIZATIONS
@@ -219,6 +220,22 @@ def authorize() -> BaseResponse | tuple[str, int]:
     ):
         # The raw CI is kept only for services allowed it, so it comes from a fresh carrier verification.
         reason = LoginReason.PROMPT_LOGIN
+    hint = params.get("id_token_hint")
+    if hint:
+        # OIDC Core §3.1.2.1: the hint names the resident the client expects; it must be one of our ID tokens.
+        try:
+            hinted = read_id_token_hint(hint, server.keyring.current(), server.settings)
+        except IdTokenHintInvalidError:
+            return _redirect_back(
+                params, _protocol_error("invalid_request", grant.redirect_uri, "Invalid 'id_token_hint'.")
+            )
+        if (
+            reason is None
+            and login is not None
+            and hinted.get("sub") != subject_for(client, login.resident_id, server.settings)
+        ):
+            # Someone else is signed in here: that resident must not be handed to the client unasked.
+            reason = LoginReason.PROMPT_LOGIN
     if reason is None and login is not None and wanted_acr:
         reached = any(acr_satisfies(login.acr, acr, server.settings.issuer) for acr in wanted_acr)
         if not reached and _essential_acr(params):
@@ -236,8 +253,9 @@ def authorize() -> BaseResponse | tuple[str, int]:
             return _redirect_back(params, _protocol_error("login_required", grant.redirect_uri))
         _remember_pending(params)
         query = {"next": url_for("oidc.authorize") + "?" + urlencode(params)}
-        if params.get("ui_locales"):
-            query["ui_locales"] = params["ui_locales"]
+        for name in ("ui_locales", "login_hint"):
+            if params.get(name):
+                query[name] = params[name]
         return redirect(url_for("web.login") + "?" + urlencode(query), 303)
 
     assert login is not None

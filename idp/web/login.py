@@ -19,6 +19,7 @@ from idp.authn.carrier import (
     VerificationMethod,
     VerificationRequest,
     VerifiedIdentity,
+    normalize_phone,
     session_binding_for,
 )
 from idp.authn.residents import AccountOutcome, ResidentLockedError
@@ -117,7 +118,13 @@ def login() -> str | BaseResponse:
     target = safe_next(request.args.get("next"))
     if target:
         session["next"] = target
-    return render_template("login.html")
+    # OIDC login_hint: a phone number the service already knows fills the field (anything else is ignored).
+    hint = (request.args.get("login_hint") or "")[:40]
+    try:
+        phone = normalize_phone(hint) if hint else ""
+    except ValueError:
+        phone = ""
+    return render_template("login.html", phone=phone)
 
 
 @bp.route("/login/carrier", methods=["GET", "POST"])

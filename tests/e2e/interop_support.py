@@ -179,7 +179,15 @@ def ensure_node_modules() -> None:
 class NodeRp:
     """interop/rp.mjs running: its JSON lines read with a deadline, the callback URL written to its stdin."""
 
-    def __init__(self, *, issuer: str, client: RegisteredClient, redirect_uri: str = REDIRECT, scope: str) -> None:
+    def __init__(
+        self,
+        *,
+        issuer: str,
+        client: RegisteredClient,
+        redirect_uri: str = REDIRECT,
+        scope: str,
+        post_logout_redirect_uri: str | None = None,
+    ) -> None:
         # `--name=value`: a client id may begin with "-", which node's parseArgs would take for an option.
         options = {
             "issuer": issuer,
@@ -188,6 +196,8 @@ class NodeRp:
             "redirect-uri": redirect_uri,
             "scope": scope,
         }
+        if post_logout_redirect_uri:
+            options["post-logout-redirect-uri"] = post_logout_redirect_uri
         argv = ["node", str(RP_SCRIPT), *(f"--{name}={value}" for name, value in options.items())]
         env = {key: value for key, value in os.environ.items() if not key.startswith(("NODE_", "npm_", "RP_"))}
         if client.secret is not None:

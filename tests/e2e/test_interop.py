@@ -8,8 +8,8 @@
 The resident's browser (interop_support.ResidentBrowser) is httpx with cookies: it signs in with the carrier form and
 the SMS code from the sandbox, allows consent, and stops at the redirect to the client, which is never contacted.
 
-RP-initiated logout (openid-client's buildEndSessionUrl, `end_session_endpoint`) is not tested here: the IdP does not
-implement logout yet. Add it to rp.mjs and to the Authlib test once the provider publishes an end_session_endpoint.
+Both end with RP-initiated logout at the discovered `end_session_endpoint` (openid-client's buildEndSessionUrl; for
+Authlib, which has no helper for it, the URL is built from the metadata).
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ import warnings
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
-from urllib.parse import parse_qs, urlsplit
+from urllib.parse import parse_qs, urlencode, urlsplit
 
 import httpx
 import pytest
@@ -99,9 +99,12 @@ def bearer_challenge_error(refusal: dict[str, Any] | None) -> str:
 # -- openid-client -------------------------------------------------------------------------------------------------
 
 
+SIGNED_OUT = "https://rp.example.kr/signed-out"
+
+
 def run_openid_client(idp: IdpServer, client: RegisteredClient, browser: ResidentBrowser, scope: str) -> dict[str, Any]:
     """rp.mjs from discovery to revocation, the resident signing in between; its final report."""
-    rp = NodeRp(issuer=idp.base, client=client, scope=scope)
+    rp = NodeRp(issuer=idp.base, client=client, scope=scope, post_logout_redirect_uri=SIGNED_OUT)
     try:
         started = rp.read()
         assert started["step"] == "authorize", started
@@ -135,7 +138,7 @@ def test_openid_client_code_flow(
     browser: ResidentBrowser,
     auth_method: str,
 ) -> None:
-    client = register(auth_method=auth_method)
+    client = register(auth_method=auth_method, post_logout_redirect_uris=(SIGNED_OUT,))
     report = run_openid_client(idp, client, browser, FULL_SCOPE)
     assert browser.signed_in == 1
     assert browser.consented == 1
@@ -175,6 +178,12 @@ def test_openid_client_code_flow(
     assert bearer_challenge_error(report["userinfo_after_revocation"]) == "invalid_token"
     refused = report["refresh_after_revocation"]
     assert (refused["code"], refused["status"], refused["error"]) == ("OAUTH_RESPONSE_BODY_ERROR", 400, "invalid_grant")
+
+    # RP-Initiated Logout with the URL openid-client built: back to the service with its state, session over.
+    logout = browser.http.get(report["end_session_url"])
+    assert logout.status_code == 303
+    assert logout.headers["Location"] == f"{SIGNED_OUT}?state=signed-out-state"
+    assert browser.http.get(f"{idp.base}/account").headers["Location"].startswith("/login")
 
 
 def test_openid_client_public_client(
@@ -239,7 +248,7 @@ def test_authlib_client_code_flow(
     register: Callable[..., RegisteredClient],
     browser: ResidentBrowser,
 ) -> None:
-    registered = register()
+    registered = register(post_logout_redirect_uris=(SIGNED_OUT,))
     discovered = httpx.get(f"{idp.base}/.well-known/openid-configuration", timeout=10)
     assert discovered.status_code == 200
     metadata: dict[str, Any] = discovered.json()
@@ -305,3 +314,14 @@ def test_authlib_client_code_flow(
         refused = client.get(metadata["userinfo_endpoint"])
         assert refused.status_code == 401
         assert 'error="invalid_token"' in refused.headers["WWW-Authenticate"]
+
+    # RP-Initiated Logout 1.0 at the discovered endpoint, with the first ID token as the hint.
+    logout_url = (
+        metadata["end_session_endpoint"]
+        + "?"
+        + urlencode({"id_token_hint": token["id_token"], "post_logout_redirect_uri": SIGNED_OUT, "state": "bye"})
+    )
+    logout = browser.http.get(logout_url)
+    assert logout.status_code == 303
+    assert logout.headers["Location"] == f"{SIGNED_OUT}?state=bye"
+    assert browser.http.get(f"{idp.base}/account").headers["Location"].startswith("/login")

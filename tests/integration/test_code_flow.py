@@ -316,3 +316,55 @@ def test_voluntary_acr_returns_the_level_reached(app: Flask, sandbox: SandboxAge
     authorization = authorize(browser, created.client.id, scope="openid", acr_values="phr")
     claims = decode(app, exchange(browser, created, authorization).get_json()["id_token"]).claims
     assert claims["acr"] == "http://localhost:8000/acr/aal1"
+
+
+def test_login_hint_fills_the_phone_field(app: Flask) -> None:
+    created = register(app)
+    query = {
+        "response_type": "code",
+        "client_id": created.client.id,
+        "redirect_uri": REDIRECT,
+        "scope": "openid",
+        "state": "s",
+        "login_hint": "010-0000-0001",
+        "code_challenge": pkce()[1],
+        "code_challenge_method": "S256",
+    }
+    browser = app.test_client()
+    asked = browser.get("/authorize?" + urlencode(query))
+    page = browser.get(asked.headers["Location"]).get_data(as_text=True)
+    assert 'value="+821000000001"' in page
+
+
+def test_id_token_hint_of_another_resident_asks_for_sign_in(app: Flask, sandbox: SandboxAgency) -> None:
+    created = register(app)
+    kim = app.test_client()
+    sign_in(kim, sandbox)
+    kims_token = exchange(kim, created, authorize(kim, created.client.id, scope="openid")).get_json()["id_token"]
+    lee = app.test_client()
+    lee_person = {
+        "carrier": "KT",
+        "name": "이수원",
+        "birthdate": "1992-11-02",
+        "rrn_digit7": "2",
+        "phone": "010-0000-0002",
+    }
+    sign_in(lee, sandbox, lee_person, "+821000000002")
+    query = {
+        "response_type": "code",
+        "client_id": created.client.id,
+        "redirect_uri": REDIRECT,
+        "scope": "openid",
+        "state": "s",
+        "id_token_hint": kims_token,
+        "code_challenge": pkce()[1],
+        "code_challenge_method": "S256",
+    }
+    silent = lee.get("/authorize?" + urlencode({**query, "prompt": "none"}))
+    assert parse_qs(urlsplit(silent.headers["Location"]).query)["error"] == ["login_required"]
+    assert lee.get("/authorize?" + urlencode(query)).headers["Location"].startswith("/login?")
+    # The hint's own resident goes straight through.
+    own = kim.get("/authorize?" + urlencode({**query, "prompt": "none"}))
+    assert "code" in parse_qs(urlsplit(own.headers["Location"]).query)
+    forged = kim.get("/authorize?" + urlencode({**query, "id_token_hint": "a.b.c"}))
+    assert parse_qs(urlsplit(forged.headers["Location"]).query)["error"] == ["invalid_request"]

@@ -22,6 +22,7 @@ const { values: args } = parseArgs({
     "auth-method": { type: "string", default: "client_secret_basic" },
     "redirect-uri": { type: "string" },
     scope: { type: "string", default: "openid profile phone offline_access" },
+    "post-logout-redirect-uri": { type: "string" },
   },
 });
 
@@ -149,6 +150,14 @@ async function main() {
   result.userinfo_after_revocation = await refusal(client.fetchUserInfo(config, current.access_token, idClaims.sub));
   if (current.refresh_token) {
     result.refresh_after_revocation = await refusal(client.refreshTokenGrant(config, current.refresh_token));
+  }
+  // RP-Initiated Logout: the URL the service sends the resident's browser to.
+  if (args["post-logout-redirect-uri"]) {
+    result.end_session_url = client.buildEndSessionUrl(config, {
+      id_token_hint: tokens.id_token,
+      post_logout_redirect_uri: args["post-logout-redirect-uri"],
+      state: "signed-out-state",
+    }).href;
   }
   emit(result);
 }
