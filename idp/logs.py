@@ -11,7 +11,7 @@ from typing import Any
 from idp.settings import Settings
 
 # Attributes every LogRecord has; anything else was passed with `extra=` and belongs in the JSON line.
-_STANDARD_ATTRS = frozenset(vars(logging.LogRecord("", 0, "", 0, "", None, None))) | {"message", "asctime"}
+STANDARD_ATTRS = frozenset(vars(logging.LogRecord("", 0, "", 0, "", None, None))) | {"message", "asctime"}
 
 
 class JsonFormatter(logging.Formatter):
@@ -25,7 +25,7 @@ class JsonFormatter(logging.Formatter):
             "message": record.getMessage(),
         }
         for key, value in vars(record).items():
-            if key not in _STANDARD_ATTRS and not key.startswith("_"):
+            if key not in STANDARD_ATTRS and not key.startswith("_"):
                 entry[key] = value
         if record.exc_info:
             entry["exception"] = self.formatException(record.exc_info)
@@ -39,7 +39,7 @@ class ReadableFormatter(logging.Formatter):
         extras = " ".join(
             f"{key}={value}"
             for key, value in vars(record).items()
-            if key not in _STANDARD_ATTRS and not key.startswith("_")
+            if key not in STANDARD_ATTRS and not key.startswith("_")
         )
         line = f"{self.formatTime(record, '%H:%M:%S')} {record.levelname:<7} {record.name}: {record.getMessage()}"
         if extras:
