@@ -49,10 +49,3 @@ def record_event(
         extra={"resident_id": str(resident_id) if resident_id else None, "client_ip": client_ip, **details},
     )
     return entry
-
-
-def record_independently(factory: Any, event: str, **kwargs: Any) -> None:
-    """Record an event in its own transaction, so it stays when the request's work is rolled back."""
-    with factory() as db:
-        record_event(db, event, **kwargs)
-        db.commit()

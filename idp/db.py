@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import datetime as dt
-import enum
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -62,11 +61,6 @@ class Base(DeclarativeBase):
 uuid_pk = Annotated[uuid.UUID, mapped_column(primary_key=True, default=uuid.uuid4)]
 created_at = Annotated[dt.datetime, mapped_column(default=utcnow, server_default=func.current_timestamp())]
 bool_false = Annotated[bool, mapped_column(default=False, server_default=text("false"))]
-
-
-def enum_values(enum_class: type[enum.Enum]) -> list[str]:
-    """Persist an enum's `.value`, not its name, so the stored strings match the protocol's."""
-    return [str(member.value) for member in enum_class]
 
 
 def make_engine(url: str, **kwargs: Any) -> Engine:

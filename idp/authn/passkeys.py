@@ -22,7 +22,6 @@ from webauthn import (
 )
 from webauthn.helpers import (
     base64url_to_bytes,
-    bytes_to_base64url,
     parse_attestation_object,
     parse_authentication_credential_json,
 )
@@ -362,10 +361,6 @@ def remove_passkey(db: Session, passkey: Passkey) -> None:
     record_event(db, "passkey.removed", result=SUCCESS, resident_id=passkey.resident_id)
     db.delete(passkey)
     db.flush()
-
-
-def credential_id_text(passkey: Passkey) -> str:
-    return bytes_to_base64url(passkey.credential_id)
 
 
 def new_binding() -> str:

@@ -12,7 +12,7 @@ from typing import Any
 
 from joserfc import jwt
 from joserfc.errors import JoseError
-from sqlalchemy import select, update
+from sqlalchemy import update
 from sqlalchemy.orm import Session
 
 from idp.keyring import LoadedKeys, SigningKey
@@ -333,16 +333,3 @@ def find_refresh_token(db: Session, token: str) -> RefreshToken | None:
     if not token or len(token) > 256:
         return None
     return db.get(RefreshToken, digest(token))
-
-
-def live_refresh_tokens(db: Session, resident_id: uuid.UUID, *, now: dt.datetime) -> list[RefreshToken]:
-    return list(
-        db.scalars(
-            select(RefreshToken).where(
-                RefreshToken.resident_id == resident_id,
-                RefreshToken.revoked_at.is_(None),
-                RefreshToken.rotated_at.is_(None),
-                RefreshToken.expires_at > now,
-            )
-        )
-    )

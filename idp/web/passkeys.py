@@ -213,16 +213,22 @@ def register_verify() -> Response:
     return _json({"redirect": url_for("passkeys.manage")})
 
 
-@bp.post("/account/passkeys/<passkey_id>/rename")
-def rename(passkey_id: str) -> BaseResponse | Response:
-    login = current_login()
+def _own_passkey(passkey_id: str) -> Passkey | BaseResponse | Response:
+    """The signed-in resident's passkey named in a management form, or the answer to give instead."""
     if not ActionForm().validate():
         return render_error(400, _("This form has expired. Please try again."))
+    login = current_login()
     if login is None:
         return redirect(url_for("web.login"), 303)
     passkey = find_passkey(db.session(), login.resident_id, passkey_id)
-    if passkey is None:
-        return render_error(404)
+    return passkey if passkey is not None else render_error(404)
+
+
+@bp.post("/account/passkeys/<passkey_id>/rename")
+def rename(passkey_id: str) -> BaseResponse | Response:
+    passkey = _own_passkey(passkey_id)
+    if not isinstance(passkey, Passkey):
+        return passkey
     rename_passkey(db.session(), passkey, request.form.get("name", ""))
     db.session().commit()
     return redirect(url_for("passkeys.manage"), 303)
@@ -230,15 +236,10 @@ def rename(passkey_id: str) -> BaseResponse | Response:
 
 @bp.post("/account/passkeys/<passkey_id>/remove")
 def remove(passkey_id: str) -> BaseResponse | Response:
-    login = current_login()
-    if not ActionForm().validate():
-        return render_error(400, _("This form has expired. Please try again."))
-    if login is None:
-        return redirect(url_for("web.login"), 303)
-    passkey = find_passkey(db.session(), login.resident_id, passkey_id)
-    if passkey is None:
-        return render_error(404)
-    others = [p for p in list_passkeys(db.session(), login.resident_id) if p.id != passkey.id]
+    passkey = _own_passkey(passkey_id)
+    if not isinstance(passkey, Passkey):
+        return passkey
+    others = [p for p in list_passkeys(db.session(), passkey.resident_id) if p.id != passkey.id]
     if not others and request.form.get("confirm") != "yes":
         # The last passkey: carrier verification still signs the resident in, but they must say they know.
         return render_error(
