@@ -147,6 +147,7 @@ def serve(host: str, port: int, workers: int | None) -> None:
         _keyring().records()
         if not database_is_current(settings.sqlalchemy_url):
             raise click.ClickException("the database is not at the newest migration: run `idp init` first")
+        _check_attestation_metadata(settings)
     from idp.server import run
 
     sandbox = _start_sandbox(settings)
@@ -156,6 +157,16 @@ def serve(host: str, port: int, workers: int | None) -> None:
         if sandbox is not None:
             sandbox.terminate()
             sandbox.wait(timeout=10)
+
+
+def _check_attestation_metadata(settings: Settings) -> None:
+    """A broken FIDO metadata file stops `serve` with one line here, not a crash loop in every worker."""
+    from idp.authn.passkeys import AttestationPolicy
+
+    try:
+        AttestationPolicy.from_metadata_file(settings.fido_metadata_path, require=settings.webauthn_require_attestation)
+    except ValueError as error:
+        raise click.ClickException(f"IDP_FIDO_METADATA_PATH: {error}") from None
 
 
 SANDBOX_FIRST_PORT = 8100

@@ -1,25 +1,29 @@
-"""A software WebAuthn authenticator and client for tests: ES256 passkeys with "none" attestation.
+"""A software WebAuthn authenticator and client for tests: ES256 passkeys with "none", self or packed attestation.
 
 `SoftAuthenticator.create` answers creation options (what `navigator.credentials.create()` returns, in its
 JSON form) and `get` answers request options (`navigator.credentials.get()`). Keyword knobs make the bad
 responses the verifier must refuse: another origin or RP ID, no user verification, clientDataJSON changed
-after signing, a chosen signature counter, broken CBOR.
+after signing, a chosen signature counter, broken CBOR. `CertificateAuthority` plays an authenticator vendor:
+its root issues the attestation certificates that `create(..., attestation=...)` sends in a packed x5c.
 """
 
 from __future__ import annotations
 
 import base64
 import copy
+import datetime as dt
 import hashlib
 import json
 import secrets
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 import cbor2
-from cryptography.hazmat.primitives import hashes
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
 
 # Authenticator data flags (WebAuthn §6.1).
 UP = 0x01
@@ -35,6 +39,14 @@ KTY_EC2, ALG_ES256, CRV_P256 = 2, -7, 1
 # A map that announces three entries and holds one: cbor2 cannot decode it.
 MALFORMED_CBOR = b"\xa3\x63fmt\x64none"
 
+# WebAuthn §8.2.1: packed attestation certificates name the model in this extension and carry this OU.
+FIDO_GEN_CE_AAGUID = x509.ObjectIdentifier("1.3.6.1.4.1.45724.1.1.4")
+ATTESTATION_OU = "Authenticator Attestation"
+# The verifier checks certificate validity against the wall clock (OpenSSL), not a time a test can inject:
+# the certificates hold from 2020 to 2100 unless a test asks otherwise.
+NOT_BEFORE = dt.datetime(2020, 1, 1, tzinfo=dt.UTC)
+NOT_AFTER = dt.datetime(2100, 1, 1, tzinfo=dt.UTC)
+
 
 def b64url(data: bytes) -> str:
     return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
@@ -42,6 +54,118 @@ def b64url(data: bytes) -> str:
 
 def from_b64url(text: str) -> bytes:
     return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+
+
+@dataclass(frozen=True)
+class AttestationKey:
+    """An attestation key pair and its certificate: what a packed statement signs with and sends as x5c."""
+
+    private_key: ec.EllipticCurvePrivateKey
+    certificate: x509.Certificate
+
+    @property
+    def x5c(self) -> list[bytes]:
+        return [self.certificate.public_bytes(serialization.Encoding.DER)]
+
+
+@dataclass(frozen=True)
+class CertificateAuthority:
+    """An authenticator vendor's attestation root: the certificate a FIDO metadata statement lists."""
+
+    name: str
+    private_key: ec.EllipticCurvePrivateKey
+    certificate: x509.Certificate
+
+    @classmethod
+    def create(cls, name: str) -> CertificateAuthority:
+        """A new self-signed ES256 root CA named after the vendor."""
+        key = ec.generate_private_key(ec.SECP256R1())
+        subject = x509.Name(
+            [
+                x509.NameAttribute(NameOID.COUNTRY_NAME, "KR"),
+                x509.NameAttribute(NameOID.ORGANIZATION_NAME, name),
+                x509.NameAttribute(NameOID.COMMON_NAME, f"{name} Attestation Root CA"),
+            ]
+        )
+        certificate = (
+            x509.CertificateBuilder()
+            .subject_name(subject)
+            .issuer_name(subject)
+            .public_key(key.public_key())
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(NOT_BEFORE)
+            .not_valid_after(NOT_AFTER)
+            .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+            .add_extension(
+                x509.KeyUsage(
+                    digital_signature=False,
+                    content_commitment=False,
+                    key_encipherment=False,
+                    data_encipherment=False,
+                    key_agreement=False,
+                    key_cert_sign=True,
+                    crl_sign=True,
+                    encipher_only=False,
+                    decipher_only=False,
+                ),
+                critical=True,
+            )
+            .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
+            .sign(key, hashes.SHA256())
+        )
+        return cls(name, key, certificate)
+
+    @property
+    def pem(self) -> str:
+        """The root as PEM text (the IdP's own metadata list)."""
+        return self.certificate.public_bytes(serialization.Encoding.PEM).decode()
+
+    @property
+    def base64_der(self) -> str:
+        """The root as base64 DER (FIDO metadata statements' attestationRootCertificates)."""
+        return base64.b64encode(self.certificate.public_bytes(serialization.Encoding.DER)).decode()
+
+    def issue(
+        self,
+        aaguid: bytes | None,
+        *,
+        organizational_unit: str = ATTESTATION_OU,
+        ca: bool = False,
+        not_after: dt.datetime = NOT_AFTER,
+    ) -> AttestationKey:
+        """An attestation key with a certificate meeting WebAuthn §8.2.1, signed by this root.
+
+        `aaguid` goes into the id-fido-gen-ce-aaguid extension (None leaves the extension out). The other
+        knobs break one requirement each: the subject's OU, basicConstraints CA, the end of validity.
+        """
+        key = ec.generate_private_key(ec.SECP256R1())
+        subject = x509.Name(
+            [
+                x509.NameAttribute(NameOID.COUNTRY_NAME, "KR"),
+                x509.NameAttribute(NameOID.ORGANIZATION_NAME, self.name),
+                x509.NameAttribute(NameOID.ORGANIZATIONAL_UNIT_NAME, organizational_unit),
+                x509.NameAttribute(NameOID.COMMON_NAME, f"{self.name} Passkey Attestation"),
+            ]
+        )
+        builder = (
+            x509.CertificateBuilder()
+            .subject_name(subject)
+            .issuer_name(self.certificate.subject)
+            .public_key(key.public_key())
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(NOT_BEFORE)
+            .not_valid_after(not_after)
+            .add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True)
+            .add_extension(
+                x509.AuthorityKeyIdentifier.from_issuer_public_key(self.private_key.public_key()), critical=False
+            )
+        )
+        if aaguid is not None:
+            # The extension's value is an OCTET STRING holding the AAGUID (DER: tag 0x04, length 16).
+            builder = builder.add_extension(
+                x509.UnrecognizedExtension(FIDO_GEN_CE_AAGUID, b"\x04\x10" + aaguid), critical=False
+            )
+        return AttestationKey(key, builder.sign(self.private_key, hashes.SHA256()))
 
 
 class ExcludedCredentialError(Exception):
@@ -121,12 +245,15 @@ class SoftAuthenticator:
         client_data: Mapping[str, Any] | None = None,
         malformed_attestation: bool = False,
         transports: tuple[str, ...] = ("internal", "hybrid"),
+        attestation: AttestationKey | Literal["none", "self"] = "none",
     ) -> dict[str, Any]:
         """A registration response (RegistrationResponseJSON) to creation options.
 
         Knobs: `origin` and `rp_id` as a phishing site would send them; `user_verified=False` clears UV;
         `flags` replaces the flags byte (AT is added); `client_data` overrides clientDataJSON fields;
-        `malformed_attestation` sends an attestationObject that is not CBOR.
+        `malformed_attestation` sends an attestationObject that is not CBOR. `attestation` picks the statement
+        (WebAuthn §8.2): "none", packed self attestation ("self", signed by the credential key), or packed
+        with an `AttestationKey`'s certificate as x5c, signed by that key.
         """
         excluded = {from_b64url(item["id"]) for item in options_json.get("excludeCredentials") or []}
         if excluded & set(self.credentials):
@@ -158,10 +285,13 @@ class SoftAuthenticator:
             + cose_key
         )
         client_data_json = self._client_data("webauthn.create", options_json["challenge"], origin, client_data)
+        fmt, statement = self._attestation_statement(
+            attestation, private_key, auth_data + hashlib.sha256(client_data_json).digest()
+        )
         attestation_object = (
             MALFORMED_CBOR
             if malformed_attestation
-            else cbor2.dumps({"fmt": "none", "attStmt": {}, "authData": auth_data})
+            else cbor2.dumps({"fmt": fmt, "attStmt": statement, "authData": auth_data})
         )
         return {
             "id": b64url(credential_id),
@@ -223,6 +353,18 @@ class SoftAuthenticator:
         }
 
     # -- parts -----------------------------------------------------------------------------------------------------
+
+    @staticmethod
+    def _attestation_statement(
+        attestation: AttestationKey | Literal["none", "self"], credential_key: ec.EllipticCurvePrivateKey, signed: bytes
+    ) -> tuple[str, dict[str, Any]]:
+        """The format and attStmt (WebAuthn §8.2 packed: alg, sig over authData‖clientDataHash, x5c)."""
+        if isinstance(attestation, AttestationKey):
+            signature = attestation.private_key.sign(signed, ec.ECDSA(hashes.SHA256()))
+            return "packed", {"alg": ALG_ES256, "sig": signature, "x5c": attestation.x5c}
+        if attestation == "self":
+            return "packed", {"alg": ALG_ES256, "sig": credential_key.sign(signed, ec.ECDSA(hashes.SHA256()))}
+        return "none", {}
 
     def _choose(self, options_json: Mapping[str, Any], credential_id: bytes | None) -> Credential:
         if credential_id is not None:
