@@ -148,6 +148,8 @@ class RateLimitCounter(Base):
     window_start: Mapped[dt.datetime]
     count: Mapped[int] = mapped_column(default=0)
     expires_at: Mapped[dt.datetime] = mapped_column(index=True)
+    # Lockouts with back-off (lockout.Backoff): no further attempt is judged before this time.
+    locked_until: Mapped[dt.datetime | None]
 
 
 class AuthorizationCode(Base):
@@ -325,3 +327,36 @@ class WebAuthnChallenge(Base):
     binding: Mapped[bytes] = mapped_column(LargeBinary(32))
     expires_at: Mapped[dt.datetime] = mapped_column(index=True)
     consumed_at: Mapped[dt.datetime | None]
+
+
+class TotpDevice(Base):
+    """A resident's TOTP authenticator app (RFC 6238): one per resident, counted once a code confirmed it."""
+
+    __tablename__ = "totp_device"
+
+    id: Mapped[uuid_pk]
+    resident_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("resident.id", ondelete="CASCADE"), unique=True)
+    # The shared secret, encrypted with IDP_DATA_KEY (DESIGN section 3).
+    secret_encrypted: Mapped[bytes] = mapped_column(LargeBinary)
+    confirmed_at: Mapped[dt.datetime | None]
+    # The last time step a code was accepted for: later codes must be for a later step (replay guard).
+    last_used_step: Mapped[int | None] = mapped_column(BigInteger)
+    last_used_at: Mapped[dt.datetime | None]
+    created_at: Mapped[created_at]
+
+    @property
+    def is_confirmed(self) -> bool:
+        return self.confirmed_at is not None
+
+
+class RecoveryCode(Base):
+    """A single-use recovery code for a resident who lost their TOTP app; only a keyed digest is stored."""
+
+    __tablename__ = "recovery_code"
+    __table_args__ = (UniqueConstraint("resident_id", "digest"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True, autoincrement=True)
+    resident_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("resident.id", ondelete="CASCADE"), index=True)
+    digest: Mapped[bytes] = mapped_column(LargeBinary(32))
+    created_at: Mapped[created_at]
+    used_at: Mapped[dt.datetime | None]

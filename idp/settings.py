@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import base64
+import hashlib
 import json
 import os
 import secrets
@@ -9,6 +11,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlsplit
+
+from cryptography.fernet import Fernet
 
 ENVIRONMENTS = ("development", "production")
 SECRETS_FILE = "secrets.json"
@@ -81,8 +85,9 @@ class Settings:
     """IDP_WEBAUTHN_REQUIRE_ATTESTATION: only passkeys whose authenticator model is attested and allowed."""
 
     fido_metadata_path: Path | None = None
-    """IDP_FIDO_METADATA_PATH: a JSON list of allowed authenticators ({"aaguid", "attestationRootCertificates"}),
-    taken from the FIDO Metadata Service; attested passkeys from these reach `phrh`."""
+    """IDP_FIDO_METADATA_PATH: the allowed authenticator models and their attestation roots, as the verified payload
+    of the FIDO Metadata Service (MDS3) or a list of metadata statements (docs/admin.md, Passkeys); device-bound
+    passkeys attested by one of these reach `phrh`."""
 
     ratelimit_storage: str = "database"
     """IDP_RATELIMIT_STORAGE: where limits and lockouts are counted (`database`, or `redis://…` for a fleet)."""
@@ -320,3 +325,15 @@ def _load_or_create_secrets(instance_dir: Path) -> dict[str, str]:
         return result
     except (OSError, ValueError) as exc:
         raise SettingsError(f"cannot read or create generated secrets in {path}: {exc}") from None
+
+
+def data_fernet(settings: Settings) -> Fernet:
+    """The cipher for secrets at rest (TOTP secrets, a raw CI where allowed), keyed from IDP_DATA_KEY."""
+    # Fernet (AES-128-CBC + HMAC-SHA256): authenticated, so a changed ciphertext is detected, not decrypted.
+    key = base64.urlsafe_b64encode(hashlib.sha256(b"idp data key\x00" + settings.data_key.encode()).digest())
+    return Fernet(key)
+
+
+def recovery_code_key(settings: Settings) -> bytes:
+    """The key of the recovery codes' digests, derived from IDP_DATA_KEY (a copy of the table alone is useless)."""
+    return hashlib.sha256(b"idp recovery codes\x00" + settings.data_key.encode()).digest()

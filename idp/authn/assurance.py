@@ -16,16 +16,21 @@ class Method(enum.StrEnum):
     CARRIER_APP = "carrier_app"
     PASSKEY = "passkey"
     PASSKEY_HARDWARE = "passkey_hardware"
+    TOTP = "totp"
+    RECOVERY_CODE = "recovery_code"
 
 
 # RFC 8176 §2: sms = confirmation by SMS, mca = multiple-channel authentication (the carrier's own channel),
 # swk/hwk = proof of a software- or hardware-secured key, user = user presence and verification, mfa = the
-# passkey's key plus the biometric or PIN that unlocked it.
+# passkey's key plus the biometric or PIN that unlocked it, otp = a one-time password (TOTP; a printed
+# single-use recovery code is the nearest RFC 8176 value too: it has no value of its own for look-up secrets).
 AMR_BY_METHOD: dict[Method, tuple[str, ...]] = {
     Method.CARRIER_SMS: ("sms", "mca"),
     Method.CARRIER_APP: ("mca",),
     Method.PASSKEY: ("swk", "user", "mfa"),
     Method.PASSKEY_HARDWARE: ("hwk", "user", "mfa"),
+    Method.TOTP: ("otp",),
+    Method.RECOVERY_CODE: ("otp",),
 }
 
 PHRH = "phrh"
@@ -47,7 +52,8 @@ def acr_order(issuer: str) -> list[str]:
 
 def acr_for_method(method: Method, issuer: str) -> str:
     # A passkey with user verification is phishing-resistant multi-factor (NIST SP 800-63B-4: phr); an
-    # attested, device-bound one is also hardware-backed (phrh). Carrier verification is one factor: AAL1.
+    # attested, device-bound one is also hardware-backed (phrh). Carrier verification, TOTP and recovery codes
+    # are each one factor (something you have): AAL1, and two of them together are still AAL1 (DESIGN section 10).
     if method is Method.PASSKEY_HARDWARE:
         return PHRH
     if method is Method.PASSKEY:
@@ -71,11 +77,33 @@ class AuthEvent:
     def to_json(self) -> dict[str, Any]:
         return {"method": self.method.value, "amr": list(self.amr), "acr": self.acr, "at": self.at.isoformat()}
 
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> AuthEvent:
+        return cls(
+            method=Method(data["method"]),
+            amr=tuple(data["amr"]),
+            acr=data["acr"],
+            at=dt.datetime.fromisoformat(data["at"]),
+        )
+
 
 def best_acr(acrs: Sequence[str], issuer: str) -> str:
     """The strongest of `acrs` in the order of DESIGN section 10."""
     order = acr_order(issuer)
     return max(acrs, key=lambda acr: order.index(acr) if acr in order else -1)
+
+
+def assurance_within(
+    events: Sequence[AuthEvent], *, max_age: int | None, issuer: str, now: dt.datetime
+) -> tuple[str, list[str]]:
+    """The acr and amr a session vouches for: the best level and every method among the authentications
+    within `max_age` seconds (all of them when None). DESIGN section 10: "acr is the best level reached within
+    max_age". With none that recent, the last authentication's (the caller asks for a new one anyway)."""
+    recent = [e for e in events if max_age is None or (now - e.at).total_seconds() <= max_age] or list(events[-1:])
+    if not recent:
+        return aal1(issuer), []
+    amr = sorted({value for event in recent for value in event.amr})
+    return best_acr([event.acr for event in recent], issuer), amr
 
 
 class LoginReason(enum.StrEnum):
@@ -139,10 +167,11 @@ def reachable_acr(methods: set[Method], issuer: str) -> str:
     return best_acr([acr_for_method(method, issuer) for method in methods] or [aal1(issuer)], issuer)
 
 
-def available_methods(*, passkey: bool = False, hardware_passkey: bool = False) -> set[Method]:
-    """The sign-in methods a resident can use: carrier verification always, passkeys where registered.
-    TODO(#6): TOTP joins here for residents who enrolled it."""
+def available_methods(*, passkey: bool = False, hardware_passkey: bool = False, totp: bool = False) -> set[Method]:
+    """The sign-in methods a resident can use: carrier verification always, passkeys and TOTP where registered."""
     methods = {Method.CARRIER_SMS, Method.CARRIER_APP}
+    if totp:
+        methods.add(Method.TOTP)
     if passkey:
         methods.add(Method.PASSKEY)
     if hardware_passkey:

@@ -6,14 +6,17 @@ import datetime as dt
 import hashlib
 import hmac
 import math
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Protocol, TypeVar
 
-from sqlalchemy import Engine, case, delete, select
+from sqlalchemy import Engine, case, delete, select, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
 from idp.models import RateLimitCounter
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True, slots=True)
@@ -29,6 +32,44 @@ class Limit:
 CARRIER_STARTS_PER_IP = Limit("carrier-start-ip", 10, dt.timedelta(minutes=1))
 CARRIER_SENDS_PER_PHONE = Limit("carrier-send-phone", 10, dt.timedelta(days=1))
 CARRIER_CODES_PER_TXN = Limit("carrier-code-txn", 5, dt.timedelta(minutes=10))
+
+
+@dataclass(frozen=True, slots=True)
+class Backoff:
+    """A lockout with exponential back-off: after `free` consecutive failures each further one locks the subject
+    for `base` × 2^(n − free − 1), at most `cap`; failures are forgotten `memory` after the last one, or at a success.
+    """
+
+    kind: str
+    free: int
+    base: dt.timedelta
+    cap: dt.timedelta
+    memory: dt.timedelta = dt.timedelta(days=1)
+
+    def delay(self, failures: int) -> dt.timedelta:
+        """How long the subject is locked after its `failures`-th consecutive failure."""
+        over = failures - self.free
+        if over <= 0:
+            return dt.timedelta(0)
+        # 2**20 × 30 s is past any sensible cap already; a bound keeps the arithmetic small.
+        delay: dt.timedelta = self.base * (2 ** min(over - 1, 20))
+        return min(self.cap, delay)
+
+
+# TOTP codes have 10^6 values and three are valid at a time (RFC 6238 with one step either side): 5 free tries,
+# then 30 s, 1 min, 2 min … up to an hour keep a guesser under ~30 tries a day per account. The per-IP lock is
+# looser because many phones share an address behind carrier-grade NAT.
+TOTP_FAILURES_PER_RESIDENT = Backoff("totp-resident", 5, dt.timedelta(seconds=30), dt.timedelta(hours=1))
+TOTP_FAILURES_PER_IP = Backoff("totp-ip", 20, dt.timedelta(seconds=30), dt.timedelta(hours=1))
+
+
+class LockedOutError(Exception):
+    """Too many failures for this subject: no attempt is judged for `retry_after` seconds."""
+
+    def __init__(self, backoff: Backoff, retry_after: int) -> None:
+        super().__init__(f"{backoff.kind}: locked for {retry_after} s")
+        self.backoff = backoff
+        self.retry_after = retry_after
 
 
 class RateLimitedError(Exception):
@@ -51,11 +92,47 @@ class RateLimiter(Protocol):
     def peek(self, limit: Limit, subject: str, *, now: dt.datetime) -> int:
         """The hits in the current window, without counting one."""
 
-    def reset(self, limit: Limit, subject: str) -> None:
-        """Forget the subject's hits (after a success that should reset a lockout)."""
+    def reset(self, limit: Limit | Backoff, subject: str) -> None:
+        """Forget the subject's hits or failures (after a success that should reset a lockout)."""
+
+    def fail(self, backoff: Backoff, subject: str, *, now: dt.datetime) -> int:
+        """Count one failure and lock the subject for the back-off it earned; the failures so far."""
+
+    def locked_for(self, backoff: Backoff, subject: str, *, now: dt.datetime) -> int:
+        """Seconds until the subject may try again; 0 when it is not locked."""
 
 
-def counter_key(limit: Limit, subject: str, secret: bytes) -> str:
+def judge_attempt(
+    limiter: RateLimiter,
+    subjects: Sequence[tuple[Backoff, str]],
+    attempt: Callable[[], T],
+    *,
+    failures: tuple[type[Exception], ...],
+    now: dt.datetime,
+) -> T:
+    """Lockout → verify → count: refuse while any subject is locked, count a failure against every subject,
+    forget them all at a success.
+
+    Raises:
+        LockedOutError: a subject is locked; `attempt` was not called.
+        Any of `failures`: what `attempt` raised, after counting it.
+    """
+    for backoff, subject in subjects:
+        wait = limiter.locked_for(backoff, subject, now=now)
+        if wait > 0:
+            raise LockedOutError(backoff, wait)
+    try:
+        result = attempt()
+    except failures:
+        for backoff, subject in subjects:
+            limiter.fail(backoff, subject, now=now)
+        raise
+    for backoff, subject in subjects:
+        limiter.reset(backoff, subject)
+    return result
+
+
+def counter_key(limit: Limit | Backoff, subject: str, secret: bytes) -> str:
     # Subjects are phone numbers and IPs. A keyed digest: a plain hash of a phone number is undone by trying
     # all 10^8 numbers, so without the key a copy of the table says nothing about who tried.
     return hmac.new(secret, f"{limit.kind}\x00{subject}".encode(), hashlib.sha256).hexdigest()
@@ -115,11 +192,43 @@ class DatabaseRateLimiter:
             return 0
         return int(row[0])
 
-    def reset(self, limit: Limit, subject: str) -> None:
+    def reset(self, limit: Limit | Backoff, subject: str) -> None:
         with self.engine.begin() as connection:
             connection.execute(
                 delete(RateLimitCounter).where(RateLimitCounter.key == counter_key(limit, subject, self.secret))
             )
+
+    def fail(self, backoff: Backoff, subject: str, *, now: dt.datetime) -> int:
+        key = counter_key(backoff, subject, self.secret)
+        insert = pg_insert if self.engine.dialect.name == "postgresql" else sqlite_insert
+        values = insert(RateLimitCounter).values(key=key, window_start=now, count=1, expires_at=now + backoff.memory)
+        # One statement for the count, so concurrent failures are never lost; an expired memory starts again at 1.
+        statement = values.on_conflict_do_update(
+            index_elements=[RateLimitCounter.key],
+            set_={
+                "count": case((RateLimitCounter.expires_at > now, RateLimitCounter.count + 1), else_=1),
+                "expires_at": now + backoff.memory,
+            },
+        ).returning(RateLimitCounter.count)
+        with self.engine.begin() as connection:
+            count = int(connection.execute(statement).scalar_one())
+            delay = backoff.delay(count)
+            if delay:
+                connection.execute(
+                    update(RateLimitCounter).where(RateLimitCounter.key == key).values(locked_until=now + delay)
+                )
+        return count
+
+    def locked_for(self, backoff: Backoff, subject: str, *, now: dt.datetime) -> int:
+        with self.engine.connect() as connection:
+            until = connection.execute(
+                select(RateLimitCounter.locked_until).where(
+                    RateLimitCounter.key == counter_key(backoff, subject, self.secret)
+                )
+            ).scalar()
+        if until is None or _aware(until) <= now:
+            return 0
+        return max(1, math.ceil((_aware(until) - now).total_seconds()))
 
     def purge(self, *, now: dt.datetime) -> int:
         """Drop counters whose window has ended."""
@@ -158,9 +267,36 @@ class RedisRateLimiter:
         value = self.client.get(self._key(limit, subject, now))
         return int(value) if value is not None else 0
 
-    def reset(self, limit: Limit, subject: str) -> None:
+    def reset(self, limit: Limit | Backoff, subject: str) -> None:
+        if isinstance(limit, Backoff):
+            base = self._backoff_key(limit, subject)
+            self.client.delete(f"{base}:n", f"{base}:until")
+            return
         # Only the current window matters; older keys expire on their own.
         self.client.delete(self._key(limit, subject, dt.datetime.now(dt.UTC)))
+
+    def _backoff_key(self, backoff: Backoff, subject: str) -> str:
+        return f"idp:lock:{counter_key(backoff, subject, self.secret)}"
+
+    def fail(self, backoff: Backoff, subject: str, *, now: dt.datetime) -> int:
+        base = self._backoff_key(backoff, subject)
+        memory = int(backoff.memory.total_seconds())
+        pipe = self.client.pipeline()
+        pipe.incr(f"{base}:n")
+        pipe.expire(f"{base}:n", memory)
+        count = int(pipe.execute()[0])
+        delay = backoff.delay(count)
+        if delay:
+            until = now + delay
+            self.client.set(f"{base}:until", until.timestamp(), ex=max(1, math.ceil(delay.total_seconds())))
+        return count
+
+    def locked_for(self, backoff: Backoff, subject: str, *, now: dt.datetime) -> int:
+        value = self.client.get(f"{self._backoff_key(backoff, subject)}:until")
+        if value is None:
+            return 0
+        remaining = float(value) - now.timestamp()
+        return max(1, math.ceil(remaining)) if remaining > 0 else 0
 
 
 def make_rate_limiter(storage: str, engine: Engine, *, secret: str) -> RateLimiter:

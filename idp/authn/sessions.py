@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
-from idp.authn.assurance import PHR, PHRH, AuthEvent, best_acr
+from idp.authn.assurance import PHR, PHRH, AuthEvent, assurance_within, best_acr
 from idp.models import LoginSession, Resident
 
 # DESIGN section 10: sessions at phr or above end after 24 h, or 1 h idle; lower ones after 30 days.
@@ -104,6 +104,16 @@ def add_event(db: Session, session: LoginSession, event: AuthEvent, *, issuer: s
     session.expires_at = min(session.expires_at, now + absolute_lifetime(session.acr))
     session.last_seen_at = now
     db.flush()
+
+
+def session_assurance(
+    session: LoginSession, *, max_age: int | None, issuer: str, now: dt.datetime
+) -> tuple[str, list[str]]:
+    """The acr and amr the session vouches for to a request with `max_age` (DESIGN section 10)."""
+    if max_age is None:
+        return session.acr, list(session.amr)
+    events = [AuthEvent.from_json(event) for event in session.events]
+    return assurance_within(events, max_age=max_age, issuer=issuer, now=now)
 
 
 def end_session(db: Session, session: LoginSession, *, now: dt.datetime) -> None:

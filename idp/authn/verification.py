@@ -35,6 +35,7 @@ from idp.authn.lockout import (
 )
 from idp.authn.residents import AccountResult, resident_for_identity
 from idp.authn.sessions import StartedSession, start_session
+from idp.authn.totp import has_totp
 from idp.logs import mask_phone
 from idp.models import AuditEvent
 
@@ -51,8 +52,11 @@ class CarrierSignIn:
 
 @dataclass(frozen=True, slots=True)
 class SignedIn:
-    session: StartedSession
+    """A carrier sign-in: the new session, or None when the resident's TOTP must finish it (second factor)."""
+
+    session: StartedSession | None
     account: AccountResult
+    event: AuthEvent
 
 
 def txn_digest(txn_id: str) -> str:
@@ -226,6 +230,17 @@ def sign_in(
     )
     method = Method.CARRIER_APP if identity.method is VerificationMethod.APP else Method.CARRIER_SMS
     event = AuthEvent.of(method, issuer=service.issuer, at=now)
+    if has_totp(db, account.resident.id):
+        # A resident who set up TOTP asked for it as a second factor: a swapped SIM alone does not sign them in.
+        record_event(
+            db,
+            "signin.first_factor",
+            result=SUCCESS,
+            resident_id=account.resident.id,
+            client_ip=client_ip,
+            method=method.value,
+        )
+        return SignedIn(session=None, account=account, event=event)
     started = start_session(db, account.resident, event, client_ip=client_ip, user_agent=user_agent, now=now)
     record_event(
         db,
@@ -238,4 +253,4 @@ def sign_in(
         amr=list(event.amr),
         account=account.outcome.value,
     )
-    return SignedIn(session=started, account=account)
+    return SignedIn(session=started, account=account, event=event)

@@ -7,10 +7,10 @@ import hashlib
 import hmac
 from typing import Any
 
-from cryptography.fernet import Fernet, InvalidToken
+from cryptography.fernet import InvalidToken
 
 from idp.models import Client, Resident
-from idp.settings import Settings
+from idp.settings import Settings, data_fernet
 
 # OIDC Core §5.4 scopes, plus the restricted `kr_ci` (the raw CI, for services an admin allows it).
 SCOPES = ("openid", "profile", "phone", "offline_access", "kr_ci")
@@ -121,15 +121,9 @@ def id_token_claims(
     )
 
 
-def _data_fernet(settings: Settings) -> Fernet:
-    # Fernet (AES-128-CBC + HMAC-SHA256) keyed from IDP_DATA_KEY: authenticated, so tampering is detected.
-    key = base64.urlsafe_b64encode(hashlib.sha256(b"idp data key\x00" + settings.data_key.encode()).digest())
-    return Fernet(key)
-
-
 def encrypt_ci(ci: str, settings: Settings) -> bytes:
     """The raw CI encrypted at rest, kept only for residents of services an admin allowed `kr_ci`."""
-    return _data_fernet(settings).encrypt(ci.encode())
+    return data_fernet(settings).encrypt(ci.encode())
 
 
 def decrypt_ci(resident: Resident, settings: Settings) -> str | None:
@@ -137,6 +131,6 @@ def decrypt_ci(resident: Resident, settings: Settings) -> str | None:
     if resident.ci_encrypted is None:
         return None
     try:
-        return _data_fernet(settings).decrypt(resident.ci_encrypted).decode()
+        return data_fernet(settings).decrypt(resident.ci_encrypted).decode()
     except InvalidToken:
         return None

@@ -13,6 +13,7 @@ from authlib.oauth2.rfc7636 import CodeChallenge
 from authlib.oidc.core import OpenIDCode
 
 from idp import db
+from idp.authn.sessions import session_assurance
 from idp.models import AuthorizationCode, LoginSession, RefreshToken, Resident
 from idp.oidc import tokens
 from idp.oidc.claims import AUTH_METHODS, id_token_claims
@@ -142,6 +143,13 @@ class AuthorizationCodeGrant(grants.AuthorizationCodeGrant):
         payload = request.payload.data
         now = _now()
         session = user.session
+        max_age = payload.get("max_age")
+        acr, amr = session_assurance(
+            session,
+            max_age=int(max_age) if max_age else None,
+            issuer=_server(self).settings.issuer,
+            now=now,
+        )
         db.session().add(
             AuthorizationCode(
                 digest=tokens.digest(code),
@@ -155,8 +163,8 @@ class AuthorizationCodeGrant(grants.AuthorizationCodeGrant):
                 code_challenge=payload.get("code_challenge"),
                 code_challenge_method=payload.get("code_challenge_method"),
                 claims=_server(self).requested_claims(request),
-                acr=session.acr,
-                amr=list(session.amr),
+                acr=acr,
+                amr=amr,
                 auth_time=session.auth_time,
                 created_at=now,
                 expires_at=now + dt.timedelta(seconds=_server(self).settings.code_ttl),

@@ -21,12 +21,15 @@ from werkzeug.wrappers import Response as BaseResponse
 from idp import db
 from idp.authn.assurance import (
     LoginReason,
+    Method,
     acr_satisfies,
     available_methods,
     best_acceptable,
     login_reason,
     reachable_acr,
 )
+from idp.authn.sessions import session_assurance
+from idp.authn.totp import has_totp
 from idp.keyring import KeyringError
 from idp.models import Passkey
 from idp.oidc.clients import find_client
@@ -194,23 +197,26 @@ def authorize() -> BaseResponse | tuple[str, int]:
     client = grant.request.client.model
     prompt = set(params.get("prompt", "").split())
     wanted_acr = best_acceptable(_requested_acr(params, client.default_acr), server.settings.issuer)
-    # Step up only to a level the resident's methods can reach; the rest is settled after sign-in.
-    passkeys = _passkey_kinds(login.resident_id) if login else (False, False)
-    reachable = reachable_acr(
-        available_methods(passkey=passkeys[0], hardware_passkey=passkeys[1]), server.settings.issuer
+    max_age = int(params["max_age"]) if params.get("max_age") else None
+    now = _now()
+    # The level the session vouches for is the best reached within max_age (DESIGN section 10).
+    session_acr = (
+        session_assurance(login, max_age=max_age, issuer=server.settings.issuer, now=now)[0] if login else None
     )
+    # Step up only to a level the resident's methods can reach; the rest is settled after sign-in.
+    reachable = reachable_acr(_methods_of(login.resident_id) if login else available_methods(), server.settings.issuer)
     step_up_to = [acr for acr in wanted_acr if acr_satisfies(reachable, acr, server.settings.issuer)]
     pending = _pending(params)
     reason = login_reason(
         has_session=login is not None,
         auth_time=login.auth_time if login else None,
-        session_acr=login.acr if login else None,
+        session_acr=session_acr,
         prompt=prompt,
-        max_age=int(params["max_age"]) if params.get("max_age") else None,
+        max_age=max_age,
         wanted_acr=step_up_to,
         authenticated_since=pending.get("since_dt"),
         issuer=server.settings.issuer,
-        now=_now(),
+        now=now,
     )
     if (
         reason is None
@@ -237,7 +243,7 @@ def authorize() -> BaseResponse | tuple[str, int]:
             # Someone else is signed in here: that resident must not be handed to the client unasked.
             reason = LoginReason.PROMPT_LOGIN
     if reason is None and login is not None and wanted_acr:
-        reached = any(acr_satisfies(login.acr, acr, server.settings.issuer) for acr in wanted_acr)
+        reached = any(acr_satisfies(session_acr or "", acr, server.settings.issuer) for acr in wanted_acr)
         if not reached and _essential_acr(params):
             # An essential acr this resident cannot reach fails the request (OIDC Core §5.5.1.1); a voluntary
             # one returns the level reached.
@@ -286,8 +292,8 @@ def authorize() -> BaseResponse | tuple[str, int]:
     return response
 
 
-def _passkey_kinds(resident_id: Any) -> tuple[bool, bool]:
-    """Whether the resident has a usable passkey, and an attested device-bound one (for step-up)."""
+def _methods_of(resident_id: Any) -> set[Method]:
+    """The ways the resident could sign in now (for step-up): usable passkeys, and TOTP once confirmed."""
     rows = (
         db.session()
         .execute(
@@ -297,7 +303,11 @@ def _passkey_kinds(resident_id: Any) -> tuple[bool, bool]:
         )
         .all()
     )
-    return bool(rows), any(attested and not synced for attested, synced in rows)
+    return available_methods(
+        passkey=bool(rows),
+        hardware_passkey=any(attested and not synced for attested, synced in rows),
+        totp=has_totp(db.session(), resident_id),
+    )
 
 
 def _requested_acr(params: dict[str, str], default_acr: str | None) -> list[str]:

@@ -15,7 +15,7 @@ from idp import db
 from idp.authn.carrier import HttpCarrierGateway
 from idp.authn.lockout import make_rate_limiter
 from idp.authn.verification import CarrierSignIn
-from idp.settings import Settings
+from idp.settings import Settings, SettingsError
 
 LOCALES = ("ko", "en")
 DEFAULT_LOCALE = "ko"
@@ -51,7 +51,7 @@ def select_locale() -> str:
 
 
 def wants_html() -> bool:
-    if request.blueprint in ("web", "account", "passkeys"):
+    if request.blueprint in ("web", "account", "passkeys", "totp"):
         return True
     best = request.accept_mimetypes.best_match(["application/json", "text/html"])
     return best == "text/html" and request.accept_mimetypes[best] > request.accept_mimetypes["application/json"]
@@ -93,7 +93,7 @@ def _page_headers(response: Response) -> Response:
 
 def init_app(app: Flask, settings: Settings) -> None:
     from idp.authn.passkeys import AttestationPolicy
-    from idp.web import account, login, passkeys
+    from idp.web import account, login, passkeys, totp
 
     https = settings.issuer.startswith("https://")
     app.config.update(
@@ -112,6 +112,8 @@ def init_app(app: Flask, settings: Settings) -> None:
     app.jinja_env.globals["get_locale"] = get_locale
     csrf.init_app(app)
     engine = app.extensions["idp.db"][0]
+    limiter = make_rate_limiter(settings.ratelimit_storage, engine, secret=settings.secret_key)
+    app.extensions["idp.limiter"] = limiter
     app.extensions["idp.carrier"] = CarrierSignIn(
         gateway=HttpCarrierGateway(
             settings.agency_url(),
@@ -120,16 +122,20 @@ def init_app(app: Flask, settings: Settings) -> None:
             production=settings.is_production,
             timeout=settings.carrier_timeout,
         ),
-        limiter=make_rate_limiter(settings.ratelimit_storage, engine, secret=settings.secret_key),
+        limiter=limiter,
         issuer=settings.issuer,
         ci_pepper=settings.ci_pepper,
     )
-    app.extensions["idp.attestation_policy"] = AttestationPolicy.from_metadata_file(
-        settings.fido_metadata_path, require=settings.webauthn_require_attestation
-    )
+    try:
+        app.extensions["idp.attestation_policy"] = AttestationPolicy.from_metadata_file(
+            settings.fido_metadata_path, require=settings.webauthn_require_attestation
+        )
+    except ValueError as error:
+        raise SettingsError(f"IDP_FIDO_METADATA_PATH: {error}") from None
     app.register_blueprint(login.bp)
     app.register_blueprint(account.bp)
     app.register_blueprint(passkeys.bp)
+    app.register_blueprint(totp.bp)
     app.after_request(_page_headers)
 
     @app.errorhandler(CSRFError)

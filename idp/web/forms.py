@@ -10,11 +10,12 @@ from typing import Any
 
 from flask_babel import lazy_gettext as _l
 from flask_wtf import FlaskForm
-from wtforms import BooleanField, Field, RadioField, SelectField, StringField
+from wtforms import BooleanField, Field, HiddenField, RadioField, SelectField, StringField
 from wtforms.fields.choices import SelectChoice  # type: ignore[attr-defined]  # new in WTForms 3.3; stubs lag
 from wtforms.validators import InputRequired, ValidationError
 
 from idp.authn.carrier import CODE_LENGTH, VerificationMethod, normalize_phone
+from idp.authn.recovery import normalize_recovery_code
 from idp.models import Carrier
 
 NAME_MAX = 50  # 실명: Korean names are 2–5 syllables; foreign residents' registered names stay well under 50
@@ -134,3 +135,28 @@ class CodeForm(FlaskForm):  # type: ignore[misc]  # Flask-WTF ships no type info
 
 class ActionForm(FlaskForm):  # type: ignore[misc]  # Flask-WTF ships no type information
     """A form that is only a button: it carries the CSRF token."""
+
+
+def _validate_totp_code(form: FlaskForm, field: Field) -> None:
+    if form.kind.data == "recovery":
+        if normalize_recovery_code(field.data or "") is None:
+            raise ValidationError(_l("A recovery code has 10 letters and digits, for example abcde-23456."))
+    elif not re.fullmatch(r"[0-9]{6}", _compact_code(field.data or "")):
+        raise ValidationError(_l("Enter the 6 digits your authenticator app shows now."))
+
+
+class TotpCodeForm(FlaskForm):  # type: ignore[misc]  # Flask-WTF ships no type information
+    """A code from the resident's authenticator app, or one of their recovery codes (`kind`)."""
+
+    kind = HiddenField(default="totp", filters=[lambda value: "recovery" if value == "recovery" else "totp"])
+    code = StringField(_l("Code"), filters=[_strip], validators=[_validate_totp_code])
+
+
+class TotpSignInForm(TotpCodeForm):
+    """Sign-in with a phone number and a code from the authenticator app (DESIGN section 2)."""
+
+    phone = StringField(_l("Mobile phone number"), filters=[_strip], validators=[_validate_phone])
+
+    def phone_number(self) -> str:
+        """The number in E.164; call only after `validate()` succeeded."""
+        return normalize_phone(self.phone.data or "")

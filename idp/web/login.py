@@ -12,6 +12,8 @@ from flask_babel import gettext as _
 from werkzeug.wrappers import Response as BaseResponse
 
 from idp import db
+from idp.audit import SUCCESS, record_event
+from idp.authn.assurance import AuthEvent
 from idp.authn.carrier import (
     CarrierErrorCode,
     CarrierVerificationError,
@@ -23,6 +25,7 @@ from idp.authn.carrier import (
     session_binding_for,
 )
 from idp.authn.residents import AccountOutcome, ResidentLockedError
+from idp.authn.sessions import add_event, start_session
 from idp.authn.verification import (
     CarrierSignIn,
     cancel_verification,
@@ -33,15 +36,17 @@ from idp.authn.verification import (
     start_verification,
 )
 from idp.logs import mask_phone
-from idp.models import Client
+from idp.models import Client, Resident
 from idp.oidc.claims import encrypt_ci
 from idp.web import page_settings, render_error
-from idp.web.cookies import set_session_cookie
+from idp.web.cookies import current_login, set_session_cookie
 from idp.web.forms import CARRIER_LABELS, ActionForm, CarrierStartForm, CodeForm
 
 bp = Blueprint("web", __name__, template_folder="templates", static_folder="static", static_url_path="/static")
 
 FLOW_KEY = "carrier"
+SECOND_FACTOR = "second_factor"  # a carrier sign-in waiting for the resident's TOTP code
+SECOND_FACTOR_TTL = dt.timedelta(minutes=5)
 PENDING_AUTHORIZATIONS = "authz_pending"  # kept by idp.oidc.views between /authorize and the sign-in
 
 
@@ -293,25 +298,75 @@ def _finish_sign_in(identity: VerifiedIdentity) -> BaseResponse | Response:
         session.pop(FLOW_KEY, None)
         return render_error(403, _("This account is locked. Contact the help desk to unlock it."))
     db.session().commit()
-    flow_locale = session.get("locale")
+    session.pop(FLOW_KEY, None)
+    if signed_in.session is None:
+        # The resident set up TOTP: the carrier verification is the first factor, the code finishes it.
+        session[SECOND_FACTOR] = {
+            "resident": str(signed_in.account.resident.id),
+            "event": signed_in.event.to_json(),
+            "expires_at": (now + SECOND_FACTOR_TTL).isoformat(),
+        }
+        return _see_other("totp.sign_in")
     target = safe_next(session.get("next"))
-    # The authorization requests waiting for this sign-in (prompt=login, max_age, step-up) must survive it.
-    pending = session.get(PENDING_AUTHORIZATIONS)
-    # A new flow cookie as well as a new session id: nothing else from before the sign-in carries over.
-    session.clear()
-    if flow_locale:
-        session["locale"] = flow_locale
-    if pending:
-        session[PENDING_AUTHORIZATIONS] = pending
     if signed_in.account.outcome is AccountOutcome.CREATED:
+        response = _see_other("web.welcome")
+        carry_over_flow(response, signed_in.session.cookie_value)
         session["welcome"] = True
         if target:
             session["next"] = target
-        response = _see_other("web.welcome")
-    else:
-        response = redirect(target or url_for("account.overview"), 303)
-    set_session_cookie(response, signed_in.session.cookie_value)
+        return response
+    response = redirect(target or url_for("account.overview"), 303)
+    carry_over_flow(response, signed_in.session.cookie_value)
     return response
+
+
+def carry_over_flow(response: BaseResponse, cookie_value: str | None) -> None:
+    """After a sign-in that opened a new session: its cookie, and a new flow cookie as well as a new session id.
+
+    Nothing from before the sign-in carries over but the language and the authorization requests waiting for
+    it (prompt=login, max_age, step-up).
+    """
+    if cookie_value is None:
+        return
+    locale, pending = session.get("locale"), session.get(PENDING_AUTHORIZATIONS)
+    session.clear()
+    if locale:
+        session["locale"] = locale
+    if pending:
+        session[PENDING_AUTHORIZATIONS] = pending
+    set_session_cookie(response, cookie_value)
+
+
+def open_or_step_up(resident: Resident, events: list[AuthEvent], *, now: dt.datetime) -> str | None:
+    """Sign `resident` in after `events`: the current session rises when the same resident authenticates again
+    (step-up: the sid stays), otherwise a new session opens; the new session's cookie value, or None."""
+    settings = page_settings()
+    methods = "+".join(event.method.value for event in events)
+    login = current_login()
+    cookie_value = None
+    if login is None or login.resident_id != resident.id:
+        started = start_session(
+            db.session(),
+            resident,
+            events[0],
+            client_ip=_client_ip(),
+            user_agent=request.headers.get("User-Agent"),
+            now=now,
+        )
+        login, cookie_value, events = started.session, started.cookie_value, events[1:]
+    for event in events:
+        add_event(db.session(), login, event, issuer=settings.issuer, now=now)
+    record_event(
+        db.session(),
+        "signin",
+        result=SUCCESS,
+        resident_id=resident.id,
+        client_ip=_client_ip(),
+        method=methods,
+        acr=login.acr,
+        amr=list(login.amr),
+    )
+    return cookie_value
 
 
 def wants_raw_ci(db_session: Any, target: str | None) -> bool:

@@ -10,7 +10,7 @@ from flask_babel import gettext as _
 from werkzeug.wrappers import Response as BaseResponse
 
 from idp import db
-from idp.audit import FAILURE, SUCCESS, record_event
+from idp.audit import FAILURE, record_event
 from idp.authn.assurance import AuthEvent, Method
 from idp.authn.passkeys import (
     AttestationPolicy,
@@ -26,13 +26,12 @@ from idp.authn.passkeys import (
     remove_passkey,
     rename_passkey,
 )
-from idp.authn.sessions import add_event, start_session
 from idp.models import Passkey, Resident
 from idp.settings import Settings
 from idp.web import render_error
-from idp.web.cookies import current_login, set_session_cookie
+from idp.web.cookies import current_login
 from idp.web.forms import ActionForm
-from idp.web.login import PENDING_AUTHORIZATIONS, safe_next
+from idp.web.login import carry_over_flow, open_or_step_up, safe_next
 
 bp = Blueprint("passkeys", __name__)
 BINDING = "webauthn"
@@ -119,43 +118,10 @@ def sign_in_verify() -> Response:
         return _json(
             {"error": "locked", "message": _("This account is locked. Contact the help desk to unlock it.")}, 403
         )
-    event = passkey_event(passkey, settings.issuer, now)
-    login = current_login()
-    target = safe_next(session.get("next")) or url_for("account.overview")
-    if login is not None and login.resident_id == resident.id:
-        # Step-up in the same session: its sid stays, its level rises (DESIGN section 10).
-        add_event(db.session(), login, event, issuer=settings.issuer, now=now)
-        cookie = None
-    else:
-        started = start_session(
-            db.session(),
-            resident,
-            event,
-            client_ip=request.remote_addr,
-            user_agent=request.headers.get("User-Agent"),
-            now=now,
-        )
-        cookie = started.cookie_value
-    record_event(
-        db.session(),
-        "signin",
-        result=SUCCESS,
-        resident_id=resident.id,
-        client_ip=request.remote_addr,
-        method=event.method.value,
-        acr=event.acr,
-        amr=list(event.amr),
-    )
+    cookie_value = open_or_step_up(resident, [passkey_event(passkey, settings.issuer, now)], now=now)
     db.session().commit()
-    response = _json({"redirect": target})
-    if cookie is not None:
-        locale, pending = session.get("locale"), session.get(PENDING_AUTHORIZATIONS)
-        session.clear()
-        if locale:
-            session["locale"] = locale
-        if pending:
-            session[PENDING_AUTHORIZATIONS] = pending
-        set_session_cookie(response, cookie)
+    response = _json({"redirect": safe_next(session.get("next")) or url_for("account.overview")})
+    carry_over_flow(response, cookie_value)
     return response
 
 

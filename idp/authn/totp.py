@@ -1,0 +1,314 @@
+"""TOTP (RFC 6238) enrolment and replay-proof verification, with lockouts on wrong codes."""
+
+from __future__ import annotations
+
+import datetime as dt
+import re
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import pyotp
+from cryptography.fernet import Fernet, InvalidToken
+from pyotp.exceptions import OTPVerificationError
+from sqlalchemy import or_, select, update
+from sqlalchemy.orm import Session
+
+from idp.audit import FAILURE, SUCCESS, record_event
+from idp.authn.lockout import (
+    TOTP_FAILURES_PER_IP,
+    TOTP_FAILURES_PER_RESIDENT,
+    LockedOutError,
+    RateLimiter,
+    judge_attempt,
+)
+from idp.models import RecoveryCode, Resident, TotpDevice
+
+TOTP_DIGITS = 6  # RFC 6238 §5.3 (the RFC 4226 truncation to 6 digits every authenticator app shows)
+TOTP_PERIOD = 30  # RFC 6238 §5.2: the recommended time step
+TOTP_WINDOW = 1  # RFC 6238 §5.2 and §6: accept one step either side for clock drift and typing time
+SECRET_BYTES = 20  # RFC 4226 §4: 160-bit shared secrets
+
+
+class TotpError(Exception):
+    """A code from the resident's authenticator (or a recovery code) was refused; `reason` names why for the audit."""
+
+    reason = "refused"
+
+
+class TotpCodeMalformedError(TotpError):
+    """Not a code at all: letters, or the wrong number of digits."""
+
+    reason = "malformed"
+
+
+class TotpCodeInvalidError(TotpError):
+    """Not the code of this authenticator at this time (or no confirmed authenticator to check it against)."""
+
+    reason = "wrong_code"
+
+
+class TotpCodeReusedError(TotpError):
+    """The code, or an earlier one, was already accepted: a replayed code (RFC 6238 §5.2)."""
+
+    reason = "replayed"
+
+
+class TotpAlreadyEnrolledError(Exception):
+    """The resident already has a confirmed authenticator; it is removed before another is set up."""
+
+
+@dataclass(frozen=True, slots=True)
+class Enrolment:
+    """An authenticator being set up: its secret as the resident types it, and the URI the QR code carries."""
+
+    device: TotpDevice
+    secret: str
+    provisioning_uri: str
+
+    @property
+    def grouped_secret(self) -> str:
+        """The Base32 secret in groups of four, easier to type into an app by hand."""
+        return " ".join(self.secret[i : i + 4] for i in range(0, len(self.secret), 4))
+
+
+def normalize_code(code: str) -> str:
+    """The six digits a resident meant: spaces and hyphens dropped (apps show "123 456").
+
+    Raises:
+        TotpCodeMalformedError: letters, or not six digits.
+    """
+    compact = re.sub(r"[\s\-]", "", code or "")
+    if not re.fullmatch(rf"[0-9]{{{TOTP_DIGITS}}}", compact):
+        raise TotpCodeMalformedError
+    return compact
+
+
+def _totp(secret: str) -> pyotp.TOTP:
+    return pyotp.TOTP(secret, digits=TOTP_DIGITS, interval=TOTP_PERIOD)
+
+
+def _secret(device: TotpDevice, cipher: Fernet) -> str:
+    return cipher.decrypt(device.secret_encrypted).decode()
+
+
+def find_device(db: Session, resident_id: uuid.UUID) -> TotpDevice | None:
+    """The resident's authenticator, confirmed or still being set up."""
+    return db.scalar(select(TotpDevice).where(TotpDevice.resident_id == resident_id))
+
+
+def has_totp(db: Session, resident_id: uuid.UUID) -> bool:
+    """Whether the resident has a confirmed authenticator (only then does TOTP sign them in)."""
+    confirmed = select(TotpDevice.id).where(TotpDevice.resident_id == resident_id, TotpDevice.confirmed_at.is_not(None))
+    return db.scalar(confirmed) is not None
+
+
+def begin_enrolment(
+    db: Session, resident: Resident, *, cipher: Fernet, issuer_name: str, now: dt.datetime
+) -> Enrolment:
+    """A fresh 160-bit secret for the resident, replacing any set-up that was never confirmed.
+
+    Raises:
+        TotpAlreadyEnrolledError: a confirmed authenticator exists.
+    """
+    device = find_device(db, resident.id)
+    if device is not None and device.is_confirmed:
+        raise TotpAlreadyEnrolledError
+    secret = pyotp.random_base32(length=SECRET_BYTES * 8 // 5)
+    if device is None:
+        device = TotpDevice(resident_id=resident.id, secret_encrypted=b"", created_at=now)
+        db.add(device)
+    device.secret_encrypted = cipher.encrypt(secret.encode())
+    device.created_at = now
+    device.last_used_step = None
+    db.flush()
+    record_event(db, "totp.enrolment_started", result=SUCCESS, resident_id=resident.id, now=now)
+    return pending_enrolment_of(device, resident, cipher=cipher, issuer_name=issuer_name)
+
+
+def pending_enrolment_of(device: TotpDevice, resident: Resident, *, cipher: Fernet, issuer_name: str) -> Enrolment:
+    """What the set-up page shows for an authenticator not yet confirmed."""
+    secret = _secret(device, cipher)
+    # The account name is what the app lists; a masked number says whose it is without showing it whole.
+    label = _account_label(resident)
+    return Enrolment(device, secret, _totp(secret).provisioning_uri(name=label, issuer_name=issuer_name))
+
+
+def _account_label(resident: Resident) -> str:
+    phone = resident.phone or ""
+    return f"{phone[:-4]}****" if len(phone) > 8 else (resident.name or "resident")
+
+
+def match_code(device: TotpDevice, code: str, *, cipher: Fernet, now: dt.datetime) -> int:
+    """The time step `code` belongs to at `now` (one step either side), checked without writing anything.
+
+    Raises:
+        TotpCodeMalformedError, TotpCodeInvalidError, TotpCodeReusedError (a step not after the last one used).
+    """
+    digits = normalize_code(code)
+    try:
+        secret = _secret(device, cipher)
+    except InvalidToken:
+        # IDP_DATA_KEY changed: the secret cannot be read, so no code can match it.
+        raise TotpCodeInvalidError from None
+    try:
+        step = _totp(secret).verify_and_get_timecode(digits, for_time=now, valid_window=TOTP_WINDOW)
+    except OTPVerificationError:
+        raise TotpCodeInvalidError from None
+    if device.last_used_step is not None and step <= device.last_used_step:
+        raise TotpCodeReusedError
+    return step
+
+
+def mark_step_used(db: Session, device: TotpDevice, step: int, *, now: dt.datetime) -> None:
+    """Record that a code for `step` was accepted: a compare-and-set, so of two processes given the same code
+    only one succeeds, and no code for that step or an earlier one is accepted again.
+
+    Raises:
+        TotpCodeReusedError: another request used this step (or a later one) first.
+    """
+    marked = db.execute(
+        update(TotpDevice)
+        .where(
+            TotpDevice.id == device.id,
+            or_(TotpDevice.last_used_step.is_(None), TotpDevice.last_used_step < step),
+        )
+        .values(last_used_step=step, last_used_at=now)
+        .execution_options(synchronize_session=False)
+    )
+    if marked.rowcount != 1:  # type: ignore[attr-defined]  # CursorResult of an UPDATE
+        raise TotpCodeReusedError
+    db.refresh(device)
+
+
+def verify_code(db: Session, device: TotpDevice, code: str, *, cipher: Fernet, now: dt.datetime) -> int:
+    """Check `code` and mark its time step used (replay-proof across processes); the step.
+
+    Raises:
+        TotpCodeMalformedError, TotpCodeInvalidError, TotpCodeReusedError.
+    """
+    step = match_code(device, code, cipher=cipher, now=now)
+    mark_step_used(db, device, step, now=now)
+    return step
+
+
+def confirm_enrolment(
+    db: Session, device: TotpDevice, code: str, *, cipher: Fernet, client_ip: str | None, now: dt.datetime
+) -> None:
+    """Count the authenticator once a code from it is right; the confirming code cannot sign in afterwards.
+
+    Raises:
+        TotpCodeMalformedError, TotpCodeInvalidError, TotpCodeReusedError.
+    """
+    try:
+        verify_code(db, device, code, cipher=cipher, now=now)
+    except TotpError as error:
+        _record_failure(db, "totp.enrolment_confirm", error, device.resident_id, client_ip, now)
+        raise
+    device.confirmed_at = now
+    db.flush()
+    record_event(db, "totp.enrolled", result=SUCCESS, resident_id=device.resident_id, client_ip=client_ip, now=now)
+
+
+def remove_totp(db: Session, resident_id: uuid.UUID, *, now: dt.datetime) -> bool:
+    """Remove the resident's authenticator and recovery codes; whether there was one."""
+    device = find_device(db, resident_id)
+    if device is None:
+        return False
+    db.delete(device)
+    for recovery_code in db.scalars(select(RecoveryCode).where(RecoveryCode.resident_id == resident_id)):
+        db.delete(recovery_code)
+    db.flush()
+    record_event(db, "totp.removed", result=SUCCESS, resident_id=resident_id, now=now)
+    return True
+
+
+Consume = Callable[[], None]
+
+
+def authenticate(
+    db: Session,
+    limiter: RateLimiter,
+    resident: Resident | None,
+    check: Callable[[TotpDevice], Consume],
+    *,
+    code: str,
+    subject: str,
+    client_ip: str,
+    now: dt.datetime,
+) -> TotpDevice:
+    """A sign-in step with the resident's authenticator: lockout → check → count → consume, audited; the device.
+
+    `check` judges `code` against the confirmed device without writing (raising a TotpError when it is wrong)
+    and returns what consumes it (marks the time step, burns the recovery code). Consuming comes last, after
+    the lockout counters are settled: with SQLite a request holding the write lock would make the counters,
+    kept on their own connection so they survive a rolled-back request, wait for it.
+
+    `resident` is None when the phone number typed names nobody: that fails exactly like a wrong code, so the
+    answer never says whether a number has an account. `subject` keys the per-resident lockout (the resident's
+    id, or the number typed when it names nobody).
+
+    Raises:
+        LockedOutError: too many wrong codes for this resident or this IP lately.
+        TotpError: the code was refused (malformed, wrong, reused).
+    """
+    resident_id = resident.id if resident is not None else None
+
+    def attempt() -> tuple[TotpDevice, Consume]:
+        device = find_device(db, resident_id) if resident_id is not None else None
+        if device is None or not device.is_confirmed:
+            # The same work as a real check, so neither the answer nor its time says whether there is an account.
+            _totp(pyotp.random_base32()).verify(re.sub(r"\D", "", code)[:TOTP_DIGITS], for_time=now)
+            raise TotpCodeInvalidError
+        return device, check(device)
+
+    subjects = [(TOTP_FAILURES_PER_RESIDENT, subject), (TOTP_FAILURES_PER_IP, client_ip)]
+    try:
+        device, consume = judge_attempt(limiter, subjects, attempt, failures=(TotpError,), now=now)
+        try:
+            consume()
+        except TotpError:
+            # Another process consumed the same code a moment earlier: a replay after all, and it counts.
+            db.rollback()
+            for backoff, key in subjects:
+                limiter.fail(backoff, key, now=now)
+            raise
+    except TotpError as error:
+        _record_failure(db, "totp.verify", error, resident_id, client_ip, now)
+        raise
+    except LockedOutError:
+        record_event(
+            db, "totp.verify", result=FAILURE, resident_id=resident_id, client_ip=client_ip, now=now, reason="locked"
+        )
+        raise
+    record_event(db, "totp.verify", result=SUCCESS, resident_id=resident_id, client_ip=client_ip, now=now)
+    return device
+
+
+def totp_check(db: Session, code: str, *, cipher: Fernet, now: dt.datetime) -> Callable[[TotpDevice], Consume]:
+    """The `check` for `authenticate` with a code from the app."""
+
+    def check(device: TotpDevice) -> Consume:
+        step = match_code(device, code, cipher=cipher, now=now)
+        return lambda: mark_step_used(db, device, step, now=now)
+
+    return check
+
+
+def _record_failure(
+    db: Session,
+    event: str,
+    error: TotpError,
+    resident_id: uuid.UUID | None,
+    client_ip: str | None,
+    now: dt.datetime,
+) -> None:
+    record_event(
+        db,
+        event,
+        result=FAILURE,
+        resident_id=resident_id,
+        client_ip=client_ip,
+        now=now,
+        reason=error.reason,
+    )

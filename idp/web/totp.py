@@ -1,0 +1,300 @@
+"""TOTP pages: sign-in with a phone number and code (/login/totp), the second factor after carrier verification,
+and set-up, recovery codes and removal on /account/totp."""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+import uuid
+from typing import Any
+
+import segno
+from flask import Blueprint, current_app, redirect, render_template, request, session, url_for
+from flask_babel import gettext as _
+from markupsafe import Markup
+from sqlalchemy import select
+from werkzeug.wrappers import Response as BaseResponse
+
+from idp import db
+from idp.audit import FAILURE, record_event
+from idp.authn.assurance import AuthEvent, Method
+from idp.authn.lockout import LockedOutError, RateLimiter
+from idp.authn.recovery import (
+    RecoveryCodeUsedError,
+    generate_recovery_codes,
+    recovery_check,
+    remaining_recovery_codes,
+)
+from idp.authn.totp import (
+    Enrolment,
+    TotpAlreadyEnrolledError,
+    TotpCodeReusedError,
+    TotpError,
+    authenticate,
+    begin_enrolment,
+    confirm_enrolment,
+    find_device,
+    pending_enrolment_of,
+    remove_totp,
+    totp_check,
+)
+from idp.models import LoginSession, Resident, TotpDevice
+from idp.settings import data_fernet, recovery_code_key
+from idp.web import page_settings, render_error
+from idp.web.cookies import current_login
+from idp.web.forms import ActionForm, TotpCodeForm, TotpSignInForm
+from idp.web.login import SECOND_FACTOR, carry_over_flow, open_or_step_up, safe_next
+
+bp = Blueprint("totp", __name__)
+
+
+def _wrong_code_message() -> str:
+    return str(_("The code is not right. Check the time on your phone and try the code your app shows now."))
+
+
+def _now() -> dt.datetime:
+    return dt.datetime.now(dt.UTC)
+
+
+def _client_ip() -> str:
+    return request.remote_addr or "0.0.0.0"  # noqa: S104  (an address to report, not to bind)
+
+
+def _limiter() -> RateLimiter:
+    limiter: RateLimiter = current_app.extensions["idp.limiter"]
+    return limiter
+
+
+def _issuer_name() -> str:
+    # What authenticator apps list the account under.
+    return str(_("Gyeonggi-do sign-in"))
+
+
+def _second_factor(now: dt.datetime) -> dict[str, Any] | None:
+    """A carrier sign-in waiting for this resident's code, while it is fresh."""
+    pending = session.get(SECOND_FACTOR)
+    if not isinstance(pending, dict):
+        return None
+    try:
+        live = dt.datetime.fromisoformat(pending["expires_at"]) > now
+    except (KeyError, TypeError, ValueError):
+        live = False
+    if not live:
+        session.pop(SECOND_FACTOR, None)
+        return None
+    return pending
+
+
+def _resident_by_phone(phone: str) -> Resident | None:
+    # A number may be stored on more than one resident (a line passed on); the one who set up TOTP is meant,
+    # the most recently verified first.
+    return db.session().scalar(
+        select(Resident)
+        .join(TotpDevice, TotpDevice.resident_id == Resident.id)
+        .where(Resident.phone == phone, TotpDevice.confirmed_at.is_not(None))
+        .order_by(Resident.verified_at.desc())
+        .limit(1)
+    )
+
+
+def _render_sign_in(form: TotpCodeForm, *, second: bool, status: int = 200, failure: str | None = None) -> Any:
+    return render_template("totp_login.html", form=form, second=second, failure=failure), status
+
+
+@bp.route("/login/totp", methods=["GET", "POST"])
+def sign_in() -> Any:
+    """Sign in with a code from the authenticator app (or a recovery code), or finish a carrier sign-in with it."""
+    now = _now()
+    pending = _second_factor(now)
+    form = TotpCodeForm() if pending else TotpSignInForm()
+    if request.method == "GET":
+        form.kind.data = "recovery" if request.args.get("kind") == "recovery" else "totp"
+        if not pending and request.args.get("phone"):
+            form.phone.data = request.args["phone"][:20]
+        return _render_sign_in(form, second=pending is not None)
+    if not form.validate():
+        # Not a code at all: nothing is checked or counted, but the attempt is on record.
+        record_event(db.session(), "totp.verify", result=FAILURE, client_ip=_client_ip(), reason="malformed")
+        db.session().commit()
+        return _render_sign_in(form, second=pending is not None, status=400)
+    if pending:
+        resident = db.session().get(Resident, uuid.UUID(pending["resident"]))
+        subject = pending["resident"]
+    else:
+        phone = form.phone_number()
+        resident = _resident_by_phone(phone)
+        subject = str(resident.id) if resident is not None else phone
+    recovery = form.kind.data == "recovery"
+    code = form.code.data or ""
+    settings = page_settings()
+
+    if recovery:
+        check = recovery_check(db.session(), code, key=recovery_code_key(settings), now=now)
+    else:
+        check = totp_check(db.session(), code, cipher=data_fernet(settings), now=now)
+    try:
+        authenticate(
+            db.session(), _limiter(), resident, check, code=code, subject=subject, client_ip=_client_ip(), now=now
+        )
+    except LockedOutError as error:
+        db.session().commit()
+        return render_error(
+            429, _("Too many wrong codes. Wait a while before you try again."), retry_after=error.retry_after
+        )
+    except TotpError as error:
+        db.session().commit()
+        return _render_sign_in(form, second=pending is not None, status=400, failure=_failure_message(error, pending))
+    assert resident is not None  # authenticate refuses every code when there is nobody to check it against
+    if resident.is_locked:
+        db.session().commit()
+        return render_error(403, _("This account is locked. Contact the help desk to unlock it."))
+    event = AuthEvent.of(Method.RECOVERY_CODE if recovery else Method.TOTP, issuer=settings.issuer, at=now)
+    events = [AuthEvent.from_json(pending["event"]), event] if pending else [event]
+    session.pop(SECOND_FACTOR, None)
+    cookie_value = open_or_step_up(resident, events, now=now)
+    db.session().commit()
+    target = safe_next(session.get("next"))
+    if recovery and not target:
+        # A recovery code was used up: the account page says how many are left and how to set up a new app.
+        target = url_for("totp.manage")
+    response = redirect(target or url_for("account.overview"), 303)
+    carry_over_flow(response, cookie_value)
+    return response
+
+
+def _failure_message(error: TotpError, pending: dict[str, Any] | None) -> str:
+    if isinstance(error, TotpCodeReusedError):
+        # Only someone who saw a right code can get here, so this says nothing about who has an account.
+        return str(_("This code was already used. Wait for the next code in your app."))
+    if isinstance(error, RecoveryCodeUsedError):
+        return str(_("This recovery code was already used. Each recovery code works once."))
+    if pending:
+        return _wrong_code_message()
+    # The same sentence whether the number is unknown, has no authenticator, or the code is wrong.
+    return str(_("The phone number or the code is not right."))
+
+
+# -- /account/totp -----------------------------------------------------------------------------------------------
+
+
+def _qr_svg(enrolment: Enrolment) -> Markup:
+    # Rendered here as SVG: the secret never leaves the server for a QR service, and no script draws it.
+    qr = segno.make(enrolment.provisioning_uri, error="m")
+    svg = qr.svg_inline(scale=5, border=4, title=_("QR code for your authenticator app"), svgclass="qr")
+    return Markup(svg)  # noqa: S704  (segno's own SVG markup; the URI inside it is encoded as modules)
+
+
+def _render_manage(
+    device: TotpDevice | None, resident: Resident, *, status: int = 200, form: TotpCodeForm | None = None
+) -> Any:
+    enrolment = None
+    if device is not None and not device.is_confirmed:
+        enrolment = pending_enrolment_of(
+            device, resident, cipher=data_fernet(page_settings()), issuer_name=_issuer_name()
+        )
+    return (
+        render_template(
+            "totp.html",
+            device=device,
+            enrolment=enrolment,
+            qr=_qr_svg(enrolment) if enrolment else None,
+            remaining=remaining_recovery_codes(db.session(), resident.id) if device and device.is_confirmed else 0,
+            form=form or TotpCodeForm(),
+            action_form=ActionForm(),
+        ),
+        status,
+    )
+
+
+@bp.get("/account/totp")
+def manage() -> Any:
+    login = current_login()
+    if login is None:
+        return redirect(url_for("web.login", next=request.path), 303)
+    device = find_device(db.session(), login.resident_id)
+    response = _render_manage(device, login.resident)
+    db.session().commit()
+    return response
+
+
+def _signed_in_form_post() -> LoginSession | BaseResponse:
+    """The signed-in resident's session for a form post on /account/totp, or the answer to give instead."""
+    if not ActionForm().validate():
+        return render_error(400, _("This form has expired. Please try again."))
+    login = current_login()
+    if login is None:
+        return redirect(url_for("web.login"), 303)
+    return login
+
+
+@bp.post("/account/totp/setup")
+def setup() -> Any:
+    login = _signed_in_form_post()
+    if isinstance(login, BaseResponse):
+        return login
+    # Already confirmed (a second tab): the page shows the authenticator that counts.
+    with contextlib.suppress(TotpAlreadyEnrolledError):
+        begin_enrolment(
+            db.session(), login.resident, cipher=data_fernet(page_settings()), issuer_name=_issuer_name(), now=_now()
+        )
+    db.session().commit()
+    return redirect(url_for("totp.manage"), 303)
+
+
+@bp.post("/account/totp/confirm")
+def confirm() -> Any:
+    login = current_login()
+    if login is None:
+        return redirect(url_for("web.login"), 303)
+    device = find_device(db.session(), login.resident_id)
+    if device is None or device.is_confirmed:
+        return redirect(url_for("totp.manage"), 303)
+    form = TotpCodeForm()
+    form.kind.data = "totp"
+    if not form.validate():
+        return _render_manage(device, login.resident, status=400, form=form)
+    now = _now()
+    try:
+        confirm_enrolment(
+            db.session(),
+            device,
+            form.code.data or "",
+            cipher=data_fernet(page_settings()),
+            client_ip=_client_ip(),
+            now=now,
+        )
+    except TotpError:
+        db.session().commit()
+        form.code.errors = [_wrong_code_message()]
+        return _render_manage(device, login.resident, status=400, form=form)
+    codes = generate_recovery_codes(db.session(), login.resident_id, key=recovery_code_key(page_settings()), now=now)
+    db.session().commit()
+    return _show_recovery_codes(codes, first=True)
+
+
+@bp.post("/account/totp/recovery-codes")
+def new_recovery_codes() -> Any:
+    login = _signed_in_form_post()
+    if isinstance(login, BaseResponse):
+        return login
+    device = find_device(db.session(), login.resident_id)
+    if device is None or not device.is_confirmed:
+        return redirect(url_for("totp.manage"), 303)
+    codes = generate_recovery_codes(db.session(), login.resident_id, key=recovery_code_key(page_settings()), now=_now())
+    db.session().commit()
+    return _show_recovery_codes(codes, first=False)
+
+
+def _show_recovery_codes(codes: list[str], *, first: bool) -> Any:
+    # Shown in the answer to the POST, once: only their digests are stored, so no later page can show them.
+    return render_template("recovery_codes.html", codes=codes, first=first), 200
+
+
+@bp.post("/account/totp/remove")
+def remove() -> Any:
+    login = _signed_in_form_post()
+    if isinstance(login, BaseResponse):
+        return login
+    remove_totp(db.session(), login.resident_id, now=_now())
+    db.session().commit()
+    return redirect(url_for("totp.manage"), 303)
