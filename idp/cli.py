@@ -348,7 +348,7 @@ def main(argv: Sequence[str] | None = None) -> NoReturn:
 
 @cli.group()
 def residents() -> None:
-    """Resident accounts: list, show, lock, unlock, delete."""
+    """Resident accounts: list, show, lock, unlock, remove-totp, delete."""
 
 
 @contextmanager
@@ -468,6 +468,23 @@ def residents_unlock(reference: str, as_json: bool) -> None:
         unlock_resident(db, resident)
         data = _resident_json(resident, full=False)
     _echo_json(data) if as_json else click.echo(f"{data['id']}: unlocked")
+
+
+@residents.command("remove-totp")
+@click.argument("reference")
+@json_option
+def residents_remove_totp(reference: str, as_json: bool) -> None:
+    """Remove a resident's authenticator app and recovery codes (they lost both; after an identity check)."""
+    from idp.authn.totp import remove_totp
+
+    with _database() as db:
+        resident = _find(db, reference)
+        removed = remove_totp(db, resident.id, now=dt.datetime.now(dt.UTC))
+        data = {"id": str(resident.id), "totp_removed": removed}
+    if as_json:
+        _echo_json(data)
+    else:
+        click.echo(f"{data['id']}: {'authenticator app removed' if removed else 'no authenticator app'}")
 
 
 @residents.command("delete")
