@@ -207,3 +207,20 @@ def test_another_residents_authenticator_signs_in_as_that_resident(
         first.goto(f"{idp.base}/login")
         expect(first.get_by_role("heading", name="내 계정")).to_be_visible()
     expect(first.locator("dl.facts")).to_contain_text("이수원")
+
+
+def test_passkey_button_signs_in_while_autofill_is_waiting(page: Page, idp: IdpServer, sandbox: SandboxAgency) -> None:
+    authenticator = add_authenticator(page)
+    carrier_sign_in(page, idp.base, sandbox, KIM)
+    register_passkey(page, idp.base, authenticator)
+    sign_out(page, idp.base)
+    # The autofill request starts as the page loads and waits for the resident, who presses the button instead.
+    with page.expect_request(lambda request: request.url.endswith("/login/passkey/options")):
+        page.goto(f"{idp.base}/login")
+    button = page.get_by_role("button", name="패스키로 로그인")
+    expect(button).to_be_visible()
+    # The button's own request (a second challenge) is the one that signs in, not the autofill one.
+    with authenticator.touched():
+        with page.expect_request(lambda request: request.url.endswith("/login/passkey/options")):
+            button.click()
+        expect(page.get_by_role("heading", name="내 계정")).to_be_visible()

@@ -76,6 +76,20 @@
     });
   }
 
+  function buttonSignIn(attempt) {
+    var started = Date.now();
+    return signIn(null, null).catch(function (error) {
+      // Chromium ends an aborted autofill request a moment after its promise rejects, and refuses a request
+      // started in that moment at once ("already pending"). Nobody dismisses the passkey sheet that fast: retry.
+      if (error && error.name === "NotAllowedError" && Date.now() - started < 600 && attempt < 3) {
+        return new Promise(function (resolve) { setTimeout(resolve, 250); }).then(function () {
+          return buttonSignIn(attempt + 1);
+        });
+      }
+      throw error;
+    });
+  }
+
   var autofill = null;
   var autofillDone = Promise.resolve();
   var pressed = false;
@@ -87,7 +101,7 @@
       pressed = true;
       if (autofill) { autofill.abort(); autofill = null; }
       // The browser allows one request at a time: start only once the aborted autofill request has ended.
-      autofillDone.then(function () { return signIn(null, null); }).catch(function (error) {
+      autofillDone.then(function () { return buttonSignIn(0); }).catch(function (error) {
         if (error && error.name !== "NotAllowedError" && error.name !== "AbortError") {
           announce(button.getAttribute("data-failed"));
         }
