@@ -433,8 +433,12 @@ def residents_list(limit: int, locked: bool, as_json: bool) -> None:
 @json_option
 def residents_show(reference: str, as_json: bool) -> None:
     """Show one resident by id or phone number."""
+    from idp.authn.totp import has_totp
+
     with _database() as db:
-        data = _resident_json(_find(db, reference), full=True)
+        resident = _find(db, reference)
+        data = _resident_json(resident, full=True)
+        data["totp"] = has_totp(db, resident.id)
     if as_json:
         _echo_json(data)
     else:
@@ -479,7 +483,7 @@ def residents_remove_totp(reference: str, as_json: bool) -> None:
 
     with _database() as db:
         resident = _find(db, reference)
-        removed = remove_totp(db, resident.id, now=dt.datetime.now(dt.UTC))
+        removed = remove_totp(db, resident.id, actor="admin", now=dt.datetime.now(dt.UTC))
         data = {"id": str(resident.id), "totp_removed": removed}
     if as_json:
         _echo_json(data)

@@ -47,13 +47,15 @@ def _digest(code: str, key: bytes) -> bytes:
     return hmac.new(key, code.encode(), hashlib.sha256).digest()
 
 
-def generate_recovery_codes(db: Session, resident_id: uuid.UUID, *, key: bytes, now: dt.datetime) -> list[str]:
+def generate_recovery_codes(
+    db: Session, resident_id: uuid.UUID, *, key: bytes, client_ip: str | None = None, now: dt.datetime
+) -> list[str]:
     """Ten new codes for the resident, replacing every earlier one; the plain codes exist only in the answer."""
     db.execute(delete(RecoveryCode).where(RecoveryCode.resident_id == resident_id))
     codes = ["".join(secrets.choice(ALPHABET) for _ in range(CODE_LENGTH)) for _ in range(RECOVERY_CODE_COUNT)]
     db.add_all(RecoveryCode(resident_id=resident_id, digest=_digest(code, key), created_at=now) for code in codes)
     db.flush()
-    record_event(db, "recovery_codes.generated", result=SUCCESS, resident_id=resident_id, now=now)
+    record_event(db, "recovery_codes.generated", result=SUCCESS, resident_id=resident_id, client_ip=client_ip, now=now)
     return [format_recovery_code(code) for code in codes]
 
 

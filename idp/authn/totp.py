@@ -210,8 +210,12 @@ def confirm_enrolment(
     record_event(db, "totp.enrolled", result=SUCCESS, resident_id=device.resident_id, client_ip=client_ip, now=now)
 
 
-def remove_totp(db: Session, resident_id: uuid.UUID, *, now: dt.datetime) -> bool:
-    """Remove the resident's authenticator and recovery codes; whether there was one."""
+def remove_totp(
+    db: Session, resident_id: uuid.UUID, *, now: dt.datetime, actor: str = "resident", client_ip: str | None = None
+) -> bool:
+    """Remove the resident's authenticator and recovery codes; whether there was one.
+
+    `actor` says who did it for the audit log: "resident", or "admin" from the command line."""
     device = find_device(db, resident_id)
     if device is None:
         return False
@@ -219,7 +223,7 @@ def remove_totp(db: Session, resident_id: uuid.UUID, *, now: dt.datetime) -> boo
     for recovery_code in db.scalars(select(RecoveryCode).where(RecoveryCode.resident_id == resident_id)):
         db.delete(recovery_code)
     db.flush()
-    record_event(db, "totp.removed", result=SUCCESS, resident_id=resident_id, now=now)
+    record_event(db, "totp.removed", result=SUCCESS, resident_id=resident_id, client_ip=client_ip, now=now, actor=actor)
     return True
 
 

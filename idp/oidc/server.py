@@ -14,7 +14,7 @@ from authlib.oauth2.rfc6749.errors import InvalidClientError, UnsupportedTokenTy
 from authlib.oauth2.rfc7523 import JWTBearerClientAssertion
 from joserfc.errors import JoseError
 from joserfc.jwk import KeySet
-from sqlalchemy import select
+from sqlalchemy import and_, select
 from sqlalchemy.exc import IntegrityError
 
 from idp import db
@@ -186,12 +186,18 @@ class IdpAuthorizationServer(AuthorizationServer):
         if sid is None:
             return
         session = db.session()
-        login = session.scalar(select(LoginSession).where(LoginSession.sid == sid))
-        if login is None:
+        # One statement on the token endpoint's path: the session, and whether the client is already recorded.
+        found = session.execute(
+            select(LoginSession.id, SessionClient.id)
+            .outerjoin(
+                SessionClient,
+                and_(SessionClient.session_id == LoginSession.id, SessionClient.client_id == client.id),
+            )
+            .where(LoginSession.sid == sid)
+        ).first()
+        if found is None:
             return
-        exists = session.scalar(
-            select(SessionClient.id).where(SessionClient.session_id == login.id, SessionClient.client_id == client.id)
-        )
+        login_id, exists = found
         if exists is None:
             from idp.oidc.tokens import subject_for
 
@@ -200,7 +206,7 @@ class IdpAuthorizationServer(AuthorizationServer):
                 with session.begin_nested():
                     session.add(
                         SessionClient(
-                            session_id=login.id,
+                            session_id=login_id,
                             client_id=client.id,
                             sub=subject_for(client, resident.id, self.settings),
                         )

@@ -203,18 +203,24 @@ def consume_code(db: Session, code: str, client_id: str, *, now: dt.datetime) ->
     """
     if not code or len(code) > 256:
         return None
-    record = db.get(AuthorizationCode, digest(code))
-    if record is None or record.client_id != client_id:
-        return None
-    consumed = db.execute(
+    key = digest(code)
+    # The compare-and-set returns the row it consumed: one statement on the token endpoint's path.
+    record = db.scalars(
         update(AuthorizationCode)
-        .where(AuthorizationCode.digest == record.digest, AuthorizationCode.consumed_at.is_(None))
+        .where(
+            AuthorizationCode.digest == key,
+            AuthorizationCode.client_id == client_id,
+            AuthorizationCode.consumed_at.is_(None),
+        )
         .values(consumed_at=now)
+        .returning(AuthorizationCode)
         .execution_options(synchronize_session=False)
-    )
-    if consumed.rowcount != 1:  # type: ignore[attr-defined]  # CursorResult of an UPDATE
-        # RFC 6749 §4.1.2 and RFC 9700 §4.5: a code used twice may be stolen; revoke what it issued.
-        revoke_grant(db, record.grant_id, now=now)
+    ).first()
+    if record is None:
+        used = db.get(AuthorizationCode, key)
+        if used is not None and used.client_id == client_id and used.consumed_at is not None:
+            # RFC 6749 §4.1.2 and RFC 9700 §4.5: a code used twice may be stolen; revoke what it issued.
+            revoke_grant(db, used.grant_id, now=now)
         return None
     if record.expires_at <= now:
         return None

@@ -196,7 +196,15 @@ def authorize() -> BaseResponse | tuple[str, int]:
 
     client = grant.request.client.model
     prompt = set(params.get("prompt", "").split())
-    wanted_acr = best_acceptable(_requested_acr(params, client.default_acr), server.settings.issuer)
+    requested_acr = _requested_acr(params, client.default_acr)
+    wanted_acr = best_acceptable(requested_acr, server.settings.issuer)
+    if requested_acr and not wanted_acr and _essential_acr(params):
+        # An essential acr of only levels this provider does not know can never be met (OIDC Core §5.5.1.1).
+        _forget_pending(params)
+        return _redirect_back(
+            params,
+            _protocol_error("unmet_authentication_requirements", grant.redirect_uri, "Unknown acr requested."),
+        )
     max_age = int(params["max_age"]) if params.get("max_age") else None
     now = _now()
     # The level the session vouches for is the best reached within max_age (DESIGN section 10).
@@ -259,6 +267,9 @@ def authorize() -> BaseResponse | tuple[str, int]:
             return _redirect_back(params, _protocol_error("login_required", grant.redirect_uri))
         _remember_pending(params)
         query = {"next": url_for("oidc.authorize") + "?" + urlencode(params)}
+        if login is not None:
+            # The sign-in page says why a signed-in resident is asked again (a stronger method, or afresh).
+            query["reason"] = reason.value
         for name in ("ui_locales", "login_hint"):
             if params.get(name):
                 query[name] = params[name]

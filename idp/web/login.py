@@ -129,7 +129,12 @@ def login() -> str | BaseResponse:
         phone = normalize_phone(hint) if hint else ""
     except ValueError:
         phone = ""
-    return render_template("login.html", phone=phone)
+    reasons = {
+        "acr_too_low": _("The service asks for a stronger sign-in. Sign in with your passkey."),
+        "prompt_login": _("The service asks you to sign in again."),
+        "max_age": _("The service asks you to sign in again."),
+    }
+    return render_template("login.html", phone=phone, reason=reasons.get(request.args.get("reason", "")))
 
 
 @bp.route("/login/carrier", methods=["GET", "POST"])

@@ -47,6 +47,12 @@ from idp.web.login import SECOND_FACTOR, carry_over_flow, open_or_step_up, safe_
 
 bp = Blueprint("totp", __name__)
 
+# Setting up, removing the app and new recovery codes need a sign-in this recent (the resident signs in again).
+RECENT_SIGN_IN = dt.timedelta(minutes=15)
+
+# What a view answers: a page (with its status) or a redirect.
+Answer = BaseResponse | tuple[str, int]
+
 
 def _wrong_code_message() -> str:
     return str(_("The code is not right. Check the time on your phone and try the code your app shows now."))
@@ -97,12 +103,14 @@ def _resident_by_phone(phone: str) -> Resident | None:
     )
 
 
-def _render_sign_in(form: TotpCodeForm, *, second: bool, status: int = 200, failure: str | None = None) -> Any:
+def _render_sign_in(
+    form: TotpCodeForm, *, second: bool, status: int = 200, failure: str | None = None
+) -> tuple[str, int]:
     return render_template("totp_login.html", form=form, second=second, failure=failure), status
 
 
 @bp.route("/login/totp", methods=["GET", "POST"])
-def sign_in() -> Any:
+def sign_in() -> Answer:
     """Sign in with a code from the authenticator app (or a recovery code), or finish a carrier sign-in with it."""
     now = _now()
     pending = _second_factor(now)
@@ -185,8 +193,9 @@ def _qr_svg(enrolment: Enrolment) -> Markup:
 
 
 def _render_manage(
-    device: TotpDevice | None, resident: Resident, *, status: int = 200, form: TotpCodeForm | None = None
-) -> Any:
+    device: TotpDevice | None, login: LoginSession, *, status: int = 200, form: TotpCodeForm | None = None
+) -> tuple[str, int]:
+    resident = login.resident
     enrolment = None
     if device is not None and not device.is_confirmed:
         enrolment = pending_enrolment_of(
@@ -199,6 +208,7 @@ def _render_manage(
             enrolment=enrolment,
             qr=_qr_svg(enrolment) if enrolment else None,
             remaining=remaining_recovery_codes(db.session(), resident.id) if device and device.is_confirmed else 0,
+            sign_in_again=not _recently_signed_in(login),
             form=form or TotpCodeForm(),
             action_form=ActionForm(),
         ),
@@ -207,28 +217,37 @@ def _render_manage(
 
 
 @bp.get("/account/totp")
-def manage() -> Any:
+def manage() -> Answer:
     login = current_login()
     if login is None:
         return redirect(url_for("web.login", next=request.path), 303)
     device = find_device(db.session(), login.resident_id)
-    response = _render_manage(device, login.resident)
+    response = _render_manage(device, login)
     db.session().commit()
     return response
 
 
+def _recently_signed_in(login: LoginSession) -> bool:
+    return _now() - login.auth_time <= RECENT_SIGN_IN
+
+
 def _signed_in_form_post() -> LoginSession | BaseResponse:
-    """The signed-in resident's session for a form post on /account/totp, or the answer to give instead."""
+    """The signed-in resident's session for a change on /account/totp, or the answer to give instead.
+
+    The change needs a recent sign-in: a session left open on a lost phone must not be able to turn off the
+    second factor or take the recovery codes."""
     if not ActionForm().validate():
         return render_error(400, _("This form has expired. Please try again."))
     login = current_login()
     if login is None:
         return redirect(url_for("web.login"), 303)
+    if not _recently_signed_in(login):
+        return redirect(url_for("web.login", next=url_for("totp.manage")), 303)
     return login
 
 
 @bp.post("/account/totp/setup")
-def setup() -> Any:
+def setup() -> Answer:
     login = _signed_in_form_post()
     if isinstance(login, BaseResponse):
         return login
@@ -242,7 +261,7 @@ def setup() -> Any:
 
 
 @bp.post("/account/totp/confirm")
-def confirm() -> Any:
+def confirm() -> Answer:
     login = current_login()
     if login is None:
         return redirect(url_for("web.login"), 303)
@@ -252,7 +271,7 @@ def confirm() -> Any:
     form = TotpCodeForm()
     form.kind.data = "totp"
     if not form.validate():
-        return _render_manage(device, login.resident, status=400, form=form)
+        return _render_manage(device, login, status=400, form=form)
     now = _now()
     try:
         confirm_enrolment(
@@ -266,35 +285,39 @@ def confirm() -> Any:
     except TotpError:
         db.session().commit()
         form.code.errors = [_wrong_code_message()]
-        return _render_manage(device, login.resident, status=400, form=form)
-    codes = generate_recovery_codes(db.session(), login.resident_id, key=recovery_code_key(page_settings()), now=now)
+        return _render_manage(device, login, status=400, form=form)
+    codes = generate_recovery_codes(
+        db.session(), login.resident_id, key=recovery_code_key(page_settings()), client_ip=_client_ip(), now=now
+    )
     db.session().commit()
     return _show_recovery_codes(codes, first=True)
 
 
 @bp.post("/account/totp/recovery-codes")
-def new_recovery_codes() -> Any:
+def new_recovery_codes() -> Answer:
     login = _signed_in_form_post()
     if isinstance(login, BaseResponse):
         return login
     device = find_device(db.session(), login.resident_id)
     if device is None or not device.is_confirmed:
         return redirect(url_for("totp.manage"), 303)
-    codes = generate_recovery_codes(db.session(), login.resident_id, key=recovery_code_key(page_settings()), now=_now())
+    codes = generate_recovery_codes(
+        db.session(), login.resident_id, key=recovery_code_key(page_settings()), client_ip=_client_ip(), now=_now()
+    )
     db.session().commit()
     return _show_recovery_codes(codes, first=False)
 
 
-def _show_recovery_codes(codes: list[str], *, first: bool) -> Any:
+def _show_recovery_codes(codes: list[str], *, first: bool) -> tuple[str, int]:
     # Shown in the answer to the POST, once: only their digests are stored, so no later page can show them.
     return render_template("recovery_codes.html", codes=codes, first=first), 200
 
 
 @bp.post("/account/totp/remove")
-def remove() -> Any:
+def remove() -> Answer:
     login = _signed_in_form_post()
     if isinstance(login, BaseResponse):
         return login
-    remove_totp(db.session(), login.resident_id, now=_now())
+    remove_totp(db.session(), login.resident_id, actor="resident", client_ip=_client_ip(), now=_now())
     db.session().commit()
     return redirect(url_for("totp.manage"), 303)

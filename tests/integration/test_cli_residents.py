@@ -39,7 +39,7 @@ YOON_MVNO = {**YOON_SKT, "carrier": "LGU_MVNO", "phone": "+82 10 0000 0010"}
 E164 = {"김경기": "+821000000001", "이수원": "+821000000002", "박용인": "+821000000003"}
 
 LIST_FIELDS = {"id", "name", "phone", "carrier", "created_at", "verified_at", "locked"}
-SHOW_FIELDS = LIST_FIELDS | {"birthdate", "verified_by", "locked_at"}
+SHOW_FIELDS = LIST_FIELDS | {"birthdate", "verified_by", "locked_at", "totp"}
 CSRF = re.compile(r'name="csrf_token" value="([^"]+)"')
 MASKED_PHONE = re.compile(r"\+82|\*\*|010-?\d{4}")
 
@@ -250,6 +250,7 @@ def test_show_finds_the_resident_by_id_or_phone_number_in_any_form(
         "birthdate": "1985-03-14",
         "verified_by": "sandbox",
         "locked_at": None,
+        "totp": False,
     }
     assert moment(shown["created_at"]) == kim.created_at
     assert moment(shown["verified_at"]) == kim.verified_at
@@ -265,6 +266,7 @@ def test_show_finds_the_resident_by_id_or_phone_number_in_any_form(
         "birthdate: 1985-03-14",
         "verified_by: sandbox",
         "locked_at: -",
+        "totp: False",
     ]
 
 

@@ -220,7 +220,8 @@ def test_prompt_login_signs_in_again_and_moves_auth_time(app: Flask, sandbox: Sa
     asked = browser.get("/authorize?" + urlencode(query))
     assert asked.headers["Location"].startswith("/login?")
     login_page = asked.headers["Location"]
-    browser.get(login_page)
+    # The resident, already signed in, reads why they are asked again.
+    assert "다시 로그인하도록 요청했습니다" in browser.get(login_page).get_data(as_text=True)
     time.sleep(1)  # auth_time has one-second resolution
     sign_in(browser, sandbox)
     # The same request, after the new sign-in, goes through (no loop back to /login).
@@ -302,6 +303,30 @@ def test_essential_acr_that_cannot_be_reached_fails(app: Flask, sandbox: Sandbox
         "code_challenge_method": "S256",
     }
     # Carrier verification, the only method this resident has, reaches aal1: no sign-in can help.
+    failed = browser.get("/authorize?" + urlencode(query))
+    assert failed.status_code == 302
+    location = parse_qs(urlsplit(failed.headers["Location"]).query)
+    assert location["error"] == ["unmet_authentication_requirements"]
+    assert location["state"] == ["s"]
+
+
+@pytest.mark.parametrize("signed_in", [True, False], ids=["signed-in", "signed-out"])
+def test_essential_acr_of_only_unknown_levels_fails(app: Flask, sandbox: SandboxAgency, signed_in: bool) -> None:
+    created = register(app)
+    browser = app.test_client()
+    if signed_in:
+        sign_in(browser, sandbox)
+    query = {
+        "response_type": "code",
+        "client_id": created.client.id,
+        "redirect_uri": REDIRECT,
+        "scope": "openid",
+        "state": "s",
+        "claims": '{"id_token": {"acr": {"essential": true, "values": ["urn:example:loa:4"]}}}',
+        "code_challenge": pkce()[1],
+        "code_challenge_method": "S256",
+    }
+    # No level this provider knows was asked for, so no sign-in could ever meet it (OIDC Core §5.5.1.1).
     failed = browser.get("/authorize?" + urlencode(query))
     assert failed.status_code == 302
     location = parse_qs(urlsplit(failed.headers["Location"]).query)
