@@ -102,8 +102,12 @@ def assurance_within(
     recent = [e for e in events if max_age is None or (now - e.at).total_seconds() <= max_age] or list(events[-1:])
     if not recent:
         return aal1(issuer), []
-    amr = sorted({value for event in recent for value in event.amr})
-    return best_acr([event.acr for event in recent], issuer), amr
+    return best_acr([event.acr for event in recent], issuer), merge_amr(*(event.amr for event in recent))
+
+
+def merge_amr(*amrs: Sequence[str]) -> list[str]:
+    """Every amr value once, in the order the authentications happened (`sms mca` then `otp`)."""
+    return list(dict.fromkeys(value for amr in amrs for value in amr))
 
 
 class LoginReason(enum.StrEnum):
@@ -113,6 +117,7 @@ class LoginReason(enum.StrEnum):
     PROMPT_LOGIN = "prompt_login"
     MAX_AGE = "max_age"
     ACR_TOO_LOW = "acr_too_low"
+    CARRIER_VERIFICATION = "carrier_verification"  # the service asked for the CI, which only the carrier gives
 
 
 def acr_satisfies(reached: str, wanted: str, issuer: str) -> bool:

@@ -45,6 +45,9 @@ class Backoff:
     base: dt.timedelta
     cap: dt.timedelta
     memory: dt.timedelta = dt.timedelta(days=1)
+    # False for subjects shared by many people (an IP address): one success there says nothing about the
+    # failures of others, and forgiving them would let a guesser reset the count with an account of their own.
+    forgiven_by_success: bool = True
 
     def delay(self, failures: int) -> dt.timedelta:
         """How long the subject is locked after its `failures`-th consecutive failure."""
@@ -58,9 +61,17 @@ class Backoff:
 
 # TOTP codes have 10^6 values and three are valid at a time (RFC 6238 with one step either side): 5 free tries,
 # then 30 s, 1 min, 2 min … up to an hour keep a guesser under ~30 tries a day per account. The per-IP lock is
-# looser because many phones share an address behind carrier-grade NAT.
+# looser because many phones share an address behind carrier-grade NAT; a success there does not forgive it (it
+# would let a guesser reset the count with their own account), so its failures are forgotten after an hour.
 TOTP_FAILURES_PER_RESIDENT = Backoff("totp-resident", 5, dt.timedelta(seconds=30), dt.timedelta(hours=1))
-TOTP_FAILURES_PER_IP = Backoff("totp-ip", 20, dt.timedelta(seconds=30), dt.timedelta(hours=1))
+TOTP_FAILURES_PER_IP = Backoff(
+    "totp-ip",
+    20,
+    dt.timedelta(seconds=30),
+    dt.timedelta(hours=1),
+    memory=dt.timedelta(hours=1),
+    forgiven_by_success=False,
+)
 
 
 class LockedOutError(Exception):
@@ -111,7 +122,7 @@ def judge_attempt(
     now: dt.datetime,
 ) -> T:
     """Lockout → verify → count: refuse while any subject is locked, count a failure against every subject,
-    forget them all at a success.
+    forget those a success forgives (`Backoff.forgiven_by_success`) at a success.
 
     Raises:
         LockedOutError: a subject is locked; `attempt` was not called.
@@ -128,7 +139,8 @@ def judge_attempt(
             limiter.fail(backoff, subject, now=now)
         raise
     for backoff, subject in subjects:
-        limiter.reset(backoff, subject)
+        if backoff.forgiven_by_success:
+            limiter.reset(backoff, subject)
     return result
 
 

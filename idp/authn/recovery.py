@@ -8,13 +8,12 @@ import hmac
 import re
 import secrets
 import uuid
-from collections.abc import Callable
 
 from sqlalchemy import delete, func, select, update
 from sqlalchemy.orm import Session
 
 from idp.audit import SUCCESS, record_event
-from idp.authn.totp import Consume, TotpError
+from idp.authn.totp import Check, Consume, TotpError
 from idp.models import RecoveryCode, TotpDevice
 
 RECOVERY_CODE_COUNT = 10  # issue #6: ten codes, shown once
@@ -102,10 +101,14 @@ def burn_recovery_code(db: Session, code_id: int, *, now: dt.datetime) -> None:
     record_event(db, "recovery_code.used", result=SUCCESS, resident_id=burned.resident_id, now=now)
 
 
-def recovery_check(db: Session, code: str, *, key: bytes, now: dt.datetime) -> Callable[[TotpDevice], Consume]:
+def recovery_check(db: Session, code: str, *, key: bytes, now: dt.datetime) -> Check:
     """The `check` for `totp.authenticate` with a recovery code instead of a code from the app."""
 
-    def check(device: TotpDevice) -> Consume:
+    def check(device: TotpDevice | None) -> Consume:
+        if device is None:
+            # A digest of the same cost as a real look-up, then the refusal a wrong code gets.
+            _digest(normalize_recovery_code(code) or "", key)
+            raise RecoveryCodeInvalidError
         code_id = find_recovery_code(db, device.resident_id, code, key=key)
         return lambda: burn_recovery_code(db, code_id, now=now)
 

@@ -11,7 +11,8 @@ from dataclasses import dataclass
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
-from idp.authn.assurance import PHR, PHRH, AuthEvent, assurance_within, best_acr
+from idp.audit import SUCCESS, record_event
+from idp.authn.assurance import PHR, PHRH, AuthEvent, assurance_within, best_acr, merge_amr
 from idp.models import LoginSession, Resident
 
 # DESIGN section 10: sessions at phr or above end after 24 h, or 1 h idle; lower ones after 30 days.
@@ -98,7 +99,7 @@ def load_session(db: Session, cookie_value: str, *, now: dt.datetime) -> LoginSe
 def add_event(db: Session, session: LoginSession, event: AuthEvent, *, issuer: str, now: dt.datetime) -> None:
     """Record a further authentication (step-up) in the session: amr grows, acr is the best reached."""
     session.events = [*session.events, event.to_json()]
-    session.amr = sorted(set(session.amr) | set(event.amr))
+    session.amr = merge_amr(session.amr, event.amr)
     session.acr = best_acr([session.acr, event.acr], issuer)
     session.auth_time = event.at
     session.expires_at = min(session.expires_at, now + absolute_lifetime(session.acr))
@@ -114,6 +115,45 @@ def session_assurance(
         return session.acr, list(session.amr)
     events = [AuthEvent.from_json(event) for event in session.events]
     return assurance_within(events, max_age=max_age, issuer=issuer, now=now)
+
+
+def sign_in_resident(
+    db: Session,
+    resident: Resident,
+    events: list[AuthEvent],
+    *,
+    current: LoginSession | None,
+    client_ip: str | None,
+    user_agent: str | None,
+    issuer: str,
+    now: dt.datetime,
+) -> tuple[LoginSession, str]:
+    """Sign `resident` in after `events` (in order), and record it: the browser's `current` session rises when it
+    is the same resident's (step-up: its sid stays, DESIGN section 10), otherwise a new session opens.
+
+    Returns the session and its new cookie value (the cookie secret changes at every authentication).
+    """
+    methods = "+".join(event.method.value for event in events)
+    if current is None or current.resident_id != resident.id:
+        started = start_session(db, resident, events[0], client_ip=client_ip, user_agent=user_agent, now=now)
+        current, cookie_value, events = started.session, started.cookie_value, events[1:]
+    else:
+        # A new cookie secret at every authentication, as at every sign-in; the sid that services know stays.
+        cookie_value = secrets.token_urlsafe(32)
+        current.secret_digest = digest_secret(cookie_value)
+    for event in events:
+        add_event(db, current, event, issuer=issuer, now=now)
+    record_event(
+        db,
+        "signin",
+        result=SUCCESS,
+        resident_id=resident.id,
+        client_ip=client_ip,
+        method=methods,
+        acr=current.acr,
+        amr=list(current.amr),
+    )
+    return current, cookie_value
 
 
 def end_session(db: Session, session: LoginSession, *, now: dt.datetime) -> None:

@@ -228,13 +228,15 @@ def remove_totp(
 
 
 Consume = Callable[[], None]
+# Judges a code against the confirmed device (None: there is none) without writing; returns what consumes it.
+Check = Callable[[TotpDevice | None], Consume]
 
 
 def authenticate(
     db: Session,
     limiter: RateLimiter,
     resident: Resident | None,
-    check: Callable[[TotpDevice], Consume],
+    check: Check,
     *,
     code: str,
     subject: str,
@@ -261,8 +263,8 @@ def authenticate(
     def attempt() -> tuple[TotpDevice, Consume]:
         device = find_device(db, resident_id) if resident_id is not None else None
         if device is None or not device.is_confirmed:
-            # The same work as a real check, so neither the answer nor its time says whether there is an account.
-            _totp(pyotp.random_base32()).verify(re.sub(r"\D", "", code)[:TOTP_DIGITS], for_time=now)
+            # Checked against no authenticator: the same refusal, after the same work, as a wrong code.
+            check(None)
             raise TotpCodeInvalidError
         return device, check(device)
 
@@ -289,10 +291,15 @@ def authenticate(
     return device
 
 
-def totp_check(db: Session, code: str, *, cipher: Fernet, now: dt.datetime) -> Callable[[TotpDevice], Consume]:
+def totp_check(db: Session, code: str, *, cipher: Fernet, now: dt.datetime) -> Check:
     """The `check` for `authenticate` with a code from the app."""
 
-    def check(device: TotpDevice) -> Consume:
+    def check(device: TotpDevice | None) -> Consume:
+        if device is None:
+            # The format first and a verification of the same cost, as with a device: neither the answer nor
+            # its time says whether the number has an account.
+            _totp(pyotp.random_base32()).verify(normalize_code(code), for_time=now, valid_window=TOTP_WINDOW)
+            raise TotpCodeInvalidError
         step = match_code(device, code, cipher=cipher, now=now)
         return lambda: mark_step_used(db, device, step, now=now)
 

@@ -34,10 +34,10 @@ from idp.authn.lockout import (
     retry_after,
 )
 from idp.authn.residents import AccountResult, resident_for_identity
-from idp.authn.sessions import StartedSession, start_session
+from idp.authn.sessions import sign_in_resident
 from idp.authn.totp import has_totp
 from idp.logs import mask_phone
-from idp.models import AuditEvent
+from idp.models import AuditEvent, LoginSession
 
 
 @dataclass(frozen=True, slots=True)
@@ -52,9 +52,11 @@ class CarrierSignIn:
 
 @dataclass(frozen=True, slots=True)
 class SignedIn:
-    """A carrier sign-in: the new session, or None when the resident's TOTP must finish it (second factor)."""
+    """A carrier sign-in: the session (None when the resident's TOTP must finish it: a second factor), and the
+    new session's cookie value (None when the browser's session of the same resident was raised instead)."""
 
-    session: StartedSession | None
+    session: LoginSession | None
+    cookie_value: str | None
     account: AccountResult
     event: AuthEvent
 
@@ -202,12 +204,14 @@ def sign_in(
     service: CarrierSignIn,
     identity: VerifiedIdentity,
     *,
+    current: LoginSession | None,
     client_ip: str | None,
     user_agent: str | None,
     now: dt.datetime,
     encrypted_ci: bytes | None = None,
 ) -> SignedIn:
-    """Find or create the resident the identity names and open a new login session for them.
+    """Find or create the resident the identity names and sign them in: the browser's `current` session rises
+    when it is theirs, otherwise a new one opens.
 
     `encrypted_ci` is given when the sign-in is for a service allowed the raw CI (`kr_ci`): only then is it kept.
 
@@ -240,17 +244,15 @@ def sign_in(
             client_ip=client_ip,
             method=method.value,
         )
-        return SignedIn(session=None, account=account, event=event)
-    started = start_session(db, account.resident, event, client_ip=client_ip, user_agent=user_agent, now=now)
-    record_event(
+        return SignedIn(session=None, cookie_value=None, account=account, event=event)
+    login, cookie_value = sign_in_resident(
         db,
-        "signin",
-        result=SUCCESS,
-        resident_id=account.resident.id,
+        account.resident,
+        [event],
+        current=current,
         client_ip=client_ip,
-        method=method.value,
-        acr=event.acr,
-        amr=list(event.amr),
-        account=account.outcome.value,
+        user_agent=user_agent,
+        issuer=service.issuer,
+        now=now,
     )
-    return SignedIn(session=started, account=account, event=event)
+    return SignedIn(session=login, cookie_value=cookie_value, account=account, event=event)

@@ -233,7 +233,7 @@ def authorize() -> BaseResponse | tuple[str, int]:
         and login.resident.ci_encrypted is None
     ):
         # The raw CI is kept only for services allowed it, so it comes from a fresh carrier verification.
-        reason = LoginReason.PROMPT_LOGIN
+        reason = LoginReason.CARRIER_VERIFICATION
     hint = params.get("id_token_hint")
     if hint:
         # OIDC Core §3.1.2.1: the hint names the resident the client expects; it must be one of our ID tokens.
@@ -248,6 +248,12 @@ def authorize() -> BaseResponse | tuple[str, int]:
             and login is not None
             and hinted.get("sub") != subject_for(client, login.resident_id, server.settings)
         ):
+            since = pending.get("since_dt")
+            if since is not None and login.auth_time >= since:
+                # Someone other than the hinted resident signed in for this request: OIDC Core §3.1.2.1 says
+                # to answer with an error rather than hand the client another person.
+                _forget_pending(params)
+                return _redirect_back(params, _protocol_error("login_required", grant.redirect_uri))
             # Someone else is signed in here: that resident must not be handed to the client unasked.
             reason = LoginReason.PROMPT_LOGIN
     if reason is None and login is not None and wanted_acr:

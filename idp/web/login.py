@@ -12,7 +12,6 @@ from flask_babel import gettext as _
 from werkzeug.wrappers import Response as BaseResponse
 
 from idp import db
-from idp.audit import SUCCESS, record_event
 from idp.authn.assurance import AuthEvent
 from idp.authn.carrier import (
     CarrierErrorCode,
@@ -25,7 +24,7 @@ from idp.authn.carrier import (
     session_binding_for,
 )
 from idp.authn.residents import AccountOutcome, ResidentLockedError
-from idp.authn.sessions import add_event, start_session
+from idp.authn.sessions import sign_in_resident
 from idp.authn.verification import (
     CarrierSignIn,
     cancel_verification,
@@ -133,6 +132,7 @@ def login() -> str | BaseResponse:
         "acr_too_low": _("The service asks for a stronger sign-in. Sign in with your passkey."),
         "prompt_login": _("The service asks you to sign in again."),
         "max_age": _("The service asks you to sign in again."),
+        "carrier_verification": _("The service needs your identity confirmed: sign in with your mobile phone."),
     }
     return render_template("login.html", phone=phone, reason=reasons.get(request.args.get("reason", "")))
 
@@ -293,6 +293,7 @@ def _finish_sign_in(identity: VerifiedIdentity) -> BaseResponse | Response:
             db.session(),
             _service(),
             identity,
+            current=current_login(),
             client_ip=_client_ip(),
             user_agent=request.headers.get("User-Agent"),
             now=now,
@@ -315,13 +316,13 @@ def _finish_sign_in(identity: VerifiedIdentity) -> BaseResponse | Response:
     target = safe_next(session.get("next"))
     if signed_in.account.outcome is AccountOutcome.CREATED:
         response = _see_other("web.welcome")
-        carry_over_flow(response, signed_in.session.cookie_value)
+        carry_over_flow(response, signed_in.cookie_value)
         session["welcome"] = True
         if target:
             session["next"] = target
         return response
     response = redirect(target or url_for("account.overview"), 303)
-    carry_over_flow(response, signed_in.session.cookie_value)
+    carry_over_flow(response, signed_in.cookie_value)
     return response
 
 
@@ -343,33 +344,17 @@ def carry_over_flow(response: BaseResponse, cookie_value: str | None) -> None:
 
 
 def open_or_step_up(resident: Resident, events: list[AuthEvent], *, now: dt.datetime) -> str | None:
-    """Sign `resident` in after `events`: the current session rises when the same resident authenticates again
-    (step-up: the sid stays), otherwise a new session opens; the new session's cookie value, or None."""
-    settings = page_settings()
-    methods = "+".join(event.method.value for event in events)
-    login = current_login()
-    cookie_value = None
-    if login is None or login.resident_id != resident.id:
-        started = start_session(
-            db.session(),
-            resident,
-            events[0],
-            client_ip=_client_ip(),
-            user_agent=request.headers.get("User-Agent"),
-            now=now,
-        )
-        login, cookie_value, events = started.session, started.cookie_value, events[1:]
-    for event in events:
-        add_event(db.session(), login, event, issuer=settings.issuer, now=now)
-    record_event(
+    """Sign `resident` in after `events` in this browser (step-up when it is the same resident's session); the
+    new session's cookie value, or None."""
+    _, cookie_value = sign_in_resident(
         db.session(),
-        "signin",
-        result=SUCCESS,
-        resident_id=resident.id,
+        resident,
+        events,
+        current=current_login(),
         client_ip=_client_ip(),
-        method=methods,
-        acr=login.acr,
-        amr=list(login.amr),
+        user_agent=request.headers.get("User-Agent"),
+        issuer=page_settings().issuer,
+        now=now,
     )
     return cookie_value
 

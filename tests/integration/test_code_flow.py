@@ -177,7 +177,9 @@ def test_raw_ci_only_for_a_client_allowed_kr_ci(app: Flask, sandbox: SandboxAgen
     )
     assert response.status_code == 303
     assert response.headers["Location"].startswith("/login?")
-    browser.get(response.headers["Location"])
+    # The sign-in page says that only the mobile-phone verification will do.
+    page = browser.get(response.headers["Location"]).get_data(as_text=True)
+    assert "본인확인이 필요합니다" in page
     sign_in(browser, sandbox)
     authorization = authorize(browser, allowed.client.id, scope="openid kr_ci")
     claims = decode(app, exchange(browser, allowed, authorization).get_json()["id_token"]).claims
@@ -393,3 +395,39 @@ def test_id_token_hint_of_another_resident_asks_for_sign_in(app: Flask, sandbox:
     assert "code" in parse_qs(urlsplit(own.headers["Location"]).query)
     forged = kim.get("/authorize?" + urlencode({**query, "id_token_hint": "a.b.c"}))
     assert parse_qs(urlsplit(forged.headers["Location"]).query)["error"] == ["invalid_request"]
+
+
+def test_id_token_hint_answers_login_required_when_another_resident_signs_in_for_it(
+    app: Flask, sandbox: SandboxAgency
+) -> None:
+    created = register(app)
+    kim = app.test_client()
+    sign_in(kim, sandbox)
+    kims_token = exchange(kim, created, authorize(kim, created.client.id, scope="openid")).get_json()["id_token"]
+    lee = app.test_client()
+    query = {
+        "response_type": "code",
+        "client_id": created.client.id,
+        "redirect_uri": REDIRECT,
+        "scope": "openid",
+        "state": "s",
+        "id_token_hint": kims_token,
+        "code_challenge": pkce()[1],
+        "code_challenge_method": "S256",
+    }
+    asked = lee.get("/authorize?" + urlencode(query))
+    assert asked.headers["Location"].startswith("/login?")
+    lee_person = {
+        "carrier": "KT",
+        "name": "이수원",
+        "birthdate": "1992-11-02",
+        "rrn_digit7": "2",
+        "phone": "010-0000-0002",
+    }
+    sign_in(lee, sandbox, lee_person, "+821000000002")
+    # Lee signed in for a request naming Kim: the client hears login_required (OIDC Core §3.1.2.1), no loop.
+    answered = lee.get(parse_qs(urlsplit(asked.headers["Location"]).query)["next"][0])
+    assert answered.status_code == 302
+    location = parse_qs(urlsplit(answered.headers["Location"]).query)
+    assert location["error"] == ["login_required"]
+    assert location["state"] == ["s"]

@@ -124,12 +124,27 @@ def test_same_person_on_another_line_signs_in_to_the_same_resident(
     assert changed.details == {"old_phone": "+8210****0009", "new_phone": "+8210****0010"}
 
 
-def test_every_sign_in_gets_a_new_session_id(app: Flask, sandbox: SandboxAgency, db_session: Session) -> None:
+def test_every_sign_in_gets_a_new_session_cookie(app: Flask, sandbox: SandboxAgency, db_session: Session) -> None:
     client = app.test_client()
     first = session_cookie(sign_in(client, sandbox, KIM, KIM_E164))
     second = session_cookie(sign_in(client, sandbox, KIM, KIM_E164))
     assert first != second
-    assert len(db_session.scalars(select(LoginSession)).all()) >= 2
+    # The same resident signing in again in this browser raises the session: its sid (known to services) stays,
+    # and it keeps both authentications (DESIGN section 10).
+    sessions = db_session.scalars(select(LoginSession)).all()
+    assert len(sessions) == 1
+    assert [event["method"] for event in sessions[0].events] == ["carrier_sms", "carrier_sms"]
+
+
+def test_another_resident_signing_in_gets_a_session_of_their_own(
+    app: Flask, sandbox: SandboxAgency, db_session: Session
+) -> None:
+    client = app.test_client()
+    sign_in(client, sandbox, KIM, KIM_E164)
+    sign_in(client, sandbox, YOON_SKT, "+821000000009")
+    sessions = db_session.scalars(select(LoginSession)).all()
+    assert len({session.sid for session in sessions}) == 2
+    assert len({session.resident_id for session in sessions}) == 2
 
 
 def test_app_approval_signs_in(client: FlaskClient, sandbox: SandboxAgency) -> None:
