@@ -12,7 +12,7 @@ from typing import Any
 
 from joserfc import jwt
 from joserfc.errors import JoseError
-from sqlalchemy import update
+from sqlalchemy import insert, update
 from sqlalchemy.orm import Session
 
 from idp.keyring import LoadedKeys, SigningKey
@@ -106,8 +106,9 @@ def issue_access_token(
     else:
         claims["sub"] = client.id  # client credentials: the service acts for itself (RFC 9068 §2.2)
     token = keys.active(settings.access_token_alg).sign(claims, typ=ACCESS_TOKEN_TYPE)
-    db.add(
-        AccessToken(
+    # A plain INSERT rather than the unit of work: the token endpoint's hot path, and nothing reads the row back.
+    db.execute(
+        insert(AccessToken).values(
             jti=jti,
             grant_id=grant_id,
             client_id=client.id,
@@ -245,8 +246,8 @@ def issue_refresh_token(
     """A new refresh token of the grant's family: sliding lifetime, never past the family's absolute end."""
     family_end = family_expires_at or now + dt.timedelta(seconds=settings.refresh_token_absolute_ttl)
     token = new_secret()
-    db.add(
-        RefreshToken(
+    db.execute(
+        insert(RefreshToken).values(
             digest=digest(token),
             grant_id=grant_id,
             client_id=client.id,
@@ -272,23 +273,25 @@ def rotate_refresh_token(db: Session, token: str, client_id: str, *, now: dt.dat
     """
     if not token or len(token) > 256:
         return None
-    record = db.get(RefreshToken, digest(token))
-    if record is None or record.client_id != client_id:
-        return None
-    rotated = db.execute(
+    key = digest(token)
+    # The compare-and-set returns the row it used: one statement on the token endpoint's path.
+    record = db.scalars(
         update(RefreshToken)
         .where(
-            RefreshToken.digest == record.digest,
+            RefreshToken.digest == key,
+            RefreshToken.client_id == client_id,
             RefreshToken.rotated_at.is_(None),
             RefreshToken.revoked_at.is_(None),
         )
         .values(rotated_at=now)
+        .returning(RefreshToken)
         .execution_options(synchronize_session=False)
-    )
-    if rotated.rowcount != 1:  # type: ignore[attr-defined]  # CursorResult of an UPDATE
-        if record.revoked_at is None:
+    ).first()
+    if record is None:
+        used = db.get(RefreshToken, key)
+        if used is not None and used.client_id == client_id and used.revoked_at is None:
             # RFC 9700 §4.14.2: reuse of a rotated refresh token revokes the whole family.
-            revoke_grant(db, record.grant_id, now=now)
+            revoke_grant(db, used.grant_id, now=now)
         return None
     if record.expires_at <= now:
         return None
