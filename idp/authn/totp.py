@@ -22,6 +22,7 @@ from idp.authn.lockout import (
     RateLimiter,
     judge_attempt,
 )
+from idp.authn.residents import ResidentLockedError
 from idp.models import RecoveryCode, Resident, TotpDevice
 
 TOTP_DIGITS = 6  # RFC 6238 §5.3 (the RFC 4226 truncation to 6 digits every authenticator app shows)
@@ -257,6 +258,7 @@ def authenticate(
     Raises:
         LockedOutError: too many wrong codes for this resident or this IP lately.
         TotpError: the code was refused (malformed, wrong, reused).
+        ResidentLockedError: the code was right, but an admin locked the resident (nothing was used up).
     """
     resident_id = resident.id if resident is not None else None
 
@@ -266,7 +268,11 @@ def authenticate(
             # Checked against no authenticator: the same refusal, after the same work, as a wrong code.
             check(None)
             raise TotpCodeInvalidError
-        return device, check(device)
+        consume = check(device)
+        if resident is not None and resident.is_locked:
+            # Said only to someone with a right code, and before the code is used up or any count forgotten.
+            raise ResidentLockedError
+        return device, consume
 
     subjects = [(TOTP_FAILURES_PER_RESIDENT, subject), (TOTP_FAILURES_PER_IP, client_ip)]
     try:
@@ -285,6 +291,11 @@ def authenticate(
     except LockedOutError:
         record_event(
             db, "totp.verify", result=FAILURE, resident_id=resident_id, client_ip=client_ip, now=now, reason="locked"
+        )
+        raise
+    except ResidentLockedError:
+        record_event(
+            db, "signin.refused", result=FAILURE, resident_id=resident_id, client_ip=client_ip, now=now, reason="locked"
         )
         raise
     record_event(db, "totp.verify", result=SUCCESS, resident_id=resident_id, client_ip=client_ip, now=now)

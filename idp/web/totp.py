@@ -25,6 +25,7 @@ from idp.authn.recovery import (
     recovery_check,
     remaining_recovery_codes,
 )
+from idp.authn.residents import ResidentLockedError
 from idp.authn.totp import (
     Enrolment,
     TotpAlreadyEnrolledError,
@@ -149,13 +150,14 @@ def sign_in() -> Answer:
         return render_error(
             429, _("Too many wrong codes. Wait a while before you try again."), retry_after=error.retry_after
         )
+    except ResidentLockedError:
+        db.session().commit()
+        session.pop(SECOND_FACTOR, None)
+        return render_error(403, _("This account is locked. Contact the help desk to unlock it."))
     except TotpError as error:
         db.session().commit()
         return _render_sign_in(form, second=pending is not None, status=400, failure=_failure_message(error, pending))
     assert resident is not None  # authenticate refuses every code when there is nobody to check it against
-    if resident.is_locked:
-        db.session().commit()
-        return render_error(403, _("This account is locked. Contact the help desk to unlock it."))
     event = AuthEvent.of(Method.RECOVERY_CODE if recovery else Method.TOTP, issuer=settings.issuer, at=now)
     events = [AuthEvent.from_json(pending["event"]), event] if pending else [event]
     session.pop(SECOND_FACTOR, None)
