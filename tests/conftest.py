@@ -97,14 +97,12 @@ def database_url(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPa
     drop_postgres_database(POSTGRES_URL, url)
 
 
-@pytest.fixture
-def fresh_database_url(database_url: str, tmp_path: Path) -> Iterator[str]:
-    """An empty migrated database of its own, for tests whose requests commit (copied from the migrated one)."""
+def copy_database(database_url: str, directory: Path) -> str:
+    """A copy of the migrated database (SQLite: a file in `directory`; PostgreSQL: a database from it as template)."""
     if database_url.startswith("sqlite"):
-        copy = tmp_path / "fresh.sqlite3"
+        copy = directory / "fresh.sqlite3"
         shutil.copyfile(database_url.removeprefix("sqlite:///"), copy)
-        yield f"sqlite:///{copy}"
-        return
+        return f"sqlite:///{copy}"
     assert POSTGRES_URL
     name = f"idp_test_{uuid.uuid4().hex[:12]}"
     admin = create_engine(POSTGRES_URL, isolation_level="AUTOCOMMIT")
@@ -114,9 +112,29 @@ def fresh_database_url(database_url: str, tmp_path: Path) -> Iterator[str]:
         connection.execute(TERMINATE_OTHER_CONNECTIONS, {"name": template})
         connection.execute(text(f'CREATE DATABASE "{name}" TEMPLATE "{template}"'))
     admin.dispose()
-    url = make_url(database_url).set(database=name).render_as_string(hide_password=False)
+    return make_url(database_url).set(database=name).render_as_string(hide_password=False)
+
+
+def drop_database_copy(url: str) -> None:
+    if url.startswith("postgresql"):
+        assert POSTGRES_URL
+        drop_postgres_database(POSTGRES_URL, url)
+
+
+@pytest.fixture
+def fresh_database_url(database_url: str, tmp_path: Path) -> Iterator[str]:
+    """An empty migrated database of its own, for tests whose requests commit (copied from the migrated one)."""
+    url = copy_database(database_url, tmp_path)
     yield url
-    drop_postgres_database(POSTGRES_URL, url)
+    drop_database_copy(url)
+
+
+@pytest.fixture(scope="module")
+def module_database_url(database_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """An empty migrated database shared by one module's tests (a table of cases that set up their world once)."""
+    url = copy_database(database_url, tmp_path_factory.mktemp("module-db"))
+    yield url
+    drop_database_copy(url)
 
 
 @pytest.fixture

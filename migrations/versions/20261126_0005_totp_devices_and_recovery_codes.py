@@ -10,7 +10,6 @@ from collections.abc import Sequence
 import sqlalchemy as sa
 from alembic import op
 
-
 revision: str = "0005"
 down_revision: str | None = "0004"
 branch_labels: str | Sequence[str] | None = None
@@ -55,7 +54,6 @@ def upgrade() -> None:
     )
     with op.batch_alter_table("rate_limit_counter", schema=None) as batch_op:
         batch_op.add_column(sa.Column("locked_until", sa.DateTime(timezone=True), nullable=True))
-
 
 
 def downgrade() -> None:

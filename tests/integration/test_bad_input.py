@@ -12,10 +12,8 @@ import datetime as dt
 import hashlib
 import hmac
 import json
-import os
 import secrets
 import shutil
-import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,8 +27,7 @@ from joserfc import jwt
 from joserfc.jwk import ECKey
 from oidc_flow import REDIRECT, REQUEST_ID, Authorization, authorize, basic, csrf_of, exchange, pkce, register, sign_in
 from sandbox_agency import SandboxAgency
-from sqlalchemy import create_engine, text, update
-from sqlalchemy.engine import make_url
+from sqlalchemy import update
 from werkzeug.test import TestResponse
 
 from idp import create_app
@@ -44,11 +41,6 @@ STATE = "st-8f3a"
 NONCE = "n-0S6_WzA2Mj"
 ASSERTION_TYPE = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"
 EVIL = "https://evil.example/callback"
-TERMINATE_OTHER_CONNECTIONS = text(
-    "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = :name AND pid <> pg_backend_pid()"
-)
-
-
 # -- the world the cases run in ----------------------------------------------------------------------------------------
 
 
@@ -73,28 +65,6 @@ class World:
     def fresh_client(self) -> CreatedClient:
         """A client the resident has not consented to yet."""
         return register(self.app, name=f"새 서비스 {secrets.token_hex(3)}")
-
-
-@pytest.fixture(scope="module")
-def module_database_url(database_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """A copy of the migrated database for this module (conftest's `fresh_database_url`, once per module)."""
-    if database_url.startswith("sqlite"):
-        copy = tmp_path_factory.mktemp("bad-input-db") / "idp.sqlite3"
-        shutil.copyfile(database_url.removeprefix("sqlite:///"), copy)
-        yield f"sqlite:///{copy}"
-        return
-    base = os.environ["IDP_TEST_POSTGRES_URL"]
-    name = f"idp_test_{uuid.uuid4().hex[:12]}"
-    template = make_url(database_url).database
-    admin = create_engine(base, isolation_level="AUTOCOMMIT")
-    with admin.connect() as connection:
-        # The template must have no other connections while it is copied.
-        connection.execute(TERMINATE_OTHER_CONNECTIONS, {"name": template})
-        connection.execute(text(f'CREATE DATABASE "{name}" TEMPLATE "{template}"'))
-    yield make_url(database_url).set(database=name).render_as_string(hide_password=False)
-    with admin.connect() as connection:
-        connection.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-    admin.dispose()
 
 
 @pytest.fixture(scope="module")

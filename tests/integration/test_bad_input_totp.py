@@ -11,10 +11,8 @@ from __future__ import annotations
 
 import datetime as dt
 import itertools
-import os
 import shutil
 import time
-import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,8 +24,7 @@ from flask import Flask, Response, request, request_finished
 from flask.testing import FlaskClient
 from oidc_flow import csrf_of
 from sandbox_agency import SandboxAgency
-from sqlalchemy import create_engine, delete, select, text, update
-from sqlalchemy.engine import make_url
+from sqlalchemy import delete, select, update
 from test_login_totp import (
     CODE_REUSED,
     LOCKED_OUT,
@@ -59,11 +56,6 @@ ENTER_RECOVERY = "A recovery code has 10 letters and digits, for example abcde-2
 ENTER_PHONE = "Enter a Korean mobile number, for example 010-1234-5678."
 FORM_EXPIRED = "This form has expired or was sent twice. Please fill it in again."
 ACCOUNT_LOCKED = "This account is locked. Contact the help desk to unlock it."
-TERMINATE_OTHER_CONNECTIONS = text(
-    "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = :name AND pid <> pg_backend_pid()"
-)
-
-
 # -- the world the cases run in ----------------------------------------------------------------------------------------
 
 
@@ -93,28 +85,6 @@ class World:
 
 def ip_of(browser: FlaskClient) -> str:
     return str(browser.environ_base["REMOTE_ADDR"])
-
-
-@pytest.fixture(scope="module")
-def module_database_url(database_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """A copy of the migrated database for this module (conftest's `fresh_database_url`, once per module)."""
-    if database_url.startswith("sqlite"):
-        copy = tmp_path_factory.mktemp("bad-totp-db") / "idp.sqlite3"
-        shutil.copyfile(database_url.removeprefix("sqlite:///"), copy)
-        yield f"sqlite:///{copy}"
-        return
-    base = os.environ["IDP_TEST_POSTGRES_URL"]
-    name = f"idp_test_{uuid.uuid4().hex[:12]}"
-    template = make_url(database_url).database
-    admin = create_engine(base, isolation_level="AUTOCOMMIT")
-    with admin.connect() as connection:
-        # The template must have no other connections while it is copied.
-        connection.execute(TERMINATE_OTHER_CONNECTIONS, {"name": template})
-        connection.execute(text(f'CREATE DATABASE "{name}" TEMPLATE "{template}"'))
-    yield make_url(database_url).set(database=name).render_as_string(hide_password=False)
-    with admin.connect() as connection:
-        connection.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-    admin.dispose()
 
 
 @pytest.fixture(scope="module")
