@@ -32,9 +32,11 @@ def run(*, host: str, port: int, workers: int, threads: int = THREADS_PER_WORKER
 
 def create_served_app() -> Flask:
     """The app as `idp serve` runs it: with the background work a long-running process owns (the retries of
-    back-channel logout tokens), which tests and one-off scripts do not start."""
+    back-channel logout tokens, the purge of expired records), which tests and one-off scripts do not start."""
     from idp import create_app
+    from idp.retention import PurgeWorker
 
     app = create_app()
     app.extensions["idp.logout"].start()
+    PurgeWorker(app.extensions["idp.db"][1]).start()
     return app
