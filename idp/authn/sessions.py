@@ -19,6 +19,9 @@ from idp.models import LoginSession, Resident
 STRONG_ABSOLUTE = dt.timedelta(hours=24)
 STRONG_IDLE = dt.timedelta(hours=1)
 WEAK_ABSOLUTE = dt.timedelta(days=30)
+# Changes to how a resident signs in (a passkey or an authenticator app added or removed, new recovery codes) need
+# an authentication this recent: a session left open on a lost phone must not be able to change them.
+RECENT_SIGN_IN = dt.timedelta(minutes=15)
 # last_seen_at is written at most this often, so page views do not each cost a write.
 LAST_SEEN_RESOLUTION = dt.timedelta(minutes=1)
 
@@ -154,6 +157,11 @@ def sign_in_resident(
         amr=list(current.amr),
     )
     return current, cookie_value
+
+
+def recently_signed_in(session: LoginSession, *, now: dt.datetime) -> bool:
+    """Whether the session's last authentication is recent enough to change the resident's ways to sign in."""
+    return now - session.auth_time <= RECENT_SIGN_IN
 
 
 def end_session(db: Session, session: LoginSession, *, now: dt.datetime) -> None:

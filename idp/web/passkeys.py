@@ -26,6 +26,7 @@ from idp.authn.passkeys import (
     remove_passkey,
     rename_passkey,
 )
+from idp.authn.sessions import recently_signed_in
 from idp.models import Passkey, Resident
 from idp.settings import Settings
 from idp.web import render_error
@@ -132,7 +133,20 @@ def manage() -> str | BaseResponse:
         return redirect(url_for("web.login", next=request.path), 303)
     passkeys = list_passkeys(db.session(), login.resident_id)
     db.session().commit()
-    return render_template("passkeys.html", passkeys=passkeys, form=ActionForm())
+    sign_in_again = not recently_signed_in(login, now=_now())
+    return render_template("passkeys.html", passkeys=passkeys, form=ActionForm(), sign_in_again=sign_in_again)
+
+
+def _sign_in_again() -> Response:
+    # A passkey added from a session left open on a lost phone would let its finder in for good.
+    return _json(
+        {
+            "error": "login_required",
+            "message": _("For your safety, sign in again before you add a passkey."),
+            "redirect": url_for("web.login", next=url_for("passkeys.manage")),
+        },
+        401,
+    )
 
 
 @bp.post("/account/passkeys/options")
@@ -140,6 +154,8 @@ def register_options() -> Response:
     login = current_login()
     if login is None:
         return _json({"error": "login_required"}, 401)
+    if not recently_signed_in(login, now=_now()):
+        return _sign_in_again()
     settings = _settings()
     options = registration_options(
         db.session(),
@@ -159,6 +175,8 @@ def register_verify() -> Response:
     login = current_login()
     if login is None:
         return _json({"error": "login_required"}, 401)
+    if not recently_signed_in(login, now=_now()):
+        return _sign_in_again()
     settings = _settings()
     name = request.args.get("name") or _("Passkey")
     try:
@@ -179,20 +197,22 @@ def register_verify() -> Response:
     return _json({"redirect": url_for("passkeys.manage")})
 
 
-def _own_passkey(passkey_id: str) -> Passkey | BaseResponse | Response:
+def _own_passkey(passkey_id: str, *, recent_sign_in: bool) -> Passkey | BaseResponse | Response:
     """The signed-in resident's passkey named in a management form, or the answer to give instead."""
     if not ActionForm().validate():
         return render_error(400, _("This form has expired. Please try again."))
     login = current_login()
     if login is None:
         return redirect(url_for("web.login"), 303)
+    if recent_sign_in and not recently_signed_in(login, now=_now()):
+        return redirect(url_for("web.login", next=url_for("passkeys.manage")), 303)
     passkey = find_passkey(db.session(), login.resident_id, passkey_id)
     return passkey if passkey is not None else render_error(404)
 
 
 @bp.post("/account/passkeys/<passkey_id>/rename")
 def rename(passkey_id: str) -> BaseResponse | Response:
-    passkey = _own_passkey(passkey_id)
+    passkey = _own_passkey(passkey_id, recent_sign_in=False)
     if not isinstance(passkey, Passkey):
         return passkey
     rename_passkey(db.session(), passkey, request.form.get("name", ""))
@@ -202,7 +222,7 @@ def rename(passkey_id: str) -> BaseResponse | Response:
 
 @bp.post("/account/passkeys/<passkey_id>/remove")
 def remove(passkey_id: str) -> BaseResponse | Response:
-    passkey = _own_passkey(passkey_id)
+    passkey = _own_passkey(passkey_id, recent_sign_in=True)
     if not isinstance(passkey, Passkey):
         return passkey
     others = [p for p in list_passkeys(db.session(), passkey.resident_id) if p.id != passkey.id]

@@ -26,6 +26,7 @@ from idp.authn.recovery import (
     remaining_recovery_codes,
 )
 from idp.authn.residents import ResidentLockedError
+from idp.authn.sessions import recently_signed_in
 from idp.authn.totp import (
     Enrolment,
     TotpAlreadyEnrolledError,
@@ -47,9 +48,6 @@ from idp.web.forms import ActionForm, TotpCodeForm, TotpSignInForm
 from idp.web.login import SECOND_FACTOR, carry_over_flow, open_or_step_up, safe_next
 
 bp = Blueprint("totp", __name__)
-
-# Setting up, removing the app and new recovery codes need a sign-in this recent (the resident signs in again).
-RECENT_SIGN_IN = dt.timedelta(minutes=15)
 
 # What a view answers: a page (with its status) or a redirect.
 Answer = BaseResponse | tuple[str, int]
@@ -210,7 +208,7 @@ def _render_manage(
             enrolment=enrolment,
             qr=_qr_svg(enrolment) if enrolment else None,
             remaining=remaining_recovery_codes(db.session(), resident.id) if device and device.is_confirmed else 0,
-            sign_in_again=not _recently_signed_in(login),
+            sign_in_again=not recently_signed_in(login, now=_now()),
             form=form or TotpCodeForm(),
             action_form=ActionForm(),
         ),
@@ -229,10 +227,6 @@ def manage() -> Answer:
     return response
 
 
-def _recently_signed_in(login: LoginSession) -> bool:
-    return _now() - login.auth_time <= RECENT_SIGN_IN
-
-
 def _signed_in_form_post() -> LoginSession | BaseResponse:
     """The signed-in resident's session for a change on /account/totp, or the answer to give instead.
 
@@ -243,7 +237,7 @@ def _signed_in_form_post() -> LoginSession | BaseResponse:
     login = current_login()
     if login is None:
         return redirect(url_for("web.login"), 303)
-    if not _recently_signed_in(login):
+    if not recently_signed_in(login, now=_now()):
         return redirect(url_for("web.login", next=url_for("totp.manage")), 303)
     return login
 

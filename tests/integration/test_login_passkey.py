@@ -5,6 +5,7 @@ The browser is the test client; navigator.credentials is the software authentica
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import re
 import uuid
@@ -314,6 +315,44 @@ def test_another_residents_passkey_can_be_neither_renamed_nor_removed(
 
     assert (renamed.status_code, removed.status_code) == (404, 404)
     assert [p.name for p in passkeys(app)] == ["김경기 휴대폰"]
+
+
+def _sign_in_long_ago(app: Flask) -> None:
+    """The browser's session was signed in 20 minutes ago (past RECENT_SIGN_IN)."""
+    with database(app) as db:
+        for login in db.scalars(select(LoginSession)):
+            login.auth_time = login.auth_time - dt.timedelta(minutes=20)
+        db.commit()
+
+
+def test_adding_or_removing_a_passkey_needs_a_recent_sign_in(
+    app: Flask, browser: FlaskClient, sandbox: SandboxAgency, authenticator: SoftAuthenticator
+) -> None:
+    sign_in(browser, sandbox)
+    assert add_passkey(browser, authenticator, name="첫 휴대폰").status_code == 200
+    _sign_in_long_ago(app)
+    headers = csrf_header(browser, "/account/passkeys")
+    # A session left open on a lost phone can neither add its finder's passkey nor remove the resident's.
+    asked = post_json(browser, "/account/passkeys/options", {}, headers)
+    assert asked.status_code == 401
+    assert asked.get_json()["redirect"] == "/login?next=/account/passkeys"
+    [passkey] = passkeys(app)
+    token = headers["X-CSRFToken"]
+    removed = browser.post(f"/account/passkeys/{passkey.id}/remove", data={"csrf_token": token, "confirm": "yes"})
+    assert removed.status_code == 303
+    assert removed.headers["Location"] == "/login?next=/account/passkeys"
+    assert len(passkeys(app)) == 1
+    # A name is no risk: renaming goes on without signing in again.
+    renamed = browser.post(f"/account/passkeys/{passkey.id}/rename", data={"csrf_token": token, "name": "옛 휴대폰"})
+    assert renamed.status_code == 303
+    assert [p.name for p in passkeys(app)] == ["옛 휴대폰"]
+    # Signing in again (here with the passkey) makes the session recent: the passkey can go.
+    assert sign_in_with_passkey(browser, authenticator).status_code == 200
+    token = csrf_header(browser, "/account/passkeys")["X-CSRFToken"]
+    removed = browser.post(f"/account/passkeys/{passkey.id}/remove", data={"csrf_token": token, "confirm": "yes"})
+    assert removed.status_code == 303
+    assert removed.headers["Location"] == "/account/passkeys"
+    assert passkeys(app) == []
 
 
 # -- refusals --------------------------------------------------------------------------------------------------------

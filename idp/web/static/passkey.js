@@ -123,6 +123,11 @@
       var nameField = document.getElementById("passkey-name");
       var name = nameField ? nameField.value : "";
       post("/account/passkeys/options").then(function (res) {
+        if (!res.ok) {
+          // An old sign-in: the resident signs in again first, then comes back here.
+          if (res.data.redirect) { window.location.assign(res.data.redirect); }
+          throw { name: "SignInAgain", message: res.data.message };
+        }
         return navigator.credentials.create({ publicKey: creationOptions(res.data) });
       }).then(function (credential) {
         return post("/account/passkeys/verify?name=" + encodeURIComponent(name), credentialJSON(credential));
@@ -130,7 +135,8 @@
         if (res.ok && res.data.redirect) { window.location.assign(res.data.redirect); }
         else { announce(res.data.message || register.getAttribute("data-failed")); }
       }).catch(function (error) {
-        if (!error || error.name !== "NotAllowedError") { announce(register.getAttribute("data-failed")); }
+        if (error && error.name === "SignInAgain") { announce(error.message || ""); }
+        else if (!error || error.name !== "NotAllowedError") { announce(register.getAttribute("data-failed")); }
       });
     });
   }
