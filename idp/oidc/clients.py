@@ -18,6 +18,7 @@ from sqlalchemy.orm import Session
 
 from idp.audit import SUCCESS, record_event
 from idp.authn.assurance import acr_order
+from idp.db import load
 from idp.keyring import ALGORITHMS, PRIVATE_MEMBERS
 from idp.models import Client, InitialAccessToken
 from idp.oidc.claims import AUTH_METHODS, GRANT_TYPES, RESTRICTED_SCOPES, SCOPES, SUBJECT_TYPES
@@ -355,7 +356,7 @@ def find_client(db: Session, client_id: str) -> Client | None:
     which PostgreSQL refuses in text)."""
     if not isinstance(client_id, str) or not CLIENT_ID_PATTERN.fullmatch(client_id):
         return None
-    return db.get(Client, client_id)
+    return load(db, Client, client_id)
 
 
 def list_clients(db: Session) -> list[Client]:

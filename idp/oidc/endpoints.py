@@ -8,7 +8,7 @@ from typing import Any
 
 from authlib.oauth2.rfc7009 import RevocationEndpoint
 from authlib.oauth2.rfc7662 import IntrospectionEndpoint
-from sqlalchemy import select
+from sqlalchemy import bindparam, select
 
 from idp import db
 from idp.models import AccessToken, Client, RefreshToken, Resident
@@ -126,6 +126,15 @@ class UserInfoError(Exception):
         self.status = status
 
 
+# One statement, built once, for the token, its resident and its client: UserInfo is on every service's hot path.
+USERINFO_ROWS = (
+    select(AccessToken, Resident, Client)
+    .join(Resident, Resident.id == AccessToken.resident_id)
+    .join(Client, Client.id == AccessToken.client_id)
+    .where(AccessToken.jti == bindparam("jti"))
+)
+
+
 def userinfo(server: IdpAuthorizationServer, bearer: str | None) -> dict[str, Any]:
     """The resident's claims for a valid access token with the openid scope.
 
@@ -139,17 +148,7 @@ def userinfo(server: IdpAuthorizationServer, bearer: str | None) -> dict[str, An
         claims = tokens.verify_access_token(bearer, server.keyring.current(), server.settings, now=now)
     except tokens.TokenInvalidError:
         raise UserInfoError("invalid_token", "The access token is invalid or expired.") from None
-    # One statement for the token, its resident and its client: this endpoint is on every service's hot path.
-    found = (
-        db.session()
-        .execute(
-            select(AccessToken, Resident, Client)
-            .join(Resident, Resident.id == AccessToken.resident_id)
-            .join(Client, Client.id == AccessToken.client_id)
-            .where(AccessToken.jti == claims["jti"])
-        )
-        .first()
-    )
+    found = db.session().execute(USERINFO_ROWS, {"jti": claims["jti"]}).first()
     if found is None or found[0].revoked_at is not None:
         raise UserInfoError("invalid_token", "The access token is revoked or not for a resident.")
     row, resident, client = found

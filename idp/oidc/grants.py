@@ -14,6 +14,7 @@ from authlib.oidc.core import OpenIDCode
 
 from idp import db
 from idp.authn.sessions import session_assurance
+from idp.db import load
 from idp.models import AuthorizationCode, LoginSession, RefreshToken, Resident
 from idp.oidc import tokens
 from idp.oidc.claims import AUTH_METHODS, id_token_claims
@@ -179,7 +180,7 @@ class AuthorizationCodeGrant(grants.AuthorizationCodeGrant):
         """Nothing to delete: the code was consumed by a compare-and-set when it was looked up."""
 
     def authenticate_user(self, authorization_code: CodeRecord) -> Resident | None:
-        return db.session().get(Resident, authorization_code.row.resident_id)
+        return load(db.session(), Resident, authorization_code.row.resident_id)
 
     def generate_token(
         self,
@@ -230,7 +231,7 @@ class RefreshTokenGrant(grants.RefreshTokenGrant):
         raise NotImplementedError("looked up and rotated in _validate_request_token")
 
     def authenticate_user(self, refresh_token: RefreshRecord) -> Resident | None:
-        resident = db.session().get(Resident, refresh_token.row.resident_id)
+        resident = load(db.session(), Resident, refresh_token.row.resident_id)
         return None if resident is None or resident.is_locked else resident
 
     def revoke_old_credential(self, refresh_token: RefreshRecord) -> None:

@@ -12,9 +12,10 @@ from typing import Any
 
 from joserfc import jwt
 from joserfc.errors import JoseError
-from sqlalchemy import insert, update
+from sqlalchemy import bindparam, insert, update
 from sqlalchemy.orm import Session
 
+from idp.db import load
 from idp.keyring import LoadedKeys, SigningKey
 from idp.models import AccessToken, AuthorizationCode, Client, RefreshToken, Resident
 from idp.oidc.claims import pairwise_sub
@@ -148,7 +149,7 @@ def verify_access_token(token: str, keys: LoadedKeys, settings: Settings, *, now
 
 
 def find_access_token(db: Session, jti: str) -> AccessToken | None:
-    return db.get(AccessToken, jti)
+    return load(db, AccessToken, jti)
 
 
 # -- ID tokens -------------------------------------------------------------------------------------------------------
@@ -197,6 +198,32 @@ def half_hash(value: str, key: SigningKey) -> str:
 # -- authorization codes --------------------------------------------------------------------------------------------
 
 
+# The compare-and-sets return the row they used: one statement, built once, on the token endpoint's path.
+CONSUME_CODE = (
+    update(AuthorizationCode)
+    .where(
+        AuthorizationCode.digest == bindparam("token_digest"),
+        AuthorizationCode.client_id == bindparam("asking_client"),
+        AuthorizationCode.consumed_at.is_(None),
+    )
+    .values(consumed_at=bindparam("used_at"))
+    .returning(AuthorizationCode)
+    .execution_options(synchronize_session=False)
+)
+ROTATE_REFRESH_TOKEN = (
+    update(RefreshToken)
+    .where(
+        RefreshToken.digest == bindparam("token_digest"),
+        RefreshToken.client_id == bindparam("asking_client"),
+        RefreshToken.rotated_at.is_(None),
+        RefreshToken.revoked_at.is_(None),
+    )
+    .values(rotated_at=bindparam("used_at"))
+    .returning(RefreshToken)
+    .execution_options(synchronize_session=False)
+)
+
+
 def consume_code(db: Session, code: str, client_id: str, *, now: dt.datetime) -> AuthorizationCode | None:
     """The code, used once: a compare-and-set marks it consumed. A replay revokes what the code issued.
 
@@ -205,18 +232,7 @@ def consume_code(db: Session, code: str, client_id: str, *, now: dt.datetime) ->
     if not code or len(code) > 256:
         return None
     key = digest(code)
-    # The compare-and-set returns the row it consumed: one statement on the token endpoint's path.
-    record = db.scalars(
-        update(AuthorizationCode)
-        .where(
-            AuthorizationCode.digest == key,
-            AuthorizationCode.client_id == client_id,
-            AuthorizationCode.consumed_at.is_(None),
-        )
-        .values(consumed_at=now)
-        .returning(AuthorizationCode)
-        .execution_options(synchronize_session=False)
-    ).first()
+    record = db.scalars(CONSUME_CODE, {"token_digest": key, "asking_client": client_id, "used_at": now}).first()
     if record is None:
         used = db.get(AuthorizationCode, key)
         if used is not None and used.client_id == client_id and used.consumed_at is not None:
@@ -274,19 +290,7 @@ def rotate_refresh_token(db: Session, token: str, client_id: str, *, now: dt.dat
     if not token or len(token) > 256:
         return None
     key = digest(token)
-    # The compare-and-set returns the row it used: one statement on the token endpoint's path.
-    record = db.scalars(
-        update(RefreshToken)
-        .where(
-            RefreshToken.digest == key,
-            RefreshToken.client_id == client_id,
-            RefreshToken.rotated_at.is_(None),
-            RefreshToken.revoked_at.is_(None),
-        )
-        .values(rotated_at=now)
-        .returning(RefreshToken)
-        .execution_options(synchronize_session=False)
-    ).first()
+    record = db.scalars(ROTATE_REFRESH_TOKEN, {"token_digest": key, "asking_client": client_id, "used_at": now}).first()
     if record is None:
         used = db.get(RefreshToken, key)
         if used is not None and used.client_id == client_id and used.revoked_at is None:
@@ -341,4 +345,4 @@ def revoke_client_grants(db: Session, *, resident_id: uuid.UUID, client_id: str,
 def find_refresh_token(db: Session, token: str) -> RefreshToken | None:
     if not token or len(token) > 256:
         return None
-    return db.get(RefreshToken, digest(token))
+    return load(db, RefreshToken, digest(token))
