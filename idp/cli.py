@@ -464,12 +464,16 @@ def residents_lock(reference: str, as_json: bool) -> None:
 @click.argument("reference")
 @json_option
 def residents_unlock(reference: str, as_json: bool) -> None:
-    """Unlock a resident."""
+    """Unlock a resident, and forget their wrong TOTP codes (a lockout from someone guessing lifts too)."""
+    from idp.authn.lockout import TOTP_FAILURES_PER_RESIDENT, make_rate_limiter
     from idp.authn.residents import unlock_resident
 
+    settings = _settings()
     with _database() as db:
         resident = _find(db, reference)
         unlock_resident(db, resident)
+        limiter = make_rate_limiter(settings.ratelimit_storage, db.get_bind(), secret=settings.secret_key)
+        limiter.reset(TOTP_FAILURES_PER_RESIDENT, str(resident.id))
         data = _resident_json(resident, full=False)
     _echo_json(data) if as_json else click.echo(f"{data['id']}: unlocked")
 

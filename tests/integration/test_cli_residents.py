@@ -23,6 +23,7 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session, sessionmaker
 from werkzeug.test import TestResponse
 
+from idp.authn.lockout import TOTP_FAILURES_PER_RESIDENT, make_rate_limiter
 from idp.authn.residents import lock_resident
 from idp.models import AuditEvent, LoginSession, Resident
 from idp.settings import Settings
@@ -271,6 +272,23 @@ def test_show_finds_the_resident_by_id_or_phone_number_in_any_form(
 
 
 # -- lock and unlock ---------------------------------------------------------------------------------------------
+
+
+def test_unlock_also_lifts_a_totp_lockout(
+    env: dict[str, str], app: Flask, settings: Settings, sandbox: SandboxAgency
+) -> None:
+    _, kim = signed_in_resident(app, sandbox, KIM)
+    # Someone typed wrong codes for Kim's number until the per-resident lock set in.
+    limiter = make_rate_limiter("database", app.extensions["idp.db"][0], secret=settings.secret_key)
+    now = dt.datetime.now(dt.UTC)
+    for _ in range(TOTP_FAILURES_PER_RESIDENT.free + 1):
+        limiter.fail(TOTP_FAILURES_PER_RESIDENT, str(kim.id), now=now)
+    assert limiter.locked_for(TOTP_FAILURES_PER_RESIDENT, str(kim.id), now=now) > 0
+
+    unlocked = idp({**env, "IDP_SECRET_KEY": settings.secret_key}, "residents", "unlock", str(kim.id))
+
+    assert unlocked.returncode == 0, unlocked.stderr
+    assert limiter.locked_for(TOTP_FAILURES_PER_RESIDENT, str(kim.id), now=now) == 0
 
 
 def test_lock_ends_sessions_and_refuses_sign_in_until_unlock(
