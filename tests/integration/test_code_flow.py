@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import time
+import datetime as dt
 from collections.abc import Callable
 from dataclasses import replace
 from urllib.parse import parse_qs, urlencode, urlsplit
@@ -13,7 +13,7 @@ from oidc_flow import KIM_E164, REDIRECT, authorize, basic, decode, exchange, pk
 from sandbox_agency import SandboxAgency
 from sqlalchemy import select
 
-from idp.models import Resident
+from idp.models import LoginSession, Resident
 from idp.settings import Settings
 
 
@@ -207,6 +207,11 @@ def test_prompt_login_signs_in_again_and_moves_auth_time(app: Flask, sandbox: Sa
     created = register(app)
     browser = app.test_client()
     sign_in(browser, sandbox)
+    # The first sign-in happened a minute ago (auth_time has one-second resolution; no sleeping in tests).
+    with app.extensions["idp.db"][1]() as db:
+        for login in db.scalars(select(LoginSession)):
+            login.auth_time -= dt.timedelta(minutes=1)
+        db.commit()
     first = decode(app, exchange(browser, created, authorize(browser, created.client.id)).get_json()["id_token"])
     verifier, challenge = pkce()
     query = {
@@ -224,7 +229,6 @@ def test_prompt_login_signs_in_again_and_moves_auth_time(app: Flask, sandbox: Sa
     login_page = asked.headers["Location"]
     # The resident, already signed in, reads why they are asked again.
     assert "다시 로그인하도록 요청했습니다" in browser.get(login_page).get_data(as_text=True)
-    time.sleep(1)  # auth_time has one-second resolution
     sign_in(browser, sandbox)
     # The same request, after the new sign-in, goes through (no loop back to /login).
     returned = browser.get(parse_qs(urlsplit(login_page).query)["next"][0])
