@@ -88,25 +88,35 @@ def database_url(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPa
     if request.param == "sqlite":
         url = f"sqlite:///{tmp_path_factory.mktemp('db') / 'idp.sqlite3'}"
         upgrade_database(url)
+        PRISTINE[url] = copy_database(url, tmp_path_factory.mktemp("pristine-db"))
         yield url
         return
     assert POSTGRES_URL
     url = create_postgres_database(POSTGRES_URL)
     upgrade_database(url)
+    PRISTINE[url] = copy_database(url, tmp_path_factory.mktemp("pristine-db"))
     yield url
+    drop_database_copy(PRISTINE.pop(url))
     drop_postgres_database(POSTGRES_URL, url)
 
 
+# The migrated database of each backend as it was before any test ran: copies start from it, so rows another test
+# committed to the shared database never show up in a "fresh" one.
+PRISTINE: dict[str, str] = {}
+
+
 def copy_database(database_url: str, directory: Path) -> str:
-    """A copy of the migrated database (SQLite: a file in `directory`; PostgreSQL: a database from it as template)."""
-    if database_url.startswith("sqlite"):
+    """An empty migrated database of its own (SQLite: a file in `directory`; PostgreSQL: a database made from the
+    pristine one as template)."""
+    source = PRISTINE.get(database_url, database_url)
+    if source.startswith("sqlite"):
         copy = directory / "fresh.sqlite3"
-        shutil.copyfile(database_url.removeprefix("sqlite:///"), copy)
+        shutil.copyfile(source.removeprefix("sqlite:///"), copy)
         return f"sqlite:///{copy}"
     assert POSTGRES_URL
     name = f"idp_test_{uuid.uuid4().hex[:12]}"
     admin = create_engine(POSTGRES_URL, isolation_level="AUTOCOMMIT")
-    template = make_url(database_url).database
+    template = make_url(source).database
     with admin.connect() as connection:
         # The template must have no other connections while it is copied.
         connection.execute(TERMINATE_OTHER_CONNECTIONS, {"name": template})
