@@ -219,9 +219,11 @@ class RefreshTokenGrant(grants.RefreshTokenGrant):
         known = tokens.find_refresh_token(db.session(), presented)
         if known is not None and known.client_id == client.get_client_id():
             self._validate_token_scope(RefreshRecord(known))
-            resident = db.session().get(Resident, known.resident_id)
+            resident = load(db.session(), Resident, known.resident_id)
             if resident is None or resident.is_locked:
                 raise InvalidGrantError("The resident can no longer be signed in.")
+            # Kept for authenticate_user: the session's identity map holds objects weakly, and would query again.
+            self.checked_resident = resident
         row = tokens.rotate_refresh_token(db.session(), presented, client.get_client_id(), now=_now())
         if row is None:
             raise InvalidGrantError()
@@ -231,7 +233,9 @@ class RefreshTokenGrant(grants.RefreshTokenGrant):
         raise NotImplementedError("looked up and rotated in _validate_request_token")
 
     def authenticate_user(self, refresh_token: RefreshRecord) -> Resident | None:
-        resident = load(db.session(), Resident, refresh_token.row.resident_id)
+        resident: Resident | None = getattr(self, "checked_resident", None)
+        if resident is None or resident.id != refresh_token.row.resident_id:
+            resident = load(db.session(), Resident, refresh_token.row.resident_id)
         return None if resident is None or resident.is_locked else resident
 
     def revoke_old_credential(self, refresh_token: RefreshRecord) -> None:
