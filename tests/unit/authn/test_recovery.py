@@ -10,7 +10,6 @@ import re
 import threading
 import uuid
 from collections.abc import Callable, Iterator
-from pathlib import Path
 
 import pytest
 from cryptography.fernet import Fernet
@@ -29,13 +28,12 @@ from idp.authn.recovery import (
     remaining_recovery_codes,
 )
 from idp.authn.totp import TotpError, authenticate, remove_totp
-from idp.db import Base, make_engine
+from idp.db import make_engine
 from idp.models import AuditEvent, RecoveryCode, Resident, TotpDevice
 
 NOW = dt.datetime(2026, 11, 26, 6, 0, tzinfo=dt.UTC)
 LATER = NOW + dt.timedelta(days=40)
 KEY = b"test recovery-code key"
-LIMITER_KEY = b"test lockout key"
 # Printed for copying by hand: no 0/o, 1/l/i.
 # Well-formed but never issued (one chance in 31^10 that a generated code is this).
 NEVER_ISSUED = "zzzzz-zzzzz"
@@ -78,27 +76,6 @@ def add_device(db: Session, resident: Resident, cipher: Fernet, *, confirmed: bo
 @pytest.fixture
 def codes(db: Session, resident: Resident) -> list[str]:
     return generate_recovery_codes(db, resident.id, key=KEY, now=NOW)
-
-
-@pytest.fixture
-def limiter(engine: Engine, tmp_path: Path) -> Iterator[DatabaseRateLimiter]:
-    """The database limiter; on SQLite its counters live in a file of their own.
-
-    The counters commit on their own connection. On SQLite the test's open transaction holds the write lock from
-    its first insert on, so counters in the same file would wait for it until the busy timeout.
-    """
-    if engine.dialect.name == "postgresql":
-        yield DatabaseRateLimiter(engine, LIMITER_KEY)
-        return
-    counters = make_engine(f"sqlite:///{tmp_path / 'counters.sqlite3'}")
-    Base.metadata.tables["rate_limit_counter"].create(counters)
-    yield DatabaseRateLimiter(counters, LIMITER_KEY)
-    counters.dispose()
-
-
-@pytest.fixture
-def client_ip() -> str:
-    return f"2001:db8::{uuid.uuid4().hex[:4]}:{uuid.uuid4().hex[:4]}"
 
 
 def use(db: Session, resident: Resident, code: str, *, now: dt.datetime = LATER) -> None:

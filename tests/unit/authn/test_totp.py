@@ -9,7 +9,6 @@ import threading
 import urllib.parse
 import uuid
 from collections.abc import Callable, Iterator
-from pathlib import Path
 
 import pyotp
 import pytest
@@ -46,7 +45,7 @@ from idp.authn.totp import (
     totp_check,
     verify_code,
 )
-from idp.db import Base, make_engine
+from idp.db import make_engine
 from idp.models import AuditEvent, RateLimitCounter, RecoveryCode, Resident, TotpDevice
 
 NOW = dt.datetime(2026, 11, 26, 6, 0, tzinfo=dt.UTC)  # the first second of a 30-second step
@@ -119,28 +118,6 @@ def device(db: Session, resident: Resident, cipher: Fernet) -> TotpDevice:
     return add_device(db, resident, cipher)
 
 
-@pytest.fixture
-def limiter(engine: Engine, tmp_path: Path) -> Iterator[DatabaseRateLimiter]:
-    """The database limiter; on SQLite its counters live in a file of their own.
-
-    The counters commit on their own connection. On SQLite the test's open transaction holds the write lock from
-    its first insert on, so counters in the same file would wait for it until the busy timeout.
-    """
-    if engine.dialect.name == "postgresql":
-        yield DatabaseRateLimiter(engine, LIMITER_KEY)
-        return
-    counters = make_engine(f"sqlite:///{tmp_path / 'counters.sqlite3'}")
-    Base.metadata.tables["rate_limit_counter"].create(counters)
-    yield DatabaseRateLimiter(counters, LIMITER_KEY)
-    counters.dispose()
-
-
-@pytest.fixture
-def client_ip() -> str:
-    # Unique per test: on PostgreSQL the counters are committed to the database every test shares.
-    return f"2001:db8::{uuid.uuid4().hex[:4]}:{uuid.uuid4().hex[:4]}"
-
-
 def sign_in(
     db: Session,
     limiter: DatabaseRateLimiter,
@@ -167,7 +144,7 @@ def ip_failures(limiter: DatabaseRateLimiter, client_ip: str) -> int:
     with limiter.engine.connect() as connection:
         count = connection.execute(
             select(RateLimitCounter.count).where(
-                RateLimitCounter.key == counter_key(TOTP_FAILURES_PER_IP, client_ip, LIMITER_KEY)
+                RateLimitCounter.key == counter_key(TOTP_FAILURES_PER_IP, client_ip, limiter.secret)
             )
         ).scalar()
     return int(count or 0)
@@ -461,8 +438,8 @@ def test_code_consumed_by_another_process_after_the_check_is_a_counted_replay(
     counts = {row.key: row.count for row in rows}
     # The lost race counts as a failure against the resident (after the winner's success reset it) and the IP
     # (which no success resets).
-    assert counts[counter_key(TOTP_FAILURES_PER_RESIDENT, subject, LIMITER_KEY)] == 1
-    assert counts[counter_key(TOTP_FAILURES_PER_IP, client_ip, LIMITER_KEY)] == 1
+    assert counts[counter_key(TOTP_FAILURES_PER_RESIDENT, subject, limiter.secret)] == 1
+    assert counts[counter_key(TOTP_FAILURES_PER_IP, client_ip, limiter.secret)] == 1
     assert stored_step(engines[0], committed_resident) == step_of(NOW)
     limiter.reset(TOTP_FAILURES_PER_RESIDENT, subject)
     limiter.reset(TOTP_FAILURES_PER_IP, client_ip)
