@@ -12,6 +12,7 @@ import urllib.request
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from flask import Flask
@@ -149,9 +150,14 @@ def module_database_url(database_url: str, tmp_path_factory: pytest.TempPathFact
 
 @pytest.fixture
 def settings(tmp_path: Path, keys_dir: Path, database_url: str) -> Settings:
+    return settings_for_test(tmp_path / "instance", keys_dir, database_url)
+
+
+def settings_for_test(instance_dir: Path, keys_dir: Path, database_url: str, **extra: Any) -> Settings:
+    """Settings for a test app: fixed secrets, keyring changes seen at once."""
     return Settings(
         issuer="http://localhost:8000",
-        instance_dir=tmp_path / "instance",
+        instance_dir=instance_dir,
         database_url=database_url,
         keys_dir=keys_dir,
         secret_key="test-secret-key",
@@ -159,7 +165,25 @@ def settings(tmp_path: Path, keys_dir: Path, database_url: str) -> Settings:
         ci_pepper="test-ci-pepper",
         pairwise_secret="test-pairwise-secret",
         keyring_check_interval=0,
+        **extra,
     )
+
+
+@pytest.fixture(scope="module")
+def module_app(
+    module_database_url: str, keyring_template: Path, sandbox_url: str, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Flask]:
+    """An app shared by one module's tests, on the module's database and keyring, calling the sandbox agency."""
+    directory = tmp_path_factory.mktemp("module-app")
+    shutil.copytree(keyring_template, directory / "keys")
+    app = create_app(
+        settings_for_test(
+            directory / "instance", directory / "keys", module_database_url, carrier_agency_url=sandbox_url
+        )
+    )
+    app.config["TESTING"] = True
+    yield app
+    app.extensions["idp.db"][0].dispose()
 
 
 @pytest.fixture

@@ -13,10 +13,8 @@ import hashlib
 import hmac
 import json
 import secrets
-import shutil
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlencode, urlsplit
 
@@ -30,11 +28,9 @@ from sandbox_agency import SandboxAgency
 from sqlalchemy import update
 from werkzeug.test import TestResponse
 
-from idp import create_app
 from idp.models import AuthorizationCode
 from idp.oidc.clients import CreatedClient
 from idp.oidc.tokens import digest
-from idp.settings import Settings
 
 ISSUER = "http://localhost:8000"
 STATE = "st-8f3a"
@@ -68,25 +64,8 @@ class World:
 
 
 @pytest.fixture(scope="module")
-def world(
-    module_database_url: str, keyring_template: Path, sandbox_url: str, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[World]:
-    directory = tmp_path_factory.mktemp("bad-input")
-    shutil.copytree(keyring_template, directory / "keys")
-    settings = Settings(
-        issuer=ISSUER,
-        instance_dir=directory / "instance",
-        database_url=module_database_url,
-        keys_dir=directory / "keys",
-        secret_key="test-secret-key",
-        data_key="test-data-key",
-        ci_pepper="test-ci-pepper",
-        pairwise_secret="test-pairwise-secret",
-        keyring_check_interval=0,
-        carrier_agency_url=sandbox_url,
-    )
-    app = create_app(settings)
-    app.config["TESTING"] = True
+def world(module_app: Flask, sandbox_url: str) -> Iterator[World]:
+    app = module_app
     signer_key = ECKey.generate_key("P-256", auto_kid=True)
     world = World(
         app=app,
@@ -119,7 +98,6 @@ def world(
     authorize(world.browser, world.spa.client.id)
     yield world
     request_finished.disconnect(record, app)
-    app.extensions["idp.db"][0].dispose()
 
 
 @pytest.fixture

@@ -11,11 +11,9 @@ from __future__ import annotations
 
 import datetime as dt
 import itertools
-import shutil
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import pyotp
@@ -40,10 +38,8 @@ from test_login_totp import (
 )
 from werkzeug.test import TestResponse
 
-from idp import create_app
 from idp.authn.lockout import TOTP_FAILURES_PER_IP, counter_key
 from idp.models import AuditEvent, LoginSession, RateLimitCounter, RecoveryCode, Resident, TotpDevice
-from idp.settings import Settings
 
 ISSUER = "http://localhost:8000"
 KIM = {"carrier": "SKT", "name": "김경기", "birthdate": "1985-03-14", "rrn_digit7": "1", "phone": "010-0000-0001"}
@@ -88,25 +84,8 @@ def ip_of(browser: FlaskClient) -> str:
 
 
 @pytest.fixture(scope="module")
-def world(
-    module_database_url: str, keyring_template: Path, sandbox_url: str, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[World]:
-    directory = tmp_path_factory.mktemp("bad-totp")
-    shutil.copytree(keyring_template, directory / "keys")
-    settings = Settings(
-        issuer=ISSUER,
-        instance_dir=directory / "instance",
-        database_url=module_database_url,
-        keys_dir=directory / "keys",
-        secret_key="test-secret-key",
-        data_key="test-data-key",
-        ci_pepper="test-ci-pepper",
-        pairwise_secret="test-pairwise-secret",
-        keyring_check_interval=0,
-        carrier_agency_url=sandbox_url,
-    )
-    app = create_app(settings)
-    app.config["TESTING"] = True
+def world(module_app: Flask, sandbox_url: str) -> Iterator[World]:
+    app = module_app
     sandbox = SandboxAgency(sandbox_url)
     sandbox.reset()
 
@@ -155,7 +134,6 @@ def world(
     request_finished.connect(record, app, weak=False)
     yield world
     request_finished.disconnect(record, app)
-    app.extensions["idp.db"][0].dispose()
 
 
 @pytest.fixture
