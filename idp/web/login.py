@@ -47,6 +47,7 @@ FLOW_KEY = "carrier"
 SECOND_FACTOR = "second_factor"  # a carrier sign-in waiting for the resident's TOTP code
 SECOND_FACTOR_TTL = dt.timedelta(minutes=5)
 PENDING_AUTHORIZATIONS = "authz_pending"  # kept by idp.oidc.views between /authorize and the sign-in
+MAX_NEXT = 8192  # an /authorize request with all its parameters fits (the flow cookie caps it lower)
 
 
 def _service() -> CarrierSignIn:
@@ -64,8 +65,17 @@ def _client_ip() -> str:
 
 
 def safe_next(target: str | None) -> str | None:
-    """Only a path on this server: an open redirect would make the login page a phishing tool."""
-    if not target or not target.startswith("/") or target.startswith("//") or "\\" in target:
+    """Only a path on this server: an open redirect would make the login page a phishing tool.
+
+    Browsers drop tabs and newlines anywhere in a URL and strip leading spaces and controls (WHATWG URL §4.4), so
+    `/<TAB>/evil.example` is `//evil.example` to them: only printable ASCII without spaces is accepted, parsed
+    with no scheme and no host, and starting with one slash."""
+    if not target or len(target) > MAX_NEXT or not target.isascii() or not target.isprintable():
+        return None
+    if " " in target or "\\" in target or not target.startswith("/") or target.startswith("//"):
+        return None
+    parts = urlsplit(target)
+    if parts.scheme or parts.netloc:
         return None
     return target
 

@@ -196,10 +196,24 @@ def test_next_is_followed_only_within_the_idp(app: Flask, sandbox: SandboxAgency
         ("//evil.example/", "/account"),
         ("https://evil.example/", "/account"),
         ("/\\evil.example", "/account"),
+        # Browsers drop tabs and newlines inside URLs: these would become //evil.example/phish.
+        ("/\t/evil.example/phish", "/account"),
+        ("/\n/evil.example/phish", "/account"),
+        ("/\r/evil.example/phish", "/account"),
     ]:
         client.get("/login", query_string={"next": target})
         done = sign_in(client, sandbox, KIM, KIM_E164)
         assert done.headers["Location"] == expected, target
+
+
+def test_welcome_page_continues_only_within_the_idp(app: Flask, sandbox: SandboxAgency) -> None:
+    client = app.test_client()
+    client.get("/login?next=/%09/evil.example/phish")
+    done = sign_in(client, sandbox, KIM, KIM_E164)
+    assert done.headers["Location"].endswith("/login/welcome")
+    page = text(client.get("/login/welcome"))
+    assert "evil.example" not in page
+    assert 'href="/account"' in page
 
 
 def test_pages_speak_korean_by_default_and_english_when_asked(client: FlaskClient) -> None:

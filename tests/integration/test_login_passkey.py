@@ -190,6 +190,20 @@ def test_resident_adds_a_passkey_and_signs_in_with_it_at_phishing_resistant_leve
     assert claims["phone_number"] == KIM_E164
 
 
+def test_sign_in_continues_only_within_the_idp(
+    browser: FlaskClient, sandbox: SandboxAgency, authenticator: SoftAuthenticator
+) -> None:
+    sign_in(browser, sandbox)
+    assert add_passkey(browser, authenticator).status_code == 200
+    sign_out(browser)
+    # Browsers drop the tab: the page would go to //evil.example/phish.
+    browser.get("/login?next=/%09/evil.example/phish")
+
+    signed_in = sign_in_with_passkey(browser, authenticator)
+
+    assert signed_in.get_json() == {"redirect": "/account"}
+
+
 def test_passkey_in_a_carrier_session_steps_the_same_session_up(
     app: Flask, browser: FlaskClient, sandbox: SandboxAgency, authenticator: SoftAuthenticator
 ) -> None:
