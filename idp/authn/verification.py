@@ -208,19 +208,14 @@ def sign_in(
     client_ip: str | None,
     user_agent: str | None,
     now: dt.datetime,
-    encrypted_ci: bytes | None = None,
 ) -> SignedIn:
     """Find or create the resident the identity names and sign them in: the browser's `current` session rises
     when it is theirs, otherwise a new one opens.
-
-    `encrypted_ci` is given when the sign-in is for a service allowed the raw CI (`kr_ci`): only then is it kept.
 
     Raises:
         ResidentLockedError: an admin locked the resident.
     """
     account = resident_for_identity(db, identity, pepper=service.ci_pepper, now=now, client_ip=client_ip)
-    if encrypted_ci is not None:
-        account.resident.ci_encrypted = encrypted_ci
     # The verification's own events belong to the resident from now on, so erasing them erases those too.
     db.execute(
         update(AuditEvent)

@@ -5,12 +5,18 @@ from __future__ import annotations
 import datetime as dt
 import uuid
 
+from cryptography.fernet import InvalidToken
 from sqlalchemy import delete, select
 from sqlalchemy.orm import Session
 
 from idp.audit import SUCCESS, record_event
-from idp.models import Client, Consent
+from idp.models import Client, Consent, Resident
+from idp.oidc.claims import encrypt_ci
 from idp.oidc.tokens import revoke_client_grants
+from idp.settings import Settings, data_fernet
+
+# A raw CI waits in the browser's flow for the resident's consent at most as long as the flow itself lives.
+RAW_CI_HOLD = dt.timedelta(minutes=30)
 
 
 def missing_scopes(db: Session, resident_id: uuid.UUID, client: Client, scopes: list[str]) -> list[str]:
@@ -32,9 +38,16 @@ def grant_consent(db: Session, resident_id: uuid.UUID, client_id: str, scopes: l
 
 
 def revoke_consent(db: Session, resident_id: uuid.UUID, client_id: str, *, now: dt.datetime) -> None:
-    """Withdraw the consent and revoke the client's refresh and access tokens for the resident."""
+    """Withdraw the consent and revoke the client's refresh and access tokens for the resident; the raw CI goes
+    too when no other service the resident allowed `kr_ci` is left."""
     db.execute(delete(Consent).where(Consent.resident_id == resident_id, Consent.client_id == client_id))
     revoke_client_grants(db, resident_id=resident_id, client_id=client_id, now=now)
+    remaining = db.scalars(select(Consent.scopes).where(Consent.resident_id == resident_id)).all()
+    if not any("kr_ci" in scopes for scopes in remaining):
+        resident = db.get(Resident, resident_id)
+        if resident is not None and resident.ci_encrypted is not None:
+            resident.ci_encrypted = None
+            record_event(db, "ci.dropped", result=SUCCESS, resident_id=resident_id, client_id=client_id)
     record_event(db, "consent.revoked", result=SUCCESS, resident_id=resident_id, client_id=client_id)
 
 
@@ -43,3 +56,36 @@ def list_consents(db: Session, resident_id: uuid.UUID) -> list[tuple[Consent, Cl
         select(Consent, Client).join(Client, Client.id == Consent.client_id).where(Consent.resident_id == resident_id)
     )
     return [(row[0], row[1]) for row in rows]
+
+
+# -- the raw CI (kr_ci) ---------------------------------------------------------------------------------------------
+
+
+def hold_raw_ci(ci: str, *, resident_id: uuid.UUID, client_id: str, settings: Settings) -> dict[str, str]:
+    """What the browser's flow carries of a fresh carrier verification's CI until the resident answers the
+    service's consent question: encrypted under IDP_DATA_KEY, for this resident and this service only."""
+    return {"resident": str(resident_id), "client": client_id, "ci": encrypt_ci(ci, settings).decode()}
+
+
+def held_ci(
+    held: object, *, resident_id: uuid.UUID, client_id: str, settings: Settings, now: dt.datetime
+) -> bytes | None:
+    """The encrypted CI held for this resident and service, if it is still fresh; None otherwise."""
+    if not isinstance(held, dict) or held.get("resident") != str(resident_id) or held.get("client") != client_id:
+        return None
+    token = held.get("ci")
+    if not isinstance(token, str):
+        return None
+    try:
+        data_fernet(settings).decrypt_at_time(
+            token.encode(), ttl=int(RAW_CI_HOLD.total_seconds()), current_time=int(now.timestamp())
+        )
+    except InvalidToken:
+        return None
+    return token.encode()
+
+
+def keep_raw_ci(db: Session, resident: Resident, encrypted_ci: bytes, *, client_id: str) -> None:
+    """Keep the raw CI (encrypted) once the resident allowed `kr_ci` to a service an admin allowed it."""
+    resident.ci_encrypted = encrypted_ci
+    record_event(db, "ci.kept", result=SUCCESS, resident_id=resident.id, client_id=client_id)

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
 import json
 import re
 import secrets
+import uuid
 from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlsplit
 
@@ -33,7 +35,7 @@ from idp.authn.totp import has_totp
 from idp.keyring import KeyringError
 from idp.models import Passkey
 from idp.oidc.clients import find_client
-from idp.oidc.consent import grant_consent, missing_scopes
+from idp.oidc.consent import grant_consent, held_ci, keep_raw_ci, missing_scopes
 from idp.oidc.endpoints import UserInfoError, userinfo
 from idp.oidc.grants import AuthorizedResident
 from idp.oidc.logout import IdTokenHintInvalidError, end_login_session, read_id_token_hint
@@ -49,7 +51,7 @@ from idp.oidc.server import IdpAuthorizationServer
 from idp.oidc.tokens import subject_for
 from idp.web.cookies import clear_session_cookie, current_login
 from idp.web.forms import ActionForm
-from idp.web.login import PENDING_AUTHORIZATIONS
+from idp.web.login import HELD_CI, PENDING_AUTHORIZATIONS
 
 bp = Blueprint("oidc", __name__)
 RESPONSE_MODES = ("query", "form_post")
@@ -231,6 +233,10 @@ def authorize() -> BaseResponse | tuple[str, int]:
         and login is not None
         and "kr_ci" in grant.request.scope.split()
         and login.resident.ci_encrypted is None
+        and held_ci(
+            session.get(HELD_CI), resident_id=login.resident_id, client_id=client.id, settings=server.settings, now=now
+        )
+        is None
     ):
         # The raw CI is kept only for services allowed it, so it comes from a fresh carrier verification.
         reason = LoginReason.CARRIER_VERIFICATION
@@ -284,21 +290,22 @@ def authorize() -> BaseResponse | tuple[str, int]:
     assert login is not None
     scopes = grant.request.scope.split()
     missing = missing_scopes(db.session(), login.resident_id, client, scopes)
-    decision = pending.get("consent")
-    if missing or ("consent" in prompt and decision is None):
+    decision = _decision(pending, resident_id=login.resident_id, scopes=scopes)
+    if decision != "deny" and (missing or ("consent" in prompt and decision is None)):
         if "none" in prompt:
             return _redirect_back(params, _protocol_error("consent_required", grant.redirect_uri))
-        if decision is None:
-            request_id = _remember_pending(params)
-            return render_template(
-                "consent.html",
-                client=client,
-                scopes=scopes,
-                missing=missing or scopes,
-                request_id=request_id,
-                form=ActionForm(),
-            ), 200
+        shown = missing or scopes
+        request_id = _ask_consent(params, resident_id=login.resident_id, shown=shown)
+        return render_template(
+            "consent.html", client=client, scopes=scopes, missing=shown, request_id=request_id, form=ActionForm()
+        ), 200
     _forget_pending(params)
+    held = session.pop(HELD_CI, None)
+    if decision != "deny" and "kr_ci" in scopes and login.resident.ci_encrypted is None:
+        # The resident allowed kr_ci to this service (now or before): only now is the raw CI kept.
+        encrypted = held_ci(held, resident_id=login.resident_id, client_id=client.id, settings=server.settings, now=now)
+        if encrypted is not None:
+            keep_raw_ci(db.session(), login.resident, encrypted, client_id=client.id)
     grant_user = end_user if decision != "deny" else None
     response: Response = server.create_authorization_response(grant=grant, grant_user=grant_user)
     db.session().commit()
@@ -355,8 +362,10 @@ def _essential_acr(params: dict[str, str]) -> bool:
 
 
 def _request_key(params: dict[str, str]) -> str:
-    # One pending entry per authorization request of this browser (client, redirect, state, nonce).
-    return "|".join(params.get(k, "") for k in ("client_id", "redirect_uri", "state", "nonce"))
+    # One pending entry per authorization request of this browser, identified by all its parameters: a request
+    # that differs in anything (its scope, say) is another request with a consent question of its own.
+    canonical = json.dumps(sorted(params.items()), ensure_ascii=False)
+    return hashlib.sha256(canonical.encode()).hexdigest()[:32]
 
 
 def _pending(params: dict[str, str]) -> dict[str, Any]:
@@ -366,18 +375,37 @@ def _pending(params: dict[str, str]) -> dict[str, Any]:
     return entry
 
 
-def _remember_pending(params: dict[str, str]) -> str:
+def _remember_pending(params: dict[str, str], **fields: Any) -> None:
     pending = dict(session.get(PENDING, {}))
     key = _request_key(params)
-    entry = dict(pending.get(key, {}))
+    entry = dict(pending.pop(key, {}))
     entry.setdefault("since", _now().isoformat())
-    entry.setdefault("id", secrets.token_urlsafe(12))
     entry["params"] = params
+    entry.update(fields)
     # Keep only a few pending requests per browser: the cookie must stay small.
     pending = {k: v for k, v in list(pending.items())[-4:]}
     pending[key] = entry
     session[PENDING] = pending
-    return str(entry["id"])
+
+
+def _ask_consent(params: dict[str, str], *, resident_id: uuid.UUID, shown: list[str]) -> str:
+    """Remember the consent question put to the resident: a new id each time the page is shown, with the exact
+    scopes it lists; an answer is taken only for the latest page, from the same resident, for those scopes."""
+    request_id = secrets.token_urlsafe(16)
+    _remember_pending(params, ask={"id": request_id, "resident": str(resident_id), "scopes": shown}, consent=None)
+    return request_id
+
+
+def _decision(pending: dict[str, Any], *, resident_id: uuid.UUID, scopes: list[str]) -> str | None:
+    """The resident's answer on this request's consent page ("allow" or "deny"), if it was this resident's and
+    about exactly these scopes; a sign-in by someone else, or another scope list, is asked afresh."""
+    decision = pending.get("consent")
+    if not isinstance(decision, dict) or decision.get("resident") != str(resident_id):
+        return None
+    if decision.get("scopes") != sorted(scopes):
+        return None
+    answer = decision.get("decision")
+    return answer if answer in ("allow", "deny") else None
 
 
 def _forget_pending(params: dict[str, str]) -> None:
@@ -394,18 +422,29 @@ def consent() -> BaseResponse | Response:
     form = ActionForm()
     request_id = request.form.get("request_id", "")
     pending = dict(session.get(PENDING, {}))
-    entry_key = next((k for k, v in pending.items() if v.get("id") == request_id), None)
+    entry_key = next(
+        (k for k, v in pending.items() if request_id and (v.get("ask") or {}).get("id") == request_id), None
+    )
     login = current_login()
     if not form.validate() or entry_key is None or login is None:
         return render_error(400, _("This sign-in request has expired. Go back to the service and try again."))
     entry = dict(pending[entry_key])
+    asked = entry.pop("ask")
+    if asked.get("resident") != str(login.resident_id):
+        # Someone else signed in since the page was shown: their answer is asked on a page of their own.
+        return render_error(400, _("This sign-in request has expired. Go back to the service and try again."))
     params: dict[str, str] = entry["params"]
     allow = request.form.get("decision") == "allow"
     if allow:
-        scopes = [s for s in params.get("scope", "").split() if s]
-        grant_consent(db.session(), login.resident_id, params.get("client_id", ""), scopes, now=_now())
+        # Exactly what the page listed; the rest of the request was allowed before (or it is asked again).
+        grant_consent(db.session(), login.resident_id, params.get("client_id", ""), asked["scopes"], now=_now())
         db.session().commit()
-    entry["consent"] = "allow" if allow else "deny"
+    requested = sorted(s for s in params.get("scope", "").split() if s)
+    entry["consent"] = {
+        "decision": "allow" if allow else "deny",
+        "resident": str(login.resident_id),
+        "scopes": requested,
+    }
     pending[entry_key] = entry
     session[PENDING] = pending
     return redirect(url_for("oidc.authorize") + "?" + urlencode(params), 303)

@@ -9,6 +9,7 @@ from urllib.parse import parse_qsl, urlsplit
 
 from flask import Blueprint, Response, current_app, redirect, render_template, request, session, url_for
 from flask_babel import gettext as _
+from sqlalchemy.orm import Session
 from werkzeug.wrappers import Response as BaseResponse
 
 from idp import db
@@ -35,8 +36,9 @@ from idp.authn.verification import (
     start_verification,
 )
 from idp.logs import mask_phone
-from idp.models import Client, Resident
-from idp.oidc.claims import encrypt_ci
+from idp.models import Resident
+from idp.oidc.clients import find_client
+from idp.oidc.consent import hold_raw_ci
 from idp.web import page_settings, render_error
 from idp.web.cookies import current_login, set_session_cookie
 from idp.web.forms import CARRIER_LABELS, ActionForm, CarrierStartForm, CodeForm
@@ -47,6 +49,7 @@ FLOW_KEY = "carrier"
 SECOND_FACTOR = "second_factor"  # a carrier sign-in waiting for the resident's TOTP code
 SECOND_FACTOR_TTL = dt.timedelta(minutes=5)
 PENDING_AUTHORIZATIONS = "authz_pending"  # kept by idp.oidc.views between /authorize and the sign-in
+HELD_CI = "held_ci"  # a fresh carrier verification's CI, until the resident answers a kr_ci consent question
 MAX_NEXT = 8192  # an /authorize request with all its parameters fits (the flow cookie caps it lower)
 
 
@@ -296,8 +299,7 @@ def _verify_failed(flow: dict[str, Any], error: CarrierVerificationError) -> tup
 
 def _finish_sign_in(identity: VerifiedIdentity) -> BaseResponse | Response:
     now = _now()
-    settings = page_settings()
-    keep_ci = wants_raw_ci(db.session(), session.get("next"))
+    ci_client = raw_ci_client(db.session(), session.get("next"))
     try:
         signed_in = sign_in(
             db.session(),
@@ -307,7 +309,6 @@ def _finish_sign_in(identity: VerifiedIdentity) -> BaseResponse | Response:
             client_ip=_client_ip(),
             user_agent=request.headers.get("User-Agent"),
             now=now,
-            encrypted_ci=encrypt_ci(identity.ci, settings) if keep_ci else None,
         )
     except ResidentLockedError:
         db.session().commit()
@@ -315,6 +316,11 @@ def _finish_sign_in(identity: VerifiedIdentity) -> BaseResponse | Response:
         return render_error(403, _("This account is locked. Contact the help desk to unlock it."))
     db.session().commit()
     session.pop(FLOW_KEY, None)
+    if ci_client is not None:
+        # The raw CI waits (encrypted, in this browser's flow) for the resident to allow kr_ci to that service.
+        resident_id = signed_in.account.resident.id
+        held = hold_raw_ci(identity.ci, resident_id=resident_id, client_id=ci_client, settings=page_settings())
+        session[HELD_CI] = held
     if signed_in.session is None:
         # The resident set up TOTP: the carrier verification is the first factor, the code finishes it.
         session[SECOND_FACTOR] = {
@@ -339,17 +345,14 @@ def _finish_sign_in(identity: VerifiedIdentity) -> BaseResponse | Response:
 def carry_over_flow(response: BaseResponse, cookie_value: str | None) -> None:
     """After a sign-in that opened a new session: its cookie, and a new flow cookie as well as a new session id.
 
-    Nothing from before the sign-in carries over but the language and the authorization requests waiting for
-    it (prompt=login, max_age, step-up).
+    Nothing from before the sign-in carries over but the language, the authorization requests waiting for it
+    (prompt=login, max_age, step-up) and a raw CI waiting for the resident's consent (bound to its resident).
     """
     if cookie_value is None:
         return
-    locale, pending = session.get("locale"), session.get(PENDING_AUTHORIZATIONS)
+    kept = {key: session[key] for key in ("locale", PENDING_AUTHORIZATIONS, HELD_CI) if session.get(key)}
     session.clear()
-    if locale:
-        session["locale"] = locale
-    if pending:
-        session[PENDING_AUTHORIZATIONS] = pending
+    session.update(kept)
     set_session_cookie(response, cookie_value)
 
 
@@ -369,15 +372,15 @@ def open_or_step_up(resident: Resident, events: list[AuthEvent], *, now: dt.date
     return cookie_value
 
 
-def wants_raw_ci(db_session: Any, target: str | None) -> bool:
-    """Whether the sign-in continues an authorization request for `kr_ci` by a client allowed it."""
+def raw_ci_client(db_session: Session, target: str | None) -> str | None:
+    """The client whose authorization request for `kr_ci` the sign-in continues, if an admin allowed it kr_ci."""
     if not target or not target.startswith("/authorize?"):
-        return False
+        return None
     query = dict(parse_qsl(urlsplit(target).query))
     if "kr_ci" not in query.get("scope", "").split():
-        return False
-    client = db_session.get(Client, query.get("client_id", "")[:128])
-    return client is not None and "kr_ci" in client.scopes
+        return None
+    client = find_client(db_session, query.get("client_id", ""))
+    return client.id if client is not None and "kr_ci" in client.scopes else None
 
 
 @bp.get("/login/welcome")
