@@ -29,6 +29,9 @@ TOTP_DIGITS = 6  # RFC 6238 §5.3 (the RFC 4226 truncation to 6 digits every aut
 TOTP_PERIOD = 30  # RFC 6238 §5.2: the recommended time step
 TOTP_WINDOW = 1  # RFC 6238 §5.2 and §6: accept one step either side for clock drift and typing time
 SECRET_BYTES = 20  # RFC 4226 §4: 160-bit shared secrets
+# A set-up is finished within the recent-sign-in window that let it start (authn/sessions.py RECENT_SIGN_IN): one
+# left open longer is void, so a stale session can neither read its secret nor finish it.
+ENROLMENT_LIFETIME = dt.timedelta(minutes=15)
 
 
 class TotpError(Exception):
@@ -53,6 +56,12 @@ class TotpCodeReusedError(TotpError):
     """The code, or an earlier one, was already accepted: a replayed code (RFC 6238 §5.2)."""
 
     reason = "replayed"
+
+
+class TotpEnrolmentExpiredError(TotpError):
+    """The set-up was left unconfirmed for longer than ENROLMENT_LIFETIME: it is started again."""
+
+    reason = "enrolment_expired"
 
 
 class TotpAlreadyEnrolledError(Exception):
@@ -127,6 +136,11 @@ def begin_enrolment(
     return pending_enrolment_of(device, resident, cipher=cipher, issuer_name=issuer_name)
 
 
+def enrolment_expired(device: TotpDevice, *, now: dt.datetime) -> bool:
+    """Whether an unconfirmed set-up is too old to be shown or finished (a confirmed device never expires)."""
+    return not device.is_confirmed and now - device.created_at > ENROLMENT_LIFETIME
+
+
 def pending_enrolment_of(device: TotpDevice, resident: Resident, *, cipher: Fernet, issuer_name: str) -> Enrolment:
     """What the set-up page shows for an authenticator not yet confirmed."""
     secret = _secret(device, cipher)
@@ -199,9 +213,12 @@ def confirm_enrolment(
     """Count the authenticator once a code from it is right; the confirming code cannot sign in afterwards.
 
     Raises:
+        TotpEnrolmentExpiredError: the set-up is older than ENROLMENT_LIFETIME.
         TotpCodeMalformedError, TotpCodeInvalidError, TotpCodeReusedError.
     """
     try:
+        if enrolment_expired(device, now=now):
+            raise TotpEnrolmentExpiredError
         verify_code(db, device, code, cipher=cipher, now=now)
     except TotpError as error:
         _record_failure(db, "totp.enrolment_confirm", error, device.resident_id, client_ip, now)

@@ -31,10 +31,12 @@ from idp.authn.totp import (
     Enrolment,
     TotpAlreadyEnrolledError,
     TotpCodeReusedError,
+    TotpEnrolmentExpiredError,
     TotpError,
     authenticate,
     begin_enrolment,
     confirm_enrolment,
+    enrolment_expired,
     find_device,
     pending_enrolment_of,
     remove_totp,
@@ -193,14 +195,25 @@ def _qr_svg(enrolment: Enrolment) -> Markup:
 
 
 def _render_manage(
-    device: TotpDevice | None, login: LoginSession, *, status: int = 200, form: TotpCodeForm | None = None
+    device: TotpDevice | None,
+    login: LoginSession,
+    *,
+    status: int = 200,
+    form: TotpCodeForm | None = None,
+    failure: str | None = None,
 ) -> tuple[str, int]:
     resident = login.resident
+    now = _now()
+    recent = recently_signed_in(login, now=now)
     enrolment = None
     if device is not None and not device.is_confirmed:
-        enrolment = pending_enrolment_of(
-            device, resident, cipher=data_fernet(page_settings()), issuer_name=_issuer_name()
-        )
+        if recent and not enrolment_expired(device, now=now):
+            # The secret is shown only within the recent sign-in that may finish the set-up.
+            enrolment = pending_enrolment_of(
+                device, resident, cipher=data_fernet(page_settings()), issuer_name=_issuer_name()
+            )
+        else:
+            device = None  # the page offers to start again
     return (
         render_template(
             "totp.html",
@@ -208,9 +221,10 @@ def _render_manage(
             enrolment=enrolment,
             qr=_qr_svg(enrolment) if enrolment else None,
             remaining=remaining_recovery_codes(db.session(), resident.id) if device and device.is_confirmed else 0,
-            sign_in_again=not recently_signed_in(login, now=_now()),
+            sign_in_again=not recent,
             form=form or TotpCodeForm(),
             action_form=ActionForm(),
+            failure=failure,
         ),
         status,
     )
@@ -258,9 +272,9 @@ def setup() -> Answer:
 
 @bp.post("/account/totp/confirm")
 def confirm() -> Answer:
-    login = current_login()
-    if login is None:
-        return redirect(url_for("web.login"), 303)
+    login = _signed_in_form_post()
+    if isinstance(login, BaseResponse):
+        return login
     device = find_device(db.session(), login.resident_id)
     if device is None or device.is_confirmed:
         return redirect(url_for("totp.manage"), 303)
@@ -278,6 +292,10 @@ def confirm() -> Answer:
             client_ip=_client_ip(),
             now=now,
         )
+    except TotpEnrolmentExpiredError:
+        db.session().commit()
+        expired = _("This set-up has expired. Start again to get a new QR code.")
+        return _render_manage(device, login, status=400, failure=str(expired))
     except TotpError:
         db.session().commit()
         form.code.errors = [_wrong_code_message()]

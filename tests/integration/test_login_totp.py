@@ -422,6 +422,51 @@ def test_changes_need_a_sign_in_within_15_minutes(app: Flask, browser: FlaskClie
     assert device(app) is None
 
 
+def test_an_abandoned_set_up_cannot_be_finished_from_a_stale_session(
+    app: Flask, browser: FlaskClient, sandbox: SandboxAgency
+) -> None:
+    carrier_sign_in(browser, sandbox)
+    secret = start_enrolment(browser)
+    backdate(app, 16 * 60)
+
+    page = browser.get("/account/totp").get_data(as_text=True)
+    assert secret[:4] not in page.replace(" ", "")
+    assert SECRET.search(page) is None
+    answer = browser.post("/account/totp/confirm", data={"csrf_token": csrf_of(page), "code": pyotp.TOTP(secret).now()})
+
+    assert answer.status_code == 303
+    assert answer.headers["Location"].startswith("/login?")
+    assert RECOVERY.findall(answer.get_data(as_text=True)) == []
+    found = device(app)
+    assert found is not None
+    assert found.confirmed_at is None
+    assert recovery_rows(app) == []
+
+
+def test_a_set_up_left_unconfirmed_for_15_minutes_expires(
+    app: Flask, browser: FlaskClient, sandbox: SandboxAgency
+) -> None:
+    carrier_sign_in(browser, sandbox)
+    secret = start_enrolment(browser)
+    with database(app) as db:
+        for pending in db.scalars(select(TotpDevice)):
+            pending.created_at -= dt.timedelta(minutes=16)
+        db.commit()
+
+    page = browser.get("/account/totp").get_data(as_text=True)
+    assert SECRET.search(page) is None
+    answer = confirm(browser, pyotp.TOTP(secret).now())
+
+    assert RECOVERY.findall(answer.get_data(as_text=True)) == []
+    found = device(app)
+    assert found is not None
+    assert found.confirmed_at is None
+    # Starting again gives a new secret that works.
+    fresh = start_enrolment(browser)
+    assert fresh != secret
+    assert confirm(browser, pyotp.TOTP(fresh).now()).status_code == 200
+
+
 def input_tag(page: str, name: str) -> str:
     tags = re.findall(rf'<input[^>]*name="{name}"[^>]*>', page)
     assert len(tags) == 1, (name, tags)
