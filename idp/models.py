@@ -306,10 +306,16 @@ class Passkey(Base):
     last_used_at: Mapped[dt.datetime | None]
     # Set when the signature counter went backwards: the credential may have been cloned and is refused.
     suspected_clone_at: Mapped[dt.datetime | None]
+    # Added on the recovery path (a carrier-only sign-in while the resident had a passkey or an authenticator app):
+    # until then it counts as that sign-in, not as a passkey, so a swapped SIM is not a passkey-level sign-in.
+    provisional_until: Mapped[dt.datetime | None]
 
     @property
     def is_synced(self) -> bool:
         return self.backup_eligible
+
+    def is_provisional(self, now: dt.datetime) -> bool:
+        return self.provisional_until is not None and self.provisional_until > now
 
     @property
     def is_hardware_bound(self) -> bool:

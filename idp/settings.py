@@ -89,6 +89,12 @@ class Settings:
     of the FIDO Metadata Service (MDS3) or a list of metadata statements (docs/admin.md, Passkeys); device-bound
     passkeys attested by one of these reach `phrh`."""
 
+    passkey_recovery_wait: int = 72 * 3600
+    """IDP_PASSKEY_RECOVERY_WAIT: seconds a passkey added on the recovery path (after a mobile-phone verification
+    alone, while the resident had a passkey or an authenticator app) counts only as that verification (AAL1, no
+    `mfa`). Three days give the resident, warned on every signed-in browser, time to notice and remove a passkey
+    that someone who took over their phone number added."""
+
     ratelimit_storage: str = "database"
     """IDP_RATELIMIT_STORAGE: where limits and lockouts are counted (`database`, or `redis://…` for a fleet)."""
 
@@ -197,6 +203,7 @@ class Settings:
             carrier_site_secret=text("CARRIER_SITE_SECRET", SANDBOX_SITE_SECRET),
             carrier_timeout=_positive_float(text("CARRIER_TIMEOUT", "5"), "IDP_CARRIER_TIMEOUT", allow_zero=False),
             ratelimit_storage=text("RATELIMIT_STORAGE", "database"),
+            passkey_recovery_wait=seconds("PASSKEY_RECOVERY_WAIT", 72 * 3600),
             webauthn_require_attestation=text("WEBAUTHN_REQUIRE_ATTESTATION", "false").lower() in ("1", "true", "yes"),
             fido_metadata_path=Path(text("FIDO_METADATA_PATH", "")) if text("FIDO_METADATA_PATH", "") else None,
             code_ttl=seconds("CODE_TTL", 60),

@@ -16,6 +16,8 @@ class Method(enum.StrEnum):
     CARRIER_APP = "carrier_app"
     PASSKEY = "passkey"
     PASSKEY_HARDWARE = "passkey_hardware"
+    # A passkey added on the recovery path, still in its waiting period: worth the carrier sign-in that added it.
+    PASSKEY_PROVISIONAL = "passkey_provisional"
     TOTP = "totp"
     RECOVERY_CODE = "recovery_code"
 
@@ -29,6 +31,8 @@ AMR_BY_METHOD: dict[Method, tuple[str, ...]] = {
     Method.CARRIER_APP: ("mca",),
     Method.PASSKEY: ("swk", "user", "mfa"),
     Method.PASSKEY_HARDWARE: ("hwk", "user", "mfa"),
+    # No `mfa`: the key is only as good as the mobile-phone verification that bound it, for now.
+    Method.PASSKEY_PROVISIONAL: ("swk", "user"),
     Method.TOTP: ("otp",),
     Method.RECOVERY_CODE: ("otp",),
 }
@@ -54,6 +58,7 @@ def acr_for_method(method: Method, issuer: str) -> str:
     # A passkey with user verification is phishing-resistant multi-factor (NIST SP 800-63B-4: phr); an
     # attested, device-bound one is also hardware-backed (phrh). Carrier verification, TOTP and recovery codes
     # are each one factor (something you have): AAL1, and two of them together are still AAL1 (DESIGN section 10).
+    # A provisional passkey is worth the carrier verification that added it: AAL1.
     if method is Method.PASSKEY_HARDWARE:
         return PHRH
     if method is Method.PASSKEY:

@@ -17,7 +17,7 @@ from typing import Any
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.x509.oid import NameOID
-from sqlalchemy import select, update
+from sqlalchemy import or_, select, update
 from sqlalchemy.orm import Session
 from webauthn import (
     generate_authentication_options,
@@ -47,7 +47,10 @@ from webauthn.helpers.structs import (
 from webauthn.registration.verify_registration_response import VerifiedRegistration
 
 from idp.audit import FAILURE, SUCCESS, record_event
-from idp.models import Passkey, Resident, WebAuthnChallenge
+from idp.authn.assurance import AuthEvent, Method
+from idp.authn.sessions import RECENT_SIGN_IN
+from idp.authn.totp import has_totp
+from idp.models import LoginSession, Passkey, Resident, WebAuthnChallenge
 
 CHALLENGE_TTL = dt.timedelta(minutes=5)  # DESIGN section 7 / issue: challenges expire after 5 minutes
 CEREMONY_TIMEOUT_MS = 120_000
@@ -71,6 +74,9 @@ UNTRUSTED_STATUSES = frozenset(
 # WebAuthn Level 3 §8.2.1, https://www.w3.org/TR/webauthn-3/#sctn-packed-attestation-cert-requirements
 FIDO_GEN_CE_AAGUID = x509.ObjectIdentifier("1.3.6.1.4.1.45724.1.1.4")
 ATTESTATION_OU = "Authenticator Attestation"
+# Sign-ins that vouch for a new passkey at once when the resident already has a passkey or an authenticator app:
+# one of those, not a recovery code nor the carrier alone (what someone who took over the phone number has).
+VOUCHING_METHODS = frozenset({Method.PASSKEY, Method.PASSKEY_HARDWARE, Method.TOTP})
 
 
 class PasskeyRejectedError(Exception):
@@ -348,8 +354,11 @@ def register_passkey(
     policy: AttestationPolicy,
     name: str,
     now: dt.datetime,
+    provisional_until: dt.datetime | None = None,
 ) -> Passkey:
     """Verify a registration response and store the passkey; nothing is stored from a failed ceremony.
+
+    `provisional_until` (from `recovery_wait_until`) makes it count as the sign-in that added it until then.
 
     Raises:
         PasskeyRejectedError: why the response was refused.
@@ -394,11 +403,55 @@ def register_passkey(
         attested=attested,
         name=clean_name(name),
         created_at=now,
+        provisional_until=provisional_until,
     )
     db.add(passkey)
     db.flush()
-    record_event(db, "passkey.registered", result=SUCCESS, resident_id=resident.id, synced=passkey.backup_eligible)
+    # The recovery path is on record with the time the passkey starts to count in full.
+    waiting: dict[str, Any] = {"provisional_until": provisional_until.isoformat()} if provisional_until else {}
+    record_event(
+        db, "passkey.registered", result=SUCCESS, resident_id=resident.id, synced=passkey.backup_eligible, **waiting
+    )
     return passkey
+
+
+def recovery_wait_until(
+    db: Session, login: LoginSession, *, wait: dt.timedelta, now: dt.datetime
+) -> dt.datetime | None:
+    """Until when a passkey added now in `login` counts only as the sign-in that added it; None when it counts as
+    a passkey at once.
+
+    A resident without a passkey or an authenticator app adds their first passkey on the strength of the carrier
+    verification that proved who they are. One who has either must have signed in with it recently; otherwise
+    this is the recovery path (a lost phone, or a swapped SIM), and the passkey waits out `wait` first."""
+    if not has_vouching_method(db, login.resident_id, now=now):
+        return None
+    for event in login.events:
+        recent = AuthEvent.from_json(event)
+        if recent.method in VOUCHING_METHODS and now - recent.at <= RECENT_SIGN_IN:
+            return None
+    return now + wait
+
+
+def has_vouching_method(db: Session, resident_id: uuid.UUID, *, now: dt.datetime) -> bool:
+    """Whether the resident has a usable passkey past any waiting period, or a confirmed authenticator app."""
+    passkey = db.scalar(
+        select(Passkey.id)
+        .where(
+            Passkey.resident_id == resident_id,
+            Passkey.suspected_clone_at.is_(None),
+            or_(Passkey.provisional_until.is_(None), Passkey.provisional_until <= now),
+        )
+        .limit(1)
+    )
+    return passkey is not None or has_totp(db, resident_id)
+
+
+def sign_in_method(passkey: Passkey, *, now: dt.datetime) -> Method:
+    """What a sign-in with this passkey is worth (DESIGN section 10)."""
+    if passkey.is_provisional(now):
+        return Method.PASSKEY_PROVISIONAL
+    return Method.PASSKEY_HARDWARE if passkey.is_hardware_bound else Method.PASSKEY
 
 
 def _attestation_object(response: dict[str, Any]) -> AttestationObject:
@@ -572,6 +625,11 @@ def list_passkeys(db: Session, resident_id: uuid.UUID) -> list[Passkey]:
     return list(db.scalars(select(Passkey).where(Passkey.resident_id == resident_id).order_by(Passkey.created_at)))
 
 
+def provisional_passkeys(db: Session, resident_id: uuid.UUID, *, now: dt.datetime) -> list[Passkey]:
+    """Passkeys added on the recovery path and still waiting: every signed-in browser shows them."""
+    return [passkey for passkey in list_passkeys(db, resident_id) if passkey.is_provisional(now)]
+
+
 def find_passkey(db: Session, resident_id: uuid.UUID, passkey_id: str) -> Passkey | None:
     try:
         key = uuid.UUID(passkey_id)
@@ -585,8 +643,9 @@ def rename_passkey(db: Session, passkey: Passkey, name: str) -> None:
     passkey.name = clean_name(name)
 
 
-def remove_passkey(db: Session, passkey: Passkey) -> None:
-    record_event(db, "passkey.removed", result=SUCCESS, resident_id=passkey.resident_id)
+def remove_passkey(db: Session, passkey: Passkey, *, now: dt.datetime) -> None:
+    waiting: dict[str, Any] = {"provisional": True} if passkey.is_provisional(now) else {}
+    record_event(db, "passkey.removed", result=SUCCESS, resident_id=passkey.resident_id, **waiting)
     db.delete(passkey)
     db.flush()
 

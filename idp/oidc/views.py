@@ -16,7 +16,7 @@ from authlib.oauth2.rfc6749 import OAuth2Error
 from authlib.oauth2.rfc6749.errors import InvalidRequestError
 from flask import Blueprint, Response, current_app, redirect, render_template, request, session, url_for
 from flask_babel import gettext as _
-from sqlalchemy import select
+from sqlalchemy import or_, select
 from werkzeug.exceptions import HTTPException
 from werkzeug.wrappers import Response as BaseResponse
 
@@ -214,7 +214,8 @@ def authorize() -> BaseResponse | tuple[str, int]:
         session_assurance(login, max_age=max_age, issuer=server.settings.issuer, now=now)[0] if login else None
     )
     # Step up only to a level the resident's methods can reach; the rest is settled after sign-in.
-    reachable = reachable_acr(_methods_of(login.resident_id) if login else available_methods(), server.settings.issuer)
+    methods = _methods_of(login.resident_id, now) if login else available_methods()
+    reachable = reachable_acr(methods, server.settings.issuer)
     step_up_to = [acr for acr in wanted_acr if acr_satisfies(reachable, acr, server.settings.issuer)]
     pending = _pending(params)
     reason = login_reason(
@@ -316,13 +317,16 @@ def authorize() -> BaseResponse | tuple[str, int]:
     return response
 
 
-def _methods_of(resident_id: Any) -> set[Method]:
-    """The ways the resident could sign in now (for step-up): usable passkeys, and TOTP once confirmed."""
+def _methods_of(resident_id: Any, now: dt.datetime) -> set[Method]:
+    """The ways the resident could sign in now (for step-up): usable passkeys past any recovery waiting period,
+    and TOTP once confirmed."""
     rows = (
         db.session()
         .execute(
             select(Passkey.attested, Passkey.backup_eligible).where(
-                Passkey.resident_id == resident_id, Passkey.suspected_clone_at.is_(None)
+                Passkey.resident_id == resident_id,
+                Passkey.suspected_clone_at.is_(None),
+                or_(Passkey.provisional_until.is_(None), Passkey.provisional_until <= now),
             )
         )
         .all()

@@ -11,6 +11,7 @@ from werkzeug.wrappers import Response
 
 from idp import db
 from idp.audit import SUCCESS, record_event
+from idp.authn.passkeys import provisional_passkeys
 from idp.authn.sessions import live_sessions
 from idp.logs import mask_phone
 from idp.models import AuditEvent
@@ -47,6 +48,7 @@ def overview() -> str | Response:
         masked_phone=mask_phone(resident.phone),
         sessions=live_sessions(db.session(), resident.id, now=now),
         recent=list(recent),
+        provisional=provisional_passkeys(db.session(), resident.id, now=now),
         form=ActionForm(),
     )
 

@@ -11,7 +11,7 @@ from werkzeug.wrappers import Response as BaseResponse
 
 from idp import db
 from idp.audit import FAILURE, record_event
-from idp.authn.assurance import AuthEvent, Method
+from idp.authn.assurance import AuthEvent
 from idp.authn.passkeys import (
     AttestationPolicy,
     PasskeyClonedError,
@@ -21,10 +21,12 @@ from idp.authn.passkeys import (
     find_passkey,
     list_passkeys,
     new_binding,
+    recovery_wait_until,
     register_passkey,
     registration_options,
     remove_passkey,
     rename_passkey,
+    sign_in_method,
 )
 from idp.authn.sessions import recently_signed_in
 from idp.models import Passkey, Resident
@@ -87,8 +89,7 @@ def _refused(error: PasskeyRejectedError, *, resident_id: object = None) -> Resp
 
 
 def passkey_event(passkey: Passkey, issuer: str, now: dt.datetime) -> AuthEvent:
-    method = Method.PASSKEY_HARDWARE if passkey.is_hardware_bound else Method.PASSKEY
-    return AuthEvent.of(method, issuer=issuer, at=now)
+    return AuthEvent.of(sign_in_method(passkey, now=now), issuer=issuer, at=now)
 
 
 @bp.post("/login/passkey/options")
@@ -131,10 +132,25 @@ def manage() -> str | BaseResponse:
     login = current_login()
     if login is None:
         return redirect(url_for("web.login", next=request.path), 303)
+    now = _now()
     passkeys = list_passkeys(db.session(), login.resident_id)
+    sign_in_again = not recently_signed_in(login, now=now)
+    # Said before the resident adds one: a passkey added now would wait out the recovery period.
+    would_wait = not sign_in_again and recovery_wait_until(db.session(), login, wait=_recovery_wait(), now=now)
     db.session().commit()
-    sign_in_again = not recently_signed_in(login, now=_now())
-    return render_template("passkeys.html", passkeys=passkeys, form=ActionForm(), sign_in_again=sign_in_again)
+    return render_template(
+        "passkeys.html",
+        passkeys=passkeys,
+        form=ActionForm(),
+        sign_in_again=sign_in_again,
+        would_wait=bool(would_wait),
+        wait_hours=_settings().passkey_recovery_wait // 3600,
+        now=now,
+    )
+
+
+def _recovery_wait() -> dt.timedelta:
+    return dt.timedelta(seconds=_settings().passkey_recovery_wait)
 
 
 def _sign_in_again() -> Response:
@@ -177,7 +193,7 @@ def register_verify() -> Response:
         return _json({"error": "login_required"}, 401)
     if not recently_signed_in(login, now=_now()):
         return _sign_in_again()
-    settings = _settings()
+    settings, now = _settings(), _now()
     name = request.args.get("name") or _("Passkey")
     try:
         register_passkey(
@@ -189,7 +205,8 @@ def register_verify() -> Response:
             binding=_binding(),
             policy=_policy(),
             name=name,
-            now=_now(),
+            now=now,
+            provisional_until=recovery_wait_until(db.session(), login, wait=_recovery_wait(), now=now),
         )
     except PasskeyRejectedError as error:
         return _refused(error, resident_id=login.resident_id)
@@ -198,16 +215,22 @@ def register_verify() -> Response:
 
 
 def _own_passkey(passkey_id: str, *, recent_sign_in: bool) -> Passkey | BaseResponse | Response:
-    """The signed-in resident's passkey named in a management form, or the answer to give instead."""
+    """The signed-in resident's passkey named in a management form, or the answer to give instead.
+
+    A passkey still in its recovery waiting period can be removed from any of the resident's sessions: it may be
+    someone else's, and taking it away gives nobody more access."""
     if not ActionForm().validate():
         return render_error(400, _("This form has expired. Please try again."))
     login = current_login()
     if login is None:
         return redirect(url_for("web.login"), 303)
-    if recent_sign_in and not recently_signed_in(login, now=_now()):
-        return redirect(url_for("web.login", next=url_for("passkeys.manage")), 303)
     passkey = find_passkey(db.session(), login.resident_id, passkey_id)
-    return passkey if passkey is not None else render_error(404)
+    if passkey is None:
+        return render_error(404)
+    now = _now()
+    if recent_sign_in and not passkey.is_provisional(now) and not recently_signed_in(login, now=now):
+        return redirect(url_for("web.login", next=url_for("passkeys.manage")), 303)
+    return passkey
 
 
 @bp.post("/account/passkeys/<passkey_id>/rename")
@@ -225,12 +248,15 @@ def remove(passkey_id: str) -> BaseResponse | Response:
     passkey = _own_passkey(passkey_id, recent_sign_in=True)
     if not isinstance(passkey, Passkey):
         return passkey
+    now = _now()
     others = [p for p in list_passkeys(db.session(), passkey.resident_id) if p.id != passkey.id]
-    if not others and request.form.get("confirm") != "yes":
+    if not others and not passkey.is_provisional(now) and request.form.get("confirm") != "yes":
         # The last passkey: carrier verification still signs the resident in, but they must say they know.
         return render_error(
             400, _("This is your last passkey. Tick the box to confirm that you will sign in with your mobile phone.")
         )
-    remove_passkey(db.session(), passkey)
+    remove_passkey(db.session(), passkey, now=now)
     db.session().commit()
-    return redirect(url_for("passkeys.manage"), 303)
+    # The warning on My account sends the resident back there.
+    back = "account.overview" if request.form.get("back") == "account" else "passkeys.manage"
+    return redirect(url_for(back), 303)

@@ -204,6 +204,90 @@ def test_sign_in_continues_only_within_the_idp(
     assert signed_in.get_json() == {"redirect": "/account"}
 
 
+def test_a_passkey_added_after_a_carrier_only_sign_in_counts_as_that_sign_in_for_a_while(
+    app: Flask, browser: FlaskClient, sandbox: SandboxAgency, authenticator: SoftAuthenticator
+) -> None:
+    sign_in(browser, sandbox)
+    assert add_passkey(browser, authenticator, name="내 휴대폰").get_json() == {"redirect": "/account/passkeys"}
+    # Someone with the resident's phone number (a swapped SIM) verifies by carrier on another browser.
+    other = app.test_client()
+    sign_in(other, sandbox)
+    assert "처음 72시간 동안" in other.get("/account/passkeys").get_data(as_text=True)
+    theirs = SoftAuthenticator(RP_ID, ORIGIN, backup_eligible=True)
+    assert add_passkey(other, theirs, name="새 휴대폰").status_code == 200
+    [_, added] = passkeys(app)
+    assert added.provisional_until is not None
+    assert dt.timedelta(hours=71) < added.provisional_until - dt.datetime.now(dt.UTC) <= dt.timedelta(hours=72)
+    registered = events(app, "passkey.registered")[-1]
+    assert registered.details["provisional_until"] == added.provisional_until.isoformat()
+    sign_out(other)
+
+    signed_in = sign_in_with_passkey(other, theirs)
+
+    assert signed_in.status_code == 200
+    signin = events(app, "signin")[-1]
+    assert (signin.details["method"], signin.details["acr"]) == (
+        "passkey_provisional",
+        "http://localhost:8000/acr/aal1",
+    )
+    assert "mfa" not in signin.details["amr"]
+    created = register(app)
+    claims = decode(app, exchange(other, created, authorize(other, created.client.id)).get_json()["id_token"]).claims
+    assert claims["acr"] == "http://localhost:8000/acr/aal1"
+    assert claims["amr"] == ["swk", "user"]
+    # The resident's own browser, signed in long ago, shows it and removes it without signing in again.
+    with database(app) as db:
+        for login in db.scalars(select(LoginSession)):
+            login.auth_time -= dt.timedelta(hours=1)
+        db.commit()
+    account = browser.get("/account").get_data(as_text=True)
+    assert "새 휴대폰" in account
+    assert f"/account/passkeys/{added.id}/remove" in account
+    removed = browser.post(
+        f"/account/passkeys/{added.id}/remove", data={"csrf_token": csrf_of(account), "back": "account"}
+    )
+    assert removed.status_code == 303
+    assert removed.headers["Location"] == "/account"
+    assert [p.name for p in passkeys(app)] == ["내 휴대폰"]
+    assert events(app, "passkey.removed")[-1].details["provisional"] is True
+
+
+def test_a_recovery_passkey_counts_in_full_after_the_waiting_period(
+    app: Flask, browser: FlaskClient, sandbox: SandboxAgency, authenticator: SoftAuthenticator
+) -> None:
+    sign_in(browser, sandbox)
+    assert add_passkey(browser, authenticator).status_code == 200
+    other = app.test_client()
+    sign_in(other, sandbox)
+    theirs = SoftAuthenticator(RP_ID, ORIGIN, backup_eligible=True)
+    assert add_passkey(other, theirs).status_code == 200
+    with database(app) as db:
+        for passkey in db.scalars(select(Passkey).where(Passkey.provisional_until.is_not(None))):
+            passkey.provisional_until = dt.datetime.now(dt.UTC) - dt.timedelta(seconds=1)
+        db.commit()
+    sign_out(other)
+
+    assert sign_in_with_passkey(other, theirs).status_code == 200
+
+    signin = events(app, "signin")[-1]
+    assert (signin.details["method"], signin.details["acr"]) == ("passkey", "phr")
+    assert "새 휴대폰" not in other.get("/account").get_data(as_text=True)
+
+
+def test_a_passkey_added_after_a_passkey_sign_in_counts_at_once(
+    app: Flask, browser: FlaskClient, sandbox: SandboxAgency, authenticator: SoftAuthenticator
+) -> None:
+    sign_in(browser, sandbox)
+    assert add_passkey(browser, authenticator).status_code == 200
+    sign_out(browser)
+    assert sign_in_with_passkey(browser, authenticator).status_code == 200
+    assert "처음 72시간 동안" not in browser.get("/account/passkeys").get_data(as_text=True)
+
+    assert add_passkey(browser, SoftAuthenticator(RP_ID, ORIGIN), name="노트북").status_code == 200
+
+    assert [p.provisional_until for p in passkeys(app)] == [None, None]
+
+
 def test_passkey_in_a_carrier_session_steps_the_same_session_up(
     app: Flask, browser: FlaskClient, sandbox: SandboxAgency, authenticator: SoftAuthenticator
 ) -> None:

@@ -14,6 +14,7 @@ from sqlalchemy.orm import Session
 from webauthn.helpers.decode_credential_public_key import DecodedEC2PublicKey, decode_credential_public_key
 from webauthn_authenticator import BS, UP, UV, ExcludedCredentialError, SoftAuthenticator, b64url, from_b64url
 
+from idp.authn.assurance import AuthEvent, Method
 from idp.authn.passkeys import (
     MAX_RESPONSE_BYTES,
     AttestationPolicy,
@@ -24,12 +25,14 @@ from idp.authn.passkeys import (
     clean_name,
     find_passkey,
     list_passkeys,
+    recovery_wait_until,
     register_passkey,
     registration_options,
     remove_passkey,
     rename_passkey,
+    sign_in_method,
 )
-from idp.models import AuditEvent, Passkey, Resident
+from idp.models import AuditEvent, LoginSession, Passkey, Resident, TotpDevice
 
 RP_ID = "login.gg.go.kr"
 ORIGIN = "https://login.gg.go.kr"
@@ -664,7 +667,81 @@ def test_rename_list_find_and_remove(db: Session, resident: Resident, passkey: P
     assert find_passkey(db, uuid.uuid4(), str(passkey.id)) is None
     assert find_passkey(db, resident.id, "not-a-uuid") is None
 
-    remove_passkey(db, passkey)
+    remove_passkey(db, passkey, now=NOW)
 
     assert list_passkeys(db, resident.id) == []
     assert len(audit_events(db, "passkey.removed", resident)) == 1
+
+
+# -- the recovery path: when a new passkey counts in full ------------------------------------------------------------
+
+WAIT = dt.timedelta(hours=72)
+
+
+def session_after(resident: Resident, *methods: tuple[Method, dt.timedelta]) -> LoginSession:
+    """A login session (not stored) whose events are `methods`, each that long before NOW."""
+    events = [AuthEvent.of(method, issuer="https://login.gg.go.kr", at=NOW - ago) for method, ago in methods]
+    return LoginSession(resident_id=resident.id, events=[event.to_json() for event in events])
+
+
+def with_totp(db: Session, resident: Resident) -> None:
+    db.add(TotpDevice(resident_id=resident.id, secret_encrypted=b"x", confirmed_at=NOW, created_at=NOW))
+    db.flush()
+
+
+RECENT = dt.timedelta(minutes=5)
+STALE = dt.timedelta(minutes=16)
+
+
+def test_a_first_passkey_counts_at_once_whatever_the_sign_in(db: Session, resident: Resident) -> None:
+    login = session_after(resident, (Method.CARRIER_SMS, RECENT))
+    assert recovery_wait_until(db, login, wait=WAIT, now=NOW) is None
+
+
+@pytest.mark.parametrize(
+    ("methods", "waits"),
+    [
+        pytest.param([(Method.CARRIER_SMS, RECENT)], True, id="carrier-alone"),
+        pytest.param([(Method.CARRIER_APP, RECENT)], True, id="carrier-app-alone"),
+        pytest.param([(Method.CARRIER_SMS, RECENT), (Method.RECOVERY_CODE, RECENT)], True, id="carrier-and-recovery"),
+        pytest.param([(Method.PASSKEY, STALE), (Method.CARRIER_SMS, RECENT)], True, id="passkey-too-long-ago"),
+        pytest.param([(Method.PASSKEY_PROVISIONAL, RECENT)], True, id="a-waiting-passkey"),
+        pytest.param([(Method.CARRIER_SMS, RECENT), (Method.TOTP, RECENT)], False, id="carrier-and-totp"),
+        pytest.param([(Method.PASSKEY, RECENT)], False, id="passkey"),
+        pytest.param([(Method.PASSKEY_HARDWARE, RECENT)], False, id="hardware-passkey"),
+    ],
+)
+def test_with_an_authenticator_app_a_new_passkey_waits_unless_it_vouched(
+    db: Session, resident: Resident, methods: list[tuple[Method, dt.timedelta]], waits: bool
+) -> None:
+    with_totp(db, resident)
+    expected = NOW + WAIT if waits else None
+    assert recovery_wait_until(db, session_after(resident, *methods), wait=WAIT, now=NOW) == expected
+
+
+def test_only_a_passkey_past_its_wait_makes_the_next_one_wait(
+    db: Session, resident: Resident, authenticator: SoftAuthenticator
+) -> None:
+    login = session_after(resident, (Method.CARRIER_SMS, RECENT))
+    first = register_passkey(
+        db,
+        resident,
+        text_of(authenticator.create(creation_options(db, resident))),
+        rp_id=RP_ID,
+        origin=ORIGIN,
+        binding=BINDING,
+        policy=NO_ATTESTATION,
+        name="새 휴대폰",
+        now=NOW,
+        provisional_until=NOW + WAIT,
+    )
+    assert first.is_provisional(NOW)
+    assert sign_in_method(first, now=NOW) is Method.PASSKEY_PROVISIONAL
+    # A waiting passkey vouches for nothing: the resident has no passkey that counts yet.
+    assert recovery_wait_until(db, login, wait=WAIT, now=NOW) is None
+    later = NOW + WAIT + dt.timedelta(seconds=1)
+    assert sign_in_method(first, now=later) is Method.PASSKEY
+    assert recovery_wait_until(db, login, wait=WAIT, now=later) == later + WAIT
+    first.suspected_clone_at = later
+    db.flush()
+    assert recovery_wait_until(db, login, wait=WAIT, now=later) is None
