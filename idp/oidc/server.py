@@ -2,19 +2,23 @@
 
 from __future__ import annotations
 
+import base64
 import datetime as dt
 import json
 import time
+from collections.abc import Callable
 from typing import Any
+from urllib.parse import unquote
 
 import httpx
 from authlib.integrations.flask_oauth2 import AuthorizationServer
 from authlib.oauth2.rfc6749 import ClientMixin, InvalidRequestError, OAuth2Error
 from authlib.oauth2.rfc6749.errors import InvalidClientError, UnsupportedTokenTypeError
 from authlib.oauth2.rfc7523 import JWTBearerClientAssertion
+from flask import request
 from joserfc.errors import JoseError
 from joserfc.jwk import KeySet
-from sqlalchemy import and_, select
+from sqlalchemy import and_, insert, select
 from sqlalchemy.exc import IntegrityError
 
 from idp import db
@@ -25,6 +29,8 @@ from idp.oidc.clients import find_client, verify_client_secret
 from idp.settings import Settings
 
 MAX_ASSERTION_LIFETIME = 3600
+# Endpoints other than /token that authenticate clients, and may be an assertion's audience when it is sent there.
+ASSERTION_ENDPOINTS = frozenset({"/introspect", "/revoke"})
 MAX_CLAIMS_PARAMETER = 4096
 
 
@@ -87,8 +93,13 @@ class PrivateKeyJwt(JWTBearerClientAssertion):
         self._fetched: dict[str, tuple[float, KeySet]] = {}
 
     def get_audiences(self) -> list[str]:
-        # The token endpoint or the issuer, as OIDC Core §9 and RFC 7523 §3 allow.
-        return [f"{self.issuer}/token", self.issuer, f"{self.issuer}/introspect", f"{self.issuer}/revoke"]
+        # RFC 7523 §3 and OIDC Core §9: the audience identifies this server, by its issuer or its token endpoint.
+        # The introspection and revocation endpoints take the same client authentication (RFC 7662 §2.1, RFC 7009
+        # §2.1): an assertion may name the one it is sent to, never another.
+        audiences = [self.issuer, f"{self.issuer}/token"]
+        if request.path in ASSERTION_ENDPOINTS:
+            audiences.append(f"{self.issuer}{request.path}")
+        return audiences
 
     def validate_jti(self, claims: dict[str, Any], jti: str) -> bool:
         if not isinstance(jti, str) or not jti or len(jti) > 255:
@@ -99,14 +110,13 @@ class PrivateKeyJwt(JWTBearerClientAssertion):
         if not isinstance(exp, int) or exp > now.timestamp() + MAX_ASSERTION_LIFETIME:
             return False
         expires = dt.datetime.fromtimestamp(exp, dt.UTC)
-        session = db.session()
+        issuer = str(claims.get("iss"))
+        used = insert(UsedAssertion).values(jti=f"{issuer}:{jti}"[:255], client_id=issuer, expires_at=expires)
         try:
-            with session.begin_nested():
-                session.add(
-                    UsedAssertion(
-                        jti=f"{claims.get('iss')}:{jti}"[:255], client_id=str(claims.get("iss")), expires_at=expires
-                    )
-                )
+            # Its own transaction, committed at once: the jti must stay used whatever the request does next
+            # (introspection commits nothing, and a refused token request rolls back).
+            with db.engine().begin() as connection:
+                connection.execute(used)
         except IntegrityError:
             return False
         return True
@@ -130,6 +140,34 @@ class PrivateKeyJwt(JWTBearerClientAssertion):
         raise InvalidClientError(description="The client has no keys for private_key_jwt.")
 
 
+def basic_credentials(header: str | None) -> tuple[str, str] | None:
+    """The client id and secret of an HTTP Basic `Authorization` header (RFC 6749 §2.3.1: form-encoded, then
+    base64 of UTF-8 `id:secret`); None for anything else, so a malformed header authenticates nobody."""
+    scheme, _, token = (header or "").partition(" ")
+    if scheme.lower() != "basic":
+        return None
+    try:
+        decoded = base64.b64decode(token.strip(), validate=True).decode("utf-8")
+    except ValueError:  # binascii.Error and UnicodeDecodeError both are
+        return None
+    client_id, colon, secret = decoded.partition(":")
+    if not colon:
+        return None
+    return unquote(client_id), unquote(secret)
+
+
+def authenticate_client_secret_basic(query_client: Callable[[str], Any], request: Any) -> Any:
+    """`client_secret_basic` over `basic_credentials`: Authlib's own parser raises on bytes that are not UTF-8."""
+    credentials = basic_credentials(request.headers.get("Authorization"))
+    if credentials is None:
+        return None
+    client_id, secret = credentials
+    client = query_client(client_id)
+    if client is None:
+        raise InvalidClientError(status_code=401, description="The client does not exist on this server.")
+    return client if client.check_client_secret(secret) else None
+
+
 class IdpAuthorizationServer(AuthorizationServer):
     """Authlib's server with our client lookup; tokens are stored where they are issued (oidc/tokens.py)."""
 
@@ -140,6 +178,7 @@ class IdpAuthorizationServer(AuthorizationServer):
         self.secret_key = secret_key
         self.scopes_supported = list(SCOPES)
         self.register_client_auth_method(PrivateKeyJwt.CLIENT_AUTH_METHOD, PrivateKeyJwt(settings.issuer))
+        self.register_client_auth_method("client_secret_basic", authenticate_client_secret_basic)
 
     def query_client(self, client_id: str) -> OAuthClient | None:
         model = find_client(db.session(), client_id)
