@@ -173,11 +173,18 @@ class AuthorizationCodeGrant(grants.AuthorizationCodeGrant):
         )
 
     def query_authorization_code(self, code: str, client: OAuthClient) -> CodeRecord | None:
-        row = tokens.consume_code(db.session(), code, client.get_client_id(), now=_now())
+        row = tokens.find_code(db.session(), code, client.get_client_id(), now=_now())
         return CodeRecord(row) if row is not None else None
 
+    def create_token_response(self) -> Any:
+        # The code is spent only now, after the client, its redirect URI and the PKCE verifier were checked
+        # (validate_token_request and its hooks): whoever saw a code without the verifier cannot burn it.
+        if not tokens.spend_code(db.session(), self.request.authorization_code.row, now=_now()):
+            raise InvalidGrantError("Invalid 'code' in request.")
+        return super().create_token_response()
+
     def delete_authorization_code(self, authorization_code: CodeRecord) -> None:
-        """Nothing to delete: the code was consumed by a compare-and-set when it was looked up."""
+        """Nothing to delete: the code was spent by a compare-and-set before the tokens were made."""
 
     def authenticate_user(self, authorization_code: CodeRecord) -> Resident | None:
         return load(db.session(), Resident, authorization_code.row.resident_id)

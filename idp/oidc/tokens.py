@@ -12,7 +12,7 @@ from typing import Any
 
 from joserfc import jwt
 from joserfc.errors import JoseError
-from sqlalchemy import bindparam, insert, update
+from sqlalchemy import bindparam, insert, select, update
 from sqlalchemy.orm import Session
 
 from idp.db import load
@@ -198,16 +198,13 @@ def half_hash(value: str, key: SigningKey) -> str:
 # -- authorization codes --------------------------------------------------------------------------------------------
 
 
-# The compare-and-sets return the row they used: one statement, built once, on the token endpoint's path.
-CONSUME_CODE = (
+# Statements on the token endpoint's path, built once. A code is looked up, checked (client, redirect URI, PKCE),
+# then spent by a compare-and-set; a refresh token's compare-and-set returns the row it used.
+FIND_CODE = select(AuthorizationCode).where(AuthorizationCode.digest == bindparam("token_digest"))
+SPEND_CODE = (
     update(AuthorizationCode)
-    .where(
-        AuthorizationCode.digest == bindparam("token_digest"),
-        AuthorizationCode.client_id == bindparam("asking_client"),
-        AuthorizationCode.consumed_at.is_(None),
-    )
+    .where(AuthorizationCode.digest == bindparam("token_digest"), AuthorizationCode.consumed_at.is_(None))
     .values(consumed_at=bindparam("used_at"))
-    .returning(AuthorizationCode)
     .execution_options(synchronize_session=False)
 )
 ROTATE_REFRESH_TOKEN = (
@@ -224,24 +221,34 @@ ROTATE_REFRESH_TOKEN = (
 )
 
 
-def consume_code(db: Session, code: str, client_id: str, *, now: dt.datetime) -> AuthorizationCode | None:
-    """The code, used once: a compare-and-set marks it consumed. A replay revokes what the code issued.
+def find_code(db: Session, code: str, client_id: str, *, now: dt.datetime) -> AuthorizationCode | None:
+    """The code issued to this client, to check before `spend_code` uses it: nothing is written here, so a
+    request that fails the checks (a wrong redirect URI or PKCE verifier) neither spends the code nor revokes
+    what it issued.
 
-    Returns None for an unknown, expired, replayed code or one issued to another client.
+    Returns None for an unknown code, one issued to another client, or one that expired unused.
     """
     if not code or len(code) > 256:
         return None
-    key = digest(code)
-    record = db.scalars(CONSUME_CODE, {"token_digest": key, "asking_client": client_id, "used_at": now}).first()
-    if record is None:
-        used = db.get(AuthorizationCode, key)
-        if used is not None and used.client_id == client_id and used.consumed_at is not None:
-            # RFC 6749 §4.1.2 and RFC 9700 §4.5: a code used twice may be stolen; revoke what it issued.
-            revoke_grant(db, used.grant_id, now=now)
+    record = db.scalars(FIND_CODE, {"token_digest": digest(code)}).first()
+    if record is None or record.client_id != client_id:
         return None
-    if record.expires_at <= now:
+    if record.consumed_at is None and record.expires_at <= now:
         return None
     return record
+
+
+def spend_code(db: Session, record: AuthorizationCode, *, now: dt.datetime) -> bool:
+    """Use the checked code once (a compare-and-set); False when it was used already, which revokes what it issued.
+
+    Only the client itself gets here with a used code (its verifier and redirect URI passed): a replay, so the code
+    may be stolen (RFC 6749 §4.1.2, RFC 9700 §4.5).
+    """
+    spent = db.execute(SPEND_CODE, {"token_digest": record.digest, "used_at": now})
+    if spent.rowcount == 1:  # type: ignore[attr-defined]  # CursorResult of an UPDATE
+        return True
+    revoke_grant(db, record.grant_id, now=now)
+    return False
 
 
 # -- refresh tokens -------------------------------------------------------------------------------------------------

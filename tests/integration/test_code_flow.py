@@ -79,6 +79,38 @@ def test_replayed_code_is_refused_and_revokes_what_it_issued(app: Flask, sandbox
     assert refreshed.get_json()["error"] == "invalid_grant"
 
 
+@pytest.mark.parametrize(
+    "wrong",
+    [
+        pytest.param({"code_verifier": pkce()[0]}, id="another-verifier"),
+        pytest.param({"code_verifier": ""}, id="no-verifier"),
+        pytest.param({"redirect_uri": "https://rp.example.kr/other"}, id="another-redirect-uri"),
+    ],
+)
+def test_a_code_is_spent_only_by_a_request_that_proves_it_is_the_clients(
+    app: Flask, sandbox: SandboxAgency, wrong: dict[str, str]
+) -> None:
+    created = register(app, public=True)
+    browser = app.test_client()
+    sign_in(browser, sandbox)
+    authorization = authorize(browser, created.client.id)
+
+    # Whoever saw the code but holds no verifier can neither use it nor burn it.
+    refused = exchange(browser, created, authorization, **wrong)
+    assert refused.status_code == 400
+    assert refused.get_json()["error"] in ("invalid_grant", "invalid_request")
+    tokens = exchange(browser, created, authorization)
+    assert tokens.status_code == 200, tokens.get_data(as_text=True)
+
+    # Nor can they revoke what it issued by replaying it without the verifier; the client's own replay does.
+    access = {"Authorization": f"Bearer {tokens.get_json()['access_token']}"}
+    assert exchange(browser, created, authorization, **wrong).status_code == 400
+    assert browser.get("/userinfo", headers=access).status_code == 200
+    replay = exchange(browser, created, authorization)
+    assert replay.get_json()["error"] == "invalid_grant"
+    assert browser.get("/userinfo", headers=access).status_code == 401
+
+
 def test_refresh_rotates_and_reuse_revokes_the_family(app: Flask, sandbox: SandboxAgency) -> None:
     created = register(app)
     browser = app.test_client()
