@@ -197,6 +197,7 @@ def authorize() -> BaseResponse | tuple[str, int]:
         return _redirect_back(params, error)
 
     client = grant.request.client.model
+    scopes = grant.request.scope.split()
     prompt = set(params.get("prompt", "").split())
     requested_acr = _requested_acr(params, client.default_acr)
     wanted_acr = best_acceptable(requested_acr, server.settings.issuer)
@@ -232,7 +233,7 @@ def authorize() -> BaseResponse | tuple[str, int]:
     if (
         reason is None
         and login is not None
-        and "kr_ci" in grant.request.scope.split()
+        and "kr_ci" in scopes
         and login.resident.ci_encrypted is None
         and held_ci(
             session.get(HELD_CI), resident_id=login.resident_id, client_id=client.id, settings=server.settings, now=now
@@ -265,6 +266,10 @@ def authorize() -> BaseResponse | tuple[str, int]:
             reason = LoginReason.PROMPT_LOGIN
     if reason is None and login is not None and wanted_acr:
         reached = any(acr_satisfies(session_acr or "", acr, server.settings.issuer) for acr in wanted_acr)
+        if not reached and "none" in prompt and missing_scopes(db.session(), login.resident_id, client, scopes):
+            # A service the resident has not allowed learns nothing of their ways to sign in: the same answer
+            # whether or not a passkey could meet the level (OIDC Core §3.1.2.6).
+            return _redirect_back(params, _protocol_error("login_required", grant.redirect_uri))
         if not reached and _essential_acr(params):
             # An essential acr this resident cannot reach fails the request (OIDC Core §5.5.1.1); a voluntary
             # one returns the level reached.
@@ -289,7 +294,6 @@ def authorize() -> BaseResponse | tuple[str, int]:
         return redirect(url_for("web.login") + "?" + urlencode(query), 303)
 
     assert login is not None
-    scopes = grant.request.scope.split()
     missing = missing_scopes(db.session(), login.resident_id, client, scopes)
     decision = _decision(pending, resident_id=login.resident_id, scopes=scopes)
     if decision != "deny" and (missing or ("consent" in prompt and decision is None)):

@@ -257,6 +257,23 @@ def test_essential_phr_that_the_resident_cannot_reach_fails_at_the_redirect_uri(
     assert only_session(app).acr == AAL1
 
 
+@pytest.mark.parametrize("has_passkey", [True, False])
+def test_prompt_none_tells_a_service_not_yet_allowed_nothing_about_the_residents_passkeys(
+    app: Flask, browser: FlaskClient, sandbox: SandboxAgency, authenticator: SoftAuthenticator, has_passkey: bool
+) -> None:
+    stranger = register(app, name="처음 보는 서비스")  # the resident never consented to it
+    carrier_sign_in(browser, sandbox)
+    if has_passkey:
+        assert add_passkey(browser, authenticator).status_code == 200
+        sign_out(browser)
+        carrier_sign_in(browser, sandbox)  # an aal1 session, with a passkey the resident could step up with
+    url, authorization = begin_authorization(stranger.client.id, claims=ESSENTIAL_PHR, prompt="none")
+
+    answer = back_at_the_client(browser.get(url), authorization)
+
+    assert answer.params["error"] == ["login_required"]
+
+
 @pytest.mark.parametrize(
     ("asked", "outcome"),
     [
