@@ -547,9 +547,14 @@ def published() -> Response:
 @bp.errorhandler(KeyringError)
 def keyring_unavailable(error: KeyringError) -> Response:
     """No keys to publish or sign with: a temporary condition for clients, and a reason on /readyz for admins."""
+    return temporarily_unavailable(5)
+
+
+def temporarily_unavailable(retry_after: int) -> Response:
+    """503 for API clients: the IdP cannot answer now (no keys, no database), and says when to try again."""
     response = Response('{"error":"temporarily_unavailable"}', status=503, mimetype="application/json")
     response.headers["Cache-Control"] = "no-store"
-    response.headers["Retry-After"] = "5"
+    response.headers["Retry-After"] = str(retry_after)
     return response
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from pathlib import Path
 
@@ -9,6 +10,10 @@ from flask import Flask, Response, current_app, render_template, request, sessio
 from flask_babel import Babel, get_locale
 from flask_babel import gettext as _
 from flask_wtf.csrf import CSRFError, CSRFProtect
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+from sqlalchemy.exc import InterfaceError, OperationalError
+from sqlalchemy.exc import TimeoutError as SQLAlchemyTimeoutError
 from werkzeug.exceptions import HTTPException, InternalServerError
 
 from idp import db
@@ -65,7 +70,18 @@ ERROR_SENTENCES = {
     413: lambda: _("What was sent is too large."),
     429: lambda: _("Too many attempts. Wait a moment and try again."),
     500: lambda: _("Something went wrong on our side. Please try again in a moment."),
+    503: lambda: _("The service is temporarily unavailable. Please try again in a moment."),
 }
+# Errors that mean a backing service (the database, Redis for limits) cannot be reached right now: not a bug, so
+# 503 with Retry-After and one log line; the pool reconnects by itself once it is back.
+UNAVAILABLE_ERRORS: tuple[type[Exception], ...] = (
+    OperationalError,
+    InterfaceError,
+    SQLAlchemyTimeoutError,
+    RedisConnectionError,
+    RedisTimeoutError,
+)
+UNAVAILABLE_RETRY_AFTER = 5
 
 
 def render_error(status: int, message: str | None = None, *, retry_after: int | None = None) -> Response:
@@ -149,6 +165,24 @@ def init_app(app: Flask, settings: Settings) -> None:
         from idp.oidc.views import json_http_error
 
         return json_http_error(error)
+
+    def backend_unavailable(error: Exception) -> Response:
+        # The cause's first line only: the statement and its parameters (codes, tokens) stay out of the log.
+        cause = getattr(error, "orig", None) or error
+        summary = (str(cause).splitlines() or [""])[0][:200]
+        log.warning(
+            "database unavailable on %s %s: %s: %s", request.method, request.path, type(cause).__name__, summary
+        )
+        with contextlib.suppress(Exception):
+            db.session().rollback()
+        if wants_html():
+            return render_error(503, retry_after=UNAVAILABLE_RETRY_AFTER)
+        from idp.oidc.views import temporarily_unavailable
+
+        return temporarily_unavailable(UNAVAILABLE_RETRY_AFTER)
+
+    for unavailable in UNAVAILABLE_ERRORS:
+        app.register_error_handler(unavailable, backend_unavailable)
 
     @app.errorhandler(Exception)
     def unexpected_error(error: Exception) -> Response:
