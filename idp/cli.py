@@ -140,7 +140,13 @@ def init(as_json: bool) -> None:
     type=click.IntRange(1, 256),
     help="Worker processes (default: one per core).",
 )
-def serve(host: str, port: int, workers: int | None) -> None:
+@click.option(
+    "--keep-alive-timeout",
+    default=None,
+    type=click.IntRange(1, 3600),
+    help="Seconds a connection may wait for its next request before it is closed (default: 5).",
+)
+def serve(host: str, port: int, workers: int | None, keep_alive_timeout: int | None) -> None:
     """Run the IdP with the production WSGI server."""
     settings = _settings()
     with _one_line_errors():
@@ -148,11 +154,16 @@ def serve(host: str, port: int, workers: int | None) -> None:
         if not database_is_current(settings.sqlalchemy_url):
             raise click.ClickException("the database is not at the newest migration: run `idp init` first")
         _check_attestation_metadata(settings)
-    from idp.server import run
+    from idp.server import KEEP_ALIVE_TIMEOUT, run
 
     sandbox = _start_sandbox(settings)
     try:
-        run(host=host, port=port, workers=workers or os.cpu_count() or 1)
+        run(
+            host=host,
+            port=port,
+            workers=workers or os.cpu_count() or 1,
+            keep_alive_timeout=KEEP_ALIVE_TIMEOUT if keep_alive_timeout is None else keep_alive_timeout,
+        )
     finally:
         if sandbox is not None:
             sandbox.terminate()

@@ -10,7 +10,7 @@ import urllib.error
 import urllib.parse
 import urllib.request
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -292,8 +292,8 @@ def start_server(tmp_path: Path) -> Iterator[Callable[..., IdpServer]]:
     """Start `idp serve` processes; each is stopped (with the sandbox it started) after the test."""
     started: list[IdpServer] = []
 
-    def start(env: dict[str, str], *, workers: int = 1, port: int | None = None) -> IdpServer:
-        server = IdpServer(env, tmp_path / f"serve-{len(started)}.log", workers, port)
+    def start(env: dict[str, str], *, workers: int = 1, port: int | None = None, args: Sequence[str] = ()) -> IdpServer:
+        server = IdpServer(env, tmp_path / f"serve-{len(started)}.log", workers, port, args)
         started.append(server)
         return server
 

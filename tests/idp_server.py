@@ -7,6 +7,7 @@ import signal
 import subprocess
 import time
 import urllib.request
+from collections.abc import Sequence
 from pathlib import Path
 
 from sandbox_agency import IDP_COMMAND, free_port
@@ -15,13 +16,20 @@ from sandbox_agency import IDP_COMMAND, free_port
 class IdpServer:
     """A running `idp serve`; `stop()` ends it and the sandbox it started, and returns what it logged."""
 
-    def __init__(self, env: dict[str, str], log_path: Path, workers: int = 1, port: int | None = None) -> None:
+    def __init__(
+        self,
+        env: dict[str, str],
+        log_path: Path,
+        workers: int = 1,
+        port: int | None = None,
+        args: Sequence[str] = (),
+    ) -> None:
         self.port = port or free_port()
         self.base = f"http://127.0.0.1:{self.port}"
         self.log_path = log_path
         self._log = log_path.open("wb")
         self.process = subprocess.Popen(
-            [IDP_COMMAND, "serve", "--port", str(self.port), "--workers", str(workers)],
+            [IDP_COMMAND, "serve", "--port", str(self.port), "--workers", str(workers), *args],
             env=env,
             stdout=self._log,
             stderr=subprocess.STDOUT,
