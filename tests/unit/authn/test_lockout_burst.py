@@ -11,7 +11,12 @@ from cryptography.fernet import Fernet
 from parallel_attempts import Burst, run_burst
 from sqlalchemy.orm import Session
 
-from idp.authn.lockout import TOTP_FAILURES_PER_IP, TOTP_FAILURES_PER_RESIDENT
+from idp.authn.lockout import (
+    CARRIER_CODES_PER_TXN,
+    CARRIER_SENDS_PER_PHONE,
+    TOTP_FAILURES_PER_IP,
+    TOTP_FAILURES_PER_RESIDENT,
+)
 from idp.authn.recovery import generate_recovery_codes
 from idp.db import make_engine
 from idp.models import Resident, TotpDevice
@@ -90,3 +95,27 @@ def test_parallel_wrong_codes_from_one_address_are_judged_no_more_than_in_sequen
     ]
     outcomes = run_burst(Burst("totp", fresh_database_url, storage, NOW, attempts, data_key=data_key))
     assert outcomes == {"judged": JUDGED_IN_SEQUENCE_PER_IP, "refused": 32 - JUDGED_IN_SEQUENCE_PER_IP}, dict(outcomes)
+
+
+def test_parallel_codes_for_one_carrier_transaction_reach_the_agency_no_more_than_the_limit(
+    fresh_database_url: str, storage: str
+) -> None:
+    txn = uuid.uuid4().hex
+    attempts = [{"txn": txn, "client_ip": unique_ip()} for _ in range(16)]
+    outcomes = run_burst(Burst("carrier-code", fresh_database_url, storage, NOW, attempts))
+    assert outcomes == {"judged": CARRIER_CODES_PER_TXN.count, "refused": 16 - CARRIER_CODES_PER_TXN.count}, dict(
+        outcomes
+    )
+
+
+@pytest.mark.parametrize("method", ["sms", "app"])
+def test_parallel_starts_for_one_phone_reach_the_agency_no_more_than_the_daily_limit(
+    fresh_database_url: str, storage: str, method: str
+) -> None:
+    phone = f"+8210{uuid.uuid4().int % 10**8:08d}"
+    # From sixteen addresses, so that only the phone's limit stands in the way.
+    attempts = [{"phone": phone, "client_ip": unique_ip()} for _ in range(16)]
+    outcomes = run_burst(Burst(f"carrier-start-{method}", fresh_database_url, storage, NOW, attempts))
+    assert outcomes == {"judged": CARRIER_SENDS_PER_PHONE.count, "refused": 16 - CARRIER_SENDS_PER_PHONE.count}, dict(
+        outcomes
+    )
