@@ -10,7 +10,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Protocol, TypeVar
 
-from sqlalchemy import Engine, case, delete, select, update
+from sqlalchemy import Engine, case, delete, null, select, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
@@ -92,6 +92,16 @@ class RateLimitedError(Exception):
         self.retry_after = retry_after
 
 
+@dataclass(frozen=True, slots=True)
+class Slot:
+    """One attempt counted as a failure against one subject before it was judged (`RateLimiter.reserve`)."""
+
+    backoff: Backoff
+    subject: str
+    failures: int  # the subject's failures, this attempt included
+    locked_until: dt.datetime | None  # the lock this attempt earned in advance; None within the free failures
+
+
 class RateLimiter(Protocol):
     def hit(self, limit: Limit, subject: str, *, now: dt.datetime) -> int:
         """Count one hit; the hits in the window so far, this one included.
@@ -100,11 +110,30 @@ class RateLimiter(Protocol):
             RateLimitedError: the hit went over the limit (it is still counted).
         """
 
+    def take_back(self, limit: Limit, subject: str, *, now: dt.datetime) -> None:
+        """Uncount one hit counted at `now` and let through (one that was never judged), in the window it was
+        counted in; nothing once that window has ended."""
+
     def peek(self, limit: Limit, subject: str, *, now: dt.datetime) -> int:
         """The hits in the current window, without counting one."""
 
     def reset(self, limit: Limit | Backoff, subject: str) -> None:
         """Forget the subject's hits or failures (after a success that should reset a lockout)."""
+
+    def reserve(self, subjects: Sequence[tuple[Backoff, str]], *, now: dt.datetime) -> tuple[Slot, ...]:
+        """Count one attempt as a failure against every subject at once, before it is judged, and lock each subject
+        for the back-off that failure earns; a slot per subject, in order.
+
+        One atomic step for all the subjects: of attempts made at the same moment, each sees the failures of those
+        before it, so a burst is judged no more often than a sequence.
+
+        Raises:
+            LockedOutError: a subject is locked (the first in order is named); nothing was counted.
+        """
+
+    def release(self, slot: Slot) -> None:
+        """Uncount an attempt that did not fail: one failure fewer, and the lock it earned in advance lifted unless
+        a later one has replaced it."""
 
     def fail(self, backoff: Backoff, subject: str, *, now: dt.datetime) -> int:
         """Count one failure and lock the subject for the back-off it earned; the failures so far."""
@@ -121,26 +150,29 @@ def judge_attempt(
     failures: tuple[type[Exception], ...],
     now: dt.datetime,
 ) -> T:
-    """Lockout → verify → count: refuse while any subject is locked, count a failure against every subject,
-    forget those a success forgives (`Backoff.forgiven_by_success`) at a success.
+    """Count → judge → settle: count the attempt as a failure against every subject first (refused while any is
+    locked), then judge it; a failure stays counted, a success is forgiven where `Backoff.forgiven_by_success` and
+    uncounted elsewhere, and any other outcome is uncounted.
 
     Raises:
-        LockedOutError: a subject is locked; `attempt` was not called.
-        Any of `failures`: what `attempt` raised, after counting it.
+        LockedOutError: a subject is locked; `attempt` was not called and nothing was counted.
+        Any of `failures`: what `attempt` raised, counted.
     """
-    for backoff, subject in subjects:
-        wait = limiter.locked_for(backoff, subject, now=now)
-        if wait > 0:
-            raise LockedOutError(backoff, wait)
+    slots = limiter.reserve(subjects, now=now)
     try:
         result = attempt()
     except failures:
-        for backoff, subject in subjects:
-            limiter.fail(backoff, subject, now=now)
         raise
-    for backoff, subject in subjects:
-        if backoff.forgiven_by_success:
-            limiter.reset(backoff, subject)
+    except Exception:
+        # Not a wrong guess (the database went away, an admin locked the account): neither counted nor forgiven.
+        for slot in slots:
+            limiter.release(slot)
+        raise
+    for slot in slots:
+        if slot.backoff.forgiven_by_success:
+            limiter.reset(slot.backoff, slot.subject)
+        else:
+            limiter.release(slot)
     return result
 
 
@@ -193,6 +225,19 @@ class DatabaseRateLimiter:
             raise RateLimitedError(limit, retry_after(limit, now))
         return count
 
+    def take_back(self, limit: Limit, subject: str, *, now: dt.datetime) -> None:
+        counter = RateLimitCounter
+        with self.engine.begin() as connection:
+            connection.execute(
+                update(counter)
+                .where(
+                    counter.key == counter_key(limit, subject, self.secret),
+                    counter.window_start == window_start(limit, now),
+                    counter.count > 0,
+                )
+                .values(count=counter.count - 1)
+            )
+
     def peek(self, limit: Limit, subject: str, *, now: dt.datetime) -> int:
         with self.engine.connect() as connection:
             row = connection.execute(
@@ -208,6 +253,61 @@ class DatabaseRateLimiter:
         with self.engine.begin() as connection:
             connection.execute(
                 delete(RateLimitCounter).where(RateLimitCounter.key == counter_key(limit, subject, self.secret))
+            )
+
+    def reserve(self, subjects: Sequence[tuple[Backoff, str]], *, now: dt.datetime) -> tuple[Slot, ...]:
+        keys = [counter_key(backoff, subject, self.secret) for backoff, subject in subjects]
+        insert = pg_insert if self.engine.dialect.name == "postgresql" else sqlite_insert
+        counter = RateLimitCounter
+        counted: dict[int, tuple[int, dt.datetime | None]] = {}
+        with self.engine.begin() as connection:
+            # Each upsert counts the attempt and keeps the row locked (PostgreSQL; SQLite has one writer at a time)
+            # until the lock it earns is written, so no other attempt reads a count between the two. Rows are taken
+            # in key order, so two attempts over the same subjects cannot deadlock.
+            for index in sorted(range(len(keys)), key=keys.__getitem__):
+                backoff = subjects[index][0]
+                values = insert(counter).values(
+                    key=keys[index], window_start=now, count=1, expires_at=now + backoff.memory
+                )
+                locked = counter.locked_until > now
+                statement = values.on_conflict_do_update(
+                    index_elements=[counter.key],
+                    set_={
+                        # A locked subject's attempt is refused below: it neither counts nor lengthens the memory.
+                        # An expired memory starts again at 1.
+                        "count": case((locked, counter.count), (counter.expires_at > now, counter.count + 1), else_=1),
+                        "expires_at": case((locked, counter.expires_at), else_=values.excluded.expires_at),
+                    },
+                ).returning(counter.count, counter.locked_until)
+                row = connection.execute(statement).one()
+                counted[index] = (int(row[0]), _aware(row[1]) if row[1] is not None else None)
+            for index, (backoff, _) in enumerate(subjects):
+                until = counted[index][1]
+                if until is not None and until > now:
+                    # Leaving the block rolls back what was counted against the other subjects.
+                    raise LockedOutError(backoff, _seconds_until(until, now))
+            slots = []
+            for index, (backoff, subject) in enumerate(subjects):
+                failures = counted[index][0]
+                delay = backoff.delay(failures)
+                lock = now + delay if delay else None
+                if lock is not None:
+                    connection.execute(update(counter).where(counter.key == keys[index]).values(locked_until=lock))
+                slots.append(Slot(backoff, subject, failures, lock))
+        return tuple(slots)
+
+    def release(self, slot: Slot) -> None:
+        counter = RateLimitCounter
+        lifted = (
+            case((counter.locked_until == slot.locked_until, null()), else_=counter.locked_until)
+            if slot.locked_until is not None
+            else counter.locked_until
+        )
+        with self.engine.begin() as connection:
+            connection.execute(
+                update(counter)
+                .where(counter.key == counter_key(slot.backoff, slot.subject, self.secret), counter.count > 0)
+                .values(count=counter.count - 1, locked_until=lifted)
             )
 
     def fail(self, backoff: Backoff, subject: str, *, now: dt.datetime) -> int:
@@ -240,7 +340,7 @@ class DatabaseRateLimiter:
             ).scalar()
         if until is None or _aware(until) <= now:
             return 0
-        return max(1, math.ceil((_aware(until) - now).total_seconds()))
+        return _seconds_until(_aware(until), now)
 
     def purge(self, *, now: dt.datetime) -> int:
         """Drop counters whose window has ended."""
@@ -253,6 +353,63 @@ def _aware(value: dt.datetime) -> dt.datetime:
     return value if value.tzinfo else value.replace(tzinfo=dt.UTC)
 
 
+def _seconds_until(until: dt.datetime, now: dt.datetime) -> int:
+    # Rounded up, never "retry in 0 seconds" while still locked.
+    return max(1, math.ceil((until - now).total_seconds()))
+
+
+# Lua runs atomically in Redis: no other client's command comes between its reads and writes.
+# KEYS: each subject's failure count, then its lock. ARGV: now in milliseconds, then each subject's free failures,
+# back-off base and cap (milliseconds) and memory (seconds). Answers {"locked", subject number, lock} when a subject
+# is locked (nothing counted), else {"counted", failures, lock or "", …} per subject, locks in seconds as
+# locked_for reads them.
+_RESERVE = """
+local now = tonumber(ARGV[1])
+local subjects = #KEYS / 2
+for i = 1, subjects do
+  local lock = redis.call('GET', KEYS[2 * i])
+  if lock and tonumber(lock) * 1000 > now then
+    return {'locked', i, lock}
+  end
+end
+local answer = {'counted'}
+for i = 1, subjects do
+  local free, base = tonumber(ARGV[4 * i - 2]), tonumber(ARGV[4 * i - 1])
+  local cap, memory = tonumber(ARGV[4 * i]), tonumber(ARGV[4 * i + 1])
+  local failures = redis.call('INCR', KEYS[2 * i - 1])
+  redis.call('EXPIRE', KEYS[2 * i - 1], memory)
+  local lock = ''
+  if failures > free then
+    local delay = math.min(cap, base * 2 ^ math.min(failures - free - 1, 20))
+    lock = string.format('%.3f', (now + delay) / 1000)
+    redis.call('SET', KEYS[2 * i], lock, 'PX', math.max(1, math.ceil(delay)))
+  end
+  table.insert(answer, failures)
+  table.insert(answer, lock)
+end
+return answer
+"""
+# KEYS: the failure count and the lock of one subject. ARGV: the lock the attempt earned, or "".
+_RELEASE = """
+local failures = redis.call('GET', KEYS[1])
+if failures and tonumber(failures) > 0 then
+  redis.call('DECR', KEYS[1])
+end
+if ARGV[1] ~= '' and redis.call('GET', KEYS[2]) == ARGV[1] then
+  redis.call('DEL', KEYS[2])
+end
+return 0
+"""
+# KEYS: one window's hit count. A window that has ended (its key expired) is not brought back at -1.
+_TAKE_BACK = """
+local hits = redis.call('GET', KEYS[1])
+if hits and tonumber(hits) > 0 then
+  redis.call('DECR', KEYS[1])
+end
+return 0
+"""
+
+
 class RedisRateLimiter:
     """Fixed-window counters in Redis (`IDP_RATELIMIT_STORAGE=redis://…`), for a fleet."""
 
@@ -261,6 +418,9 @@ class RedisRateLimiter:
 
         self.client = redis.Redis.from_url(url)
         self.secret = secret
+        self._reserve = self.client.register_script(_RESERVE)
+        self._release = self.client.register_script(_RELEASE)
+        self._take_back = self.client.register_script(_TAKE_BACK)
 
     def _key(self, limit: Limit, subject: str, now: dt.datetime) -> str:
         return f"idp:rl:{counter_key(limit, subject, self.secret)}:{int(window_start(limit, now).timestamp())}"
@@ -274,6 +434,9 @@ class RedisRateLimiter:
         if count > limit.count:
             raise RateLimitedError(limit, retry_after(limit, now))
         return count
+
+    def take_back(self, limit: Limit, subject: str, *, now: dt.datetime) -> None:
+        self._take_back(keys=[self._key(limit, subject, now)])
 
     def peek(self, limit: Limit, subject: str, *, now: dt.datetime) -> int:
         value = self.client.get(self._key(limit, subject, now))
@@ -289,6 +452,35 @@ class RedisRateLimiter:
 
     def _backoff_key(self, backoff: Backoff, subject: str) -> str:
         return f"idp:lock:{counter_key(backoff, subject, self.secret)}"
+
+    def reserve(self, subjects: Sequence[tuple[Backoff, str]], *, now: dt.datetime) -> tuple[Slot, ...]:
+        keys: list[str] = []
+        arguments: list[str | int] = [_milliseconds(now)]
+        for backoff, subject in subjects:
+            base = self._backoff_key(backoff, subject)
+            keys += [f"{base}:n", f"{base}:until"]
+            arguments += [
+                backoff.free,
+                _milliseconds(backoff.base),
+                _milliseconds(backoff.cap),
+                math.ceil(backoff.memory.total_seconds()),
+            ]
+        answer = self._reserve(keys=keys, args=arguments)
+        if answer[0] == b"locked":
+            backoff = subjects[int(answer[1]) - 1][0]
+            raise LockedOutError(backoff, self._wait(float(answer[2]), now))
+        slots = []
+        for index, (backoff, subject) in enumerate(subjects):
+            failures, lock = int(answer[1 + 2 * index]), answer[2 + 2 * index].decode()
+            until = dt.datetime.fromtimestamp(float(lock), dt.UTC) if lock else None
+            slots.append(Slot(backoff, subject, failures, until))
+        return tuple(slots)
+
+    def release(self, slot: Slot) -> None:
+        base = self._backoff_key(slot.backoff, slot.subject)
+        # The lock as the script wrote it: it is lifted only while it is still the one this attempt earned.
+        lock = f"{slot.locked_until.timestamp():.3f}" if slot.locked_until is not None else ""
+        self._release(keys=[f"{base}:n", f"{base}:until"], args=[lock])
 
     def fail(self, backoff: Backoff, subject: str, *, now: dt.datetime) -> int:
         base = self._backoff_key(backoff, subject)
@@ -307,8 +499,17 @@ class RedisRateLimiter:
         value = self.client.get(f"{self._backoff_key(backoff, subject)}:until")
         if value is None:
             return 0
-        remaining = float(value) - now.timestamp()
+        return self._wait(float(value), now)
+
+    @staticmethod
+    def _wait(until: float, now: dt.datetime) -> int:
+        remaining = until - now.timestamp()
         return max(1, math.ceil(remaining)) if remaining > 0 else 0
+
+
+def _milliseconds(value: dt.datetime | dt.timedelta) -> int:
+    seconds = value.timestamp() if isinstance(value, dt.datetime) else value.total_seconds()
+    return round(seconds * 1000)
 
 
 def make_rate_limiter(storage: str, engine: Engine, *, secret: str) -> RateLimiter:

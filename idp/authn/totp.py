@@ -261,12 +261,14 @@ def authenticate(
     client_ip: str,
     now: dt.datetime,
 ) -> TotpDevice:
-    """A sign-in step with the resident's authenticator: lockout → check → count → consume, audited; the device.
+    """A sign-in step with the resident's authenticator: count → check → settle → consume, audited; the device.
 
-    `check` judges `code` against the confirmed device without writing (raising a TotpError when it is wrong)
-    and returns what consumes it (marks the time step, burns the recovery code). Consuming comes last, after
-    the lockout counters are settled: with SQLite a request holding the write lock would make the counters,
-    kept on their own connection so they survive a rolled-back request, wait for it.
+    The attempt is counted as a failure against the resident and the address before `code` is checked, and
+    refused unchecked while either is locked (`lockout.judge_attempt`), so parallel guesses get no more checks
+    than guesses one after another. `check` judges `code` against the confirmed device without writing (raising
+    a TotpError when it is wrong) and returns what consumes it (marks the time step, burns the recovery code).
+    Consuming comes last, after the lockout counters are settled: with SQLite a request holding the write lock
+    would make the counters, kept on their own connection so they survive a rolled-back request, wait for it.
 
     `resident` is None when the phone number typed names nobody: that fails exactly like a wrong code, so the
     answer never says whether a number has an account. `subject` keys the per-resident lockout (the resident's
@@ -297,7 +299,8 @@ def authenticate(
         try:
             consume()
         except TotpError:
-            # Another process consumed the same code a moment earlier: a replay after all, and it counts.
+            # Another process consumed the same code a moment earlier: a replay after all, and it counts again
+            # (the success had already been forgiven or uncounted).
             db.rollback()
             for backoff, key in subjects:
                 limiter.fail(backoff, key, now=now)

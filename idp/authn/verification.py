@@ -31,7 +31,6 @@ from idp.authn.lockout import (
     Limit,
     RateLimitedError,
     RateLimiter,
-    retry_after,
 )
 from idp.authn.residents import AccountResult, resident_for_identity
 from idp.authn.sessions import sign_in_resident
@@ -72,22 +71,21 @@ def _limit_error(limit: Limit, retry: int) -> CarrierVerificationError:
 
 
 def _limit(service: CarrierSignIn, limit: Limit, subject: str, now: dt.datetime) -> None:
-    """Count an attempt and refuse it when over the limit (for attempts that cost whether or not they succeed)."""
+    """Count an attempt first, and refuse it when its own count is over the limit (it stays counted): of attempts
+    made at once, only as many as the limit allows go on to the agency."""
     try:
         service.limiter.hit(limit, subject, now=now)
     except RateLimitedError as exc:
         raise _limit_error(limit, exc.retry_after) from None
 
 
-def _refuse_if_spent(service: CarrierSignIn, limit: Limit, subject: str, now: dt.datetime) -> None:
-    """Refuse when the limit is used up, without counting (the attempt is counted once it really happens)."""
-    if service.limiter.peek(limit, subject, now=now) >= limit.count:
-        raise _limit_error(limit, retry_after(limit, now))
-
-
-def _count(service: CarrierSignIn, limit: Limit, subject: str, now: dt.datetime) -> None:
-    with contextlib.suppress(RateLimitedError):
-        service.limiter.hit(limit, subject, now=now)
+def _give_back_if_unanswered(
+    service: CarrierSignIn, error: CarrierVerificationError, limit: Limit, subject: str, now: dt.datetime
+) -> None:
+    """Uncount an attempt the agency never answered (down, or too slow): an outage costs the resident nothing.
+    Whatever the agency did answer stays counted."""
+    if error.code in (CarrierErrorCode.AGENCY_UNAVAILABLE, CarrierErrorCode.AGENCY_TIMEOUT):
+        service.limiter.take_back(limit, subject, now=now)
 
 
 def _failed(db: Session, event: str, error: CarrierVerificationError, client_ip: str | None, **details: Any) -> None:
@@ -116,17 +114,19 @@ def start_verification(
         "method": request.method.value,
     }
     try:
-        # Every start counts against the address (it may be someone trying numbers); only a text message
-        # really sent counts against the phone, so an outage or a typo does not use up a resident's day.
+        # Every start counts against the address, even one the agency never answered (it may be someone trying
+        # numbers). Against the phone counts every start the agency answered, a text message or an app approval
+        # alike: both reach the resident's phone, and both let someone try names and birth dates against it.
         _limit(service, CARRIER_STARTS_PER_IP, request.client_ip, now)
-        if request.method is VerificationMethod.SMS:
-            _refuse_if_spent(service, CARRIER_SENDS_PER_PHONE, request.phone, now)
-        transaction = service.gateway.start(request)
+        _limit(service, CARRIER_SENDS_PER_PHONE, request.phone, now)
+        try:
+            transaction = service.gateway.start(request)
+        except CarrierVerificationError as error:
+            _give_back_if_unanswered(service, error, CARRIER_SENDS_PER_PHONE, request.phone, now)
+            raise
     except CarrierVerificationError as error:
         _failed(db, "carrier.start", error, request.client_ip, **details)
         raise
-    if request.method is VerificationMethod.SMS:
-        _count(service, CARRIER_SENDS_PER_PHONE, request.phone, now)
     record_event(
         db, "carrier.start", result=SUCCESS, client_ip=request.client_ip, txn=txn_digest(transaction.txn_id), **details
     )
@@ -138,12 +138,15 @@ def resend_code(
 ) -> Transaction:
     """Send a new code for the same transaction; attempts already used stay used."""
     try:
-        _refuse_if_spent(service, CARRIER_SENDS_PER_PHONE, phone, now)
-        transaction = service.gateway.resend(txn_id)
+        _limit(service, CARRIER_SENDS_PER_PHONE, phone, now)
+        try:
+            transaction = service.gateway.resend(txn_id)
+        except CarrierVerificationError as error:
+            _give_back_if_unanswered(service, error, CARRIER_SENDS_PER_PHONE, phone, now)
+            raise
     except CarrierVerificationError as error:
         _failed(db, "carrier.resend", error, client_ip, txn=txn_digest(txn_id))
         raise
-    _count(service, CARRIER_SENDS_PER_PHONE, phone, now)
     record_event(db, "carrier.resend", result=SUCCESS, client_ip=client_ip, txn=txn_digest(txn_id))
     return transaction
 
@@ -160,15 +163,12 @@ def confirm_code(
 ) -> VerifiedIdentity:
     """Check the SMS code with the agency and accept the identity it vouches for, once."""
     try:
-        _refuse_if_spent(service, CARRIER_CODES_PER_TXN, txn_id, now)
+        _limit(service, CARRIER_CODES_PER_TXN, txn_id, now)
         try:
             identity = service.gateway.confirm_code(txn_id, code)
         except CarrierVerificationError as error:
-            # A code the agency judged counts; one it never saw (it was down) does not.
-            if error.code is CarrierErrorCode.WRONG_CODE:
-                _count(service, CARRIER_CODES_PER_TXN, txn_id, now)
+            _give_back_if_unanswered(service, error, CARRIER_CODES_PER_TXN, txn_id, now)
             raise
-        _count(service, CARRIER_CODES_PER_TXN, txn_id, now)
         redeem_identity(db, identity, binding_secret=binding_secret)
     except CarrierVerificationError as error:
         _failed(db, "carrier.verify", error, client_ip, txn=txn_digest(txn_id), attempts=error.attempts_remaining)

@@ -370,6 +370,25 @@ def test_too_many_starts_say_when_to_try_again(app: Flask, sandbox: SandboxAgenc
     assert lockout[-1].details["lockout"] is True
 
 
+def test_app_approval_starts_count_against_the_phones_daily_limit(
+    app: Flask, sandbox: SandboxAgency, db_session: Session
+) -> None:
+    client = app.test_client()
+    # Each from an address of its own, so that only the phone's limit stands in the way.
+    for index in range(CARRIER_SENDS_PER_PHONE.count):
+        client.environ_base["REMOTE_ADDR"] = f"203.0.113.{index + 1}"
+        assert start(client, KIM, method="app").status_code == 303
+    client.environ_base["REMOTE_ADDR"] = "203.0.113.200"
+    limited = start(client, KIM, method="app")
+    assert limited.status_code == 429
+    assert "다시 시도할 수 있습니다" in text(limited)
+    refusal = db_session.scalars(
+        select(AuditEvent).where(AuditEvent.event == "carrier.start", AuditEvent.result == "failure")
+    ).one()
+    assert refusal.details["error"] == "rate_limited"
+    assert refusal.details["method"] == "app"
+
+
 def test_mismatch_message_does_not_reveal_whether_an_account_exists(app: Flask, sandbox: SandboxAgency) -> None:
     sign_in(app.test_client(), sandbox, KIM, KIM_E164)
     with_account = start(app.test_client(), {**KIM, "birthdate": "1985-03-15"})

@@ -1,9 +1,11 @@
-"""Rate limits: fixed windows counted in the database, shared by every process, keyed by digests."""
+"""Rate limits: fixed windows counted in the database or Redis, shared by every process, keyed by digests; a hit
+never judged is taken back."""
 
 from __future__ import annotations
 
 import datetime as dt
 import uuid
+from collections.abc import Iterator
 
 import pytest
 from sqlalchemy import Engine, select
@@ -13,6 +15,7 @@ from idp.authn.lockout import (
     DatabaseRateLimiter,
     Limit,
     RateLimitedError,
+    RateLimiter,
     RedisRateLimiter,
     counter_key,
     make_rate_limiter,
@@ -116,3 +119,50 @@ def test_redis_keys_hold_digests_not_phone_numbers(redis_url: str, engine: Engin
     keys = [key.decode() for key in limiter.client.keys("*")]
     assert keys
     assert not any("1000000001" in key for key in keys)
+
+
+# -- taking back a hit that was never judged -------------------------------------------------------------------------
+
+
+@pytest.fixture(params=["database", "redis"])
+def either_limiter(request: pytest.FixtureRequest, engine: Engine, redis_url: str) -> Iterator[RateLimiter]:
+    if request.param == "database":
+        yield DatabaseRateLimiter(engine, SECRET)
+        return
+    limiter = RedisRateLimiter(redis_url, SECRET)
+    yield limiter
+    limiter.client.close()
+
+
+def test_a_hit_taken_back_is_uncounted(either_limiter: RateLimiter, subject: str) -> None:
+    for _ in range(3):
+        either_limiter.hit(THREE_PER_MINUTE, subject, now=NOW)
+    either_limiter.take_back(THREE_PER_MINUTE, subject, now=NOW)
+    assert either_limiter.peek(THREE_PER_MINUTE, subject, now=NOW) == 2
+    assert either_limiter.hit(THREE_PER_MINUTE, subject, now=NOW) == 3
+
+
+def test_a_hit_is_taken_back_only_from_its_own_window(either_limiter: RateLimiter, subject: str) -> None:
+    either_limiter.hit(THREE_PER_MINUTE, subject, now=NOW)
+    later = NOW + dt.timedelta(minutes=1)
+    either_limiter.take_back(THREE_PER_MINUTE, subject, now=later)
+    assert either_limiter.peek(THREE_PER_MINUTE, subject, now=later) == 0
+    assert either_limiter.hit(THREE_PER_MINUTE, subject, now=later) == 1
+    either_limiter.take_back(THREE_PER_MINUTE, subject, now=NOW)
+    assert either_limiter.peek(THREE_PER_MINUTE, subject, now=later) == 1
+
+
+def test_taking_back_more_than_was_counted_stops_at_nothing(either_limiter: RateLimiter, subject: str) -> None:
+    either_limiter.take_back(THREE_PER_MINUTE, subject, now=NOW)
+    either_limiter.hit(THREE_PER_MINUTE, subject, now=NOW)
+    either_limiter.take_back(THREE_PER_MINUTE, subject, now=NOW)
+    either_limiter.take_back(THREE_PER_MINUTE, subject, now=NOW)
+    assert either_limiter.peek(THREE_PER_MINUTE, subject, now=NOW) == 0
+    assert either_limiter.hit(THREE_PER_MINUTE, subject, now=NOW) == 1
+
+
+def test_redis_does_not_bring_back_an_ended_window_to_take_a_hit_back(redis_url: str, subject: str) -> None:
+    limiter = RedisRateLimiter(redis_url, SECRET)
+    limiter.take_back(THREE_PER_MINUTE, subject, now=NOW)
+    assert limiter.client.keys(f"idp:rl:{counter_key(THREE_PER_MINUTE, subject, SECRET)}:*") == []
+    limiter.client.close()

@@ -1,4 +1,4 @@
-"""Lockouts with exponential back-off: the delay table, both limiters, and lockout → verify → count."""
+"""Lockouts with exponential back-off: the delay table, both limiters, and count → judge → settle."""
 
 from __future__ import annotations
 
@@ -18,6 +18,7 @@ from idp.authn.lockout import (
     LockedOutError,
     RateLimiter,
     RedisRateLimiter,
+    Slot,
     counter_key,
     judge_attempt,
 )
@@ -307,7 +308,129 @@ def test_redis_keys_hold_digests_not_subjects(redis_limiter: RedisRateLimiter) -
     assert not any(phone[3:] in key for key in keys)
 
 
-# -- judge_attempt: lockout → verify → count -------------------------------------------------------------------------
+# -- reserving an attempt: counted before it is judged -------------------------------------------------------------
+
+
+def test_a_reserved_attempt_counts_as_a_failure_before_it_is_judged(limiter: RateLimiter, subject: str) -> None:
+    fail_times(limiter, TOTP_FAILURES_PER_RESIDENT, subject, 2)
+    assert limiter.reserve([(TOTP_FAILURES_PER_RESIDENT, subject)], now=NOW) == (
+        Slot(TOTP_FAILURES_PER_RESIDENT, subject, 3, None),
+    )
+    assert limiter.fail(TOTP_FAILURES_PER_RESIDENT, subject, now=NOW) == 4
+
+
+def test_an_attempt_past_the_free_failures_locks_as_it_is_reserved(limiter: RateLimiter, subject: str) -> None:
+    fail_times(limiter, TOTP_FAILURES_PER_RESIDENT, subject, 5)
+    [slot] = limiter.reserve([(TOTP_FAILURES_PER_RESIDENT, subject)], now=NOW)
+    assert (slot.failures, slot.locked_until) == (6, NOW + 30 * SECOND)
+    # Locked while it is being judged: an attempt beside it is refused, not judged.
+    assert limiter.locked_for(TOTP_FAILURES_PER_RESIDENT, subject, now=NOW) == 30
+    with pytest.raises(LockedOutError) as error:
+        limiter.reserve([(TOTP_FAILURES_PER_RESIDENT, subject)], now=NOW + SECOND)
+    assert error.value.retry_after == 29
+
+
+def test_reservations_follow_the_delay_table(limiter: RateLimiter, subject: str) -> None:
+    now, locks = NOW, []
+    for _ in range(14):
+        [slot] = limiter.reserve([(TOTP_FAILURES_PER_RESIDENT, subject)], now=now)
+        wait = limiter.locked_for(TOTP_FAILURES_PER_RESIDENT, subject, now=now)
+        assert slot.locked_until == (now + wait * SECOND if wait else None)
+        locks.append(wait)
+        now += wait * SECOND
+    assert locks == [0, 0, 0, 0, 0, 30, 60, 120, 240, 480, 960, 1920, 3600, 3600]
+
+
+def test_a_locked_subject_refuses_a_reservation_and_counts_nothing(limiter: RateLimiter, subject: str) -> None:
+    fail_times(limiter, TOTP_FAILURES_PER_RESIDENT, subject, 6)
+    with pytest.raises(LockedOutError) as error:
+        limiter.reserve([(TOTP_FAILURES_PER_RESIDENT, subject)], now=NOW + 10 * SECOND)
+    assert (error.value.backoff, error.value.retry_after) == (TOTP_FAILURES_PER_RESIDENT, 20)
+    # Neither counted nor lengthened.
+    assert limiter.locked_for(TOTP_FAILURES_PER_RESIDENT, subject, now=NOW) == 30
+    assert limiter.fail(TOTP_FAILURES_PER_RESIDENT, subject, now=NOW) == 7
+
+
+def test_a_reservation_refused_for_one_subject_counts_against_none(limiter: RateLimiter, subject: str) -> None:
+    fail_times(limiter, TOTP_FAILURES_PER_RESIDENT, subject, 3)
+    fail_times(limiter, TOTP_FAILURES_PER_IP, subject + "-ip", 21)
+    with pytest.raises(LockedOutError) as error:
+        limiter.reserve(subjects_of(subject), now=NOW)
+    assert error.value.backoff == TOTP_FAILURES_PER_IP
+    assert limiter.fail(TOTP_FAILURES_PER_RESIDENT, subject, now=NOW) == 4
+
+
+def test_release_uncounts_the_attempt_and_lifts_the_lock_it_earned(limiter: RateLimiter, subject: str) -> None:
+    fail_times(limiter, TOTP_FAILURES_PER_RESIDENT, subject, 5)
+    [slot] = limiter.reserve([(TOTP_FAILURES_PER_RESIDENT, subject)], now=NOW)
+    limiter.release(slot)
+    assert limiter.locked_for(TOTP_FAILURES_PER_RESIDENT, subject, now=NOW) == 0
+    assert limiter.fail(TOTP_FAILURES_PER_RESIDENT, subject, now=NOW) == 6
+
+
+def test_release_keeps_a_lock_a_later_attempt_earned(limiter: RateLimiter, subject: str) -> None:
+    fail_times(limiter, TOTP_FAILURES_PER_RESIDENT, subject, 4)
+    [first] = limiter.reserve([(TOTP_FAILURES_PER_RESIDENT, subject)], now=NOW)
+    [second] = limiter.reserve([(TOTP_FAILURES_PER_RESIDENT, subject)], now=NOW)
+    assert (first.locked_until, second.locked_until) == (None, NOW + 30 * SECOND)
+    limiter.release(first)
+    assert limiter.locked_for(TOTP_FAILURES_PER_RESIDENT, subject, now=NOW) == 30
+    assert limiter.fail(TOTP_FAILURES_PER_RESIDENT, subject, now=NOW) == 6
+
+
+def test_release_after_a_reset_does_not_go_below_nothing(limiter: RateLimiter, subject: str) -> None:
+    [slot] = limiter.reserve([(TOTP_FAILURES_PER_RESIDENT, subject)], now=NOW)
+    limiter.reset(TOTP_FAILURES_PER_RESIDENT, subject)
+    limiter.release(slot)
+    assert limiter.fail(TOTP_FAILURES_PER_RESIDENT, subject, now=NOW) == 1
+
+
+def test_concurrent_reservations_judge_no_more_than_a_sequence(limiter: RateLimiter, subject: str) -> None:
+    start = threading.Barrier(16, timeout=10)
+    outcomes: list[str] = []
+
+    def reserve() -> None:
+        try:
+            start.wait()
+            limiter.reserve(subjects_of(subject), now=NOW)
+            outcomes.append("judged")
+        except LockedOutError:
+            outcomes.append("refused")
+        except Exception as error:  # reported by the assertion below, not lost in the thread
+            outcomes.append(repr(error))
+
+    threads = [threading.Thread(target=reserve) for _ in range(16)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=30)
+    # Five free failures and the sixth, which earns the first lock: as many as one after another.
+    assert sorted(outcomes) == ["judged"] * 6 + ["refused"] * 10
+    assert limiter.fail(TOTP_FAILURES_PER_IP, subject + "-ip", now=NOW) == 7
+
+
+def test_reserved_failures_are_forgotten_memory_after_the_last_one(
+    database_limiter: DatabaseRateLimiter, subject: str
+) -> None:
+    fail_times(database_limiter, TWO_FREE, subject, 2)
+    [slot] = database_limiter.reserve([(TWO_FREE, subject)], now=NOW + 10 * MINUTE - SECOND)
+    assert slot.failures == 3
+    [slot] = database_limiter.reserve([(TWO_FREE, subject)], now=NOW + 20 * MINUTE)
+    assert (slot.failures, slot.locked_until) == (1, None)
+
+
+def test_redis_keeps_reserved_failures_for_the_memory_and_the_lock_for_its_delay(
+    redis_limiter: RedisRateLimiter, subject: str
+) -> None:
+    fail_times(redis_limiter, TWO_FREE, subject, 2)
+    redis_limiter.reserve([(TWO_FREE, subject)], now=NOW)
+    base = f"idp:lock:{counter_key(TWO_FREE, subject, SECRET)}"
+    assert 595 <= redis_limiter.client.ttl(f"{base}:n") <= 600
+    assert 8 <= redis_limiter.client.ttl(f"{base}:until") <= 10
+    assert redis_limiter.locked_for(TWO_FREE, subject, now=NOW) == 10
+
+
+# -- judge_attempt: count → judge → settle ---------------------------------------------------------------------------
 
 
 def subjects_of(subject: str) -> list[tuple[Backoff, str]]:
@@ -421,3 +544,46 @@ def test_judge_attempt_lets_other_errors_through_uncounted(limiter: RateLimiter,
     # Neither counted nor reset: not a wrong guess, and not a success.
     assert limiter.fail(TOTP_FAILURES_PER_RESIDENT, subject, now=NOW) == 3
     assert limiter.fail(TOTP_FAILURES_PER_IP, subject + "-ip", now=NOW) == 1
+
+
+def test_an_attempt_being_judged_is_counted_already(limiter: RateLimiter, subject: str) -> None:
+    fail_times(limiter, TOTP_FAILURES_PER_RESIDENT, subject, 5)
+    beside: list[str] = []
+
+    def refuse_after_another_tries() -> str:
+        # Another attempt arrives while this one (the sixth) is being judged: it is refused unjudged.
+        with pytest.raises(LockedOutError) as error:
+            judge_attempt(limiter, subjects_of(subject), lambda: "mine", failures=(AttemptRefusedError,), now=NOW)
+        beside.append(f"{error.value.backoff.kind} {error.value.retry_after}")
+        raise AttemptRefusedError
+
+    with pytest.raises(AttemptRefusedError):
+        judge_attempt(
+            limiter, subjects_of(subject), refuse_after_another_tries, failures=(AttemptRefusedError,), now=NOW
+        )
+    assert beside == ["totp-resident 30"]
+    assert limiter.fail(TOTP_FAILURES_PER_RESIDENT, subject, now=NOW) == 7
+
+
+def test_a_success_lifts_the_lock_it_earned_in_advance_where_it_is_not_forgiven(
+    limiter: RateLimiter, subject: str
+) -> None:
+    # The address's 21st attempt locks it in advance; it is a right code, so it was no failure after all.
+    fail_times(limiter, TOTP_FAILURES_PER_IP, subject + "-ip", 20)
+    assert judge_attempt(limiter, subjects_of(subject), lambda: "mine", failures=(AttemptRefusedError,), now=NOW) == (
+        "mine"
+    )
+    assert limiter.locked_for(TOTP_FAILURES_PER_IP, subject + "-ip", now=NOW) == 0
+    assert limiter.fail(TOTP_FAILURES_PER_IP, subject + "-ip", now=NOW) == 21
+
+
+def test_an_attempt_that_crashed_lifts_the_lock_it_earned_in_advance(limiter: RateLimiter, subject: str) -> None:
+    fail_times(limiter, TOTP_FAILURES_PER_RESIDENT, subject, 5)
+
+    def crash() -> None:
+        raise RuntimeError("the database went away")
+
+    with pytest.raises(RuntimeError):
+        judge_attempt(limiter, subjects_of(subject), crash, failures=(AttemptRefusedError,), now=NOW)
+    assert limiter.locked_for(TOTP_FAILURES_PER_RESIDENT, subject, now=NOW) == 0
+    assert limiter.fail(TOTP_FAILURES_PER_RESIDENT, subject, now=NOW) == 6
