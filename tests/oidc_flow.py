@@ -18,6 +18,7 @@ from joserfc.jwk import KeySet
 from sandbox_agency import SandboxAgency
 
 from idp.oidc.clients import ClientSpec, CreatedClient, create_client, secret_digest_key
+from idp.oidc.outbound import allows_local_destinations
 
 CSRF = re.compile(r'name="csrf_token" value="([^"]+)"')
 REQUEST_ID = re.compile(r'name="request_id" value="([^"]+)"')
@@ -38,6 +39,7 @@ def register(app: Flask, **spec: Any) -> CreatedClient:
             issuer=settings.issuer,
             now=dt.datetime.now(dt.UTC),
             allow_restricted_scopes=True,
+            allow_local_server_uris=allows_local_destinations(settings),
         )
         db.commit()
         db.refresh(created.client)

@@ -29,6 +29,7 @@ from idp.oidc.clients import (
     rotate_client_secret,
     secret_digest_key,
 )
+from idp.oidc.outbound import allows_local_destinations
 from idp.settings import Settings
 
 MAX_JWKS_FILE_BYTES = 64 * 1024  # a JWKS of a few public keys is a few kilobytes
@@ -156,6 +157,9 @@ def clients_create(
             issuer=settings.issuer,
             now=_now(),
             allow_restricted_scopes=True,
+            # The admin is held to the same rule as dynamic registration: outside development, the IdP calls
+            # only https URLs on public hosts.
+            allow_local_server_uris=allows_local_destinations(settings),
         )
         data = client_to_json(created.client)
     if as_json:

@@ -10,6 +10,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable
+from functools import partial
 from typing import Any
 
 import httpx
@@ -22,6 +23,7 @@ from idp.audit import FAILURE, SUCCESS, record_event
 from idp.authn.sessions import end_session
 from idp.keyring import Keyring, LoadedKeys
 from idp.models import Client, LoginSession, LogoutDelivery, SessionClient
+from idp.oidc.outbound import allows_local_destinations, outbound_client
 from idp.settings import Settings
 
 LOGOUT_EVENT = "http://schemas.openid.net/event/backchannel-logout"  # Back-Channel Logout §2.4
@@ -97,9 +99,14 @@ def logout_token(
     return keys.active(client.id_token_signed_response_alg).sign(claims, typ=LOGOUT_TOKEN_TYPE)
 
 
-def post_logout_token(uri: str, token: str) -> int:
-    """Deliver over HTTP: the status code the client answered."""
-    response = httpx.post(uri, data={"logout_token": token}, timeout=DELIVERY_TIMEOUT, follow_redirects=False)
+def post_logout_token(uri: str, token: str, *, http: httpx.Client) -> int:
+    """Deliver over `http` (an `outbound_client`, which refuses local destinations outside development): the status
+    code the client answered.
+
+    Raises:
+        httpx.HTTPError: no answer, or a destination refused (outbound.DestinationRefusedError).
+    """
+    response = http.post(uri, data={"logout_token": token}, timeout=DELIVERY_TIMEOUT)
     return response.status_code
 
 
@@ -109,11 +116,16 @@ def deliver_due(
     settings: Settings,
     *,
     now: dt.datetime,
-    send: Sender = post_logout_token,
+    send: Sender | None = None,
     only: list[str] | None = None,
 ) -> int:
     """Attempt every due delivery once; each is claimed first so that several processes never send it twice.
+    Without `send`, tokens go out through an outbound client following `settings`' rules for destinations.
     Returns how many were delivered."""
+    if send is None:
+        with outbound_client(allow_local=allows_local_destinations(settings)) as http:
+            send = partial(post_logout_token, http=http)
+            return deliver_due(factory, keyring, settings, now=now, send=send, only=only)
     delivered = 0
     with factory() as db:
         query = select(LogoutDelivery.id).where(
@@ -197,6 +209,10 @@ class DeliveryWorker:
         self.keyring = keyring
         self.settings = settings
         self.interval = interval
+        # One client for every round and every thread (httpx documents its Client as shareable between threads).
+        self.send: Sender = partial(
+            post_logout_token, http=outbound_client(allow_local=allows_local_destinations(settings))
+        )
         self._started = False
         self._lock = threading.Lock()
 
@@ -211,7 +227,7 @@ class DeliveryWorker:
         while True:
             time.sleep(self.interval)
             try:
-                deliver_due(self.factory, self.keyring, self.settings, now=dt.datetime.now(dt.UTC))
+                deliver_due(self.factory, self.keyring, self.settings, now=dt.datetime.now(dt.UTC), send=self.send)
             except Exception:  # a retry loop must outlive a bad round; the next round tries again
                 log.exception("back-channel logout round failed")
 
@@ -222,6 +238,6 @@ class DeliveryWorker:
         threading.Thread(
             target=deliver_due,
             args=(self.factory, self.keyring, self.settings),
-            kwargs={"now": dt.datetime.now(dt.UTC), "only": ids},
+            kwargs={"now": dt.datetime.now(dt.UTC), "send": self.send, "only": ids},
             daemon=True,
         ).start()

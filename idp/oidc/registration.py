@@ -93,8 +93,11 @@ def register_client(
     issuer: str,
     now: dt.datetime,
     signing_algorithms: list[str],
+    allow_local_server_uris: bool = False,
 ) -> dict[str, Any]:
-    """Register a client with an initial access token; the RFC 7591 §3.2.1 response body.
+    """Register a client with an initial access token; the RFC 7591 §3.2.1 response body. Back-channel logout and
+    jwks_uri URLs on this machine or a private network are accepted only with `allow_local_server_uris`
+    (development).
 
     Raises:
         RegistrationError: no or a spent token (401), or metadata that does not validate (400).
@@ -106,7 +109,9 @@ def register_client(
         # Every token request would fail for want of a key: refuse now (RFC 7591 §3.2.2).
         raise RegistrationError("invalid_client_metadata", f"ID tokens cannot be signed with {spec.id_token_alg} here.")
     try:
-        created = create_client(db, spec, secret_key=secret_key, issuer=issuer, now=now)
+        created = create_client(
+            db, spec, secret_key=secret_key, issuer=issuer, now=now, allow_local_server_uris=allow_local_server_uris
+        )
     except ClientRedirectUriInvalidError as exc:
         raise RegistrationError("invalid_redirect_uri", str(exc)) from None
     except ClientInvalidError as exc:

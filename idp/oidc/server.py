@@ -26,6 +26,7 @@ from idp.keyring import Keyring
 from idp.models import Client, LoginSession, Resident, SessionClient, UsedAssertion
 from idp.oidc.claims import SCOPES
 from idp.oidc.clients import find_client, verify_client_secret
+from idp.oidc.outbound import allows_local_destinations, outbound_client
 from idp.settings import Settings
 
 MAX_ASSERTION_LIFETIME = 3600
@@ -86,10 +87,14 @@ class PrivateKeyJwt(JWTBearerClientAssertion):
 
     CLIENT_AUTH_METHOD = "private_key_jwt"
     JWKS_CACHE_SECONDS = 300
+    JWKS_TIMEOUT = 5.0
 
-    def __init__(self, issuer: str) -> None:
+    def __init__(self, issuer: str, *, http: httpx.Client) -> None:
+        """`http` fetches clients' jwks_uri: an `outbound_client`, which refuses local destinations outside
+        development."""
         super().__init__(leeway=30)
         self.issuer = issuer
+        self.http = http
         self._fetched: dict[str, tuple[float, KeySet]] = {}
 
     def get_audiences(self) -> list[str]:
@@ -130,7 +135,7 @@ class PrivateKeyJwt(JWTBearerClientAssertion):
             if cached and time.monotonic() - cached[0] < self.JWKS_CACHE_SECONDS:
                 return cached[1]
             try:
-                response = httpx.get(model.jwks_uri, timeout=5.0, follow_redirects=False)
+                response = self.http.get(model.jwks_uri, timeout=self.JWKS_TIMEOUT)
                 response.raise_for_status()
                 keys = KeySet.import_key_set(response.json())
             except (httpx.HTTPError, ValueError, TypeError, KeyError, JoseError):
@@ -177,7 +182,10 @@ class IdpAuthorizationServer(AuthorizationServer):
         self.keyring = keyring
         self.secret_key = secret_key
         self.scopes_supported = list(SCOPES)
-        self.register_client_auth_method(PrivateKeyJwt.CLIENT_AUTH_METHOD, PrivateKeyJwt(settings.issuer))
+        jwks_fetcher = outbound_client(allow_local=allows_local_destinations(settings))
+        self.register_client_auth_method(
+            PrivateKeyJwt.CLIENT_AUTH_METHOD, PrivateKeyJwt(settings.issuer, http=jwks_fetcher)
+        )
         self.register_client_auth_method("client_secret_basic", authenticate_client_secret_basic)
 
     def query_client(self, client_id: str) -> OAuthClient | None:

@@ -39,6 +39,7 @@ from idp.oidc.consent import grant_consent, held_ci, keep_raw_ci, missing_scopes
 from idp.oidc.endpoints import UserInfoError, userinfo
 from idp.oidc.grants import AuthorizedResident
 from idp.oidc.logout import IdTokenHintInvalidError, end_login_session, read_id_token_hint
+from idp.oidc.outbound import allows_local_destinations
 from idp.oidc.published import PublishedDocuments
 from idp.oidc.registration import (
     RegistrationError,
@@ -652,6 +653,7 @@ def register() -> Response:
             issuer=server.settings.issuer,
             now=_now(),
             signing_algorithms=server.keyring.current().signing_algorithms,
+            allow_local_server_uris=allows_local_destinations(server.settings),
         )
     except RegistrationError as error:
         db.session().rollback()

@@ -475,6 +475,52 @@ def test_bad_jwks_file_is_a_one_line_error_and_creates_nothing(
     assert count_clients(read) == 0
 
 
+PRODUCTION = {
+    "IDP_ENV": "production",
+    "IDP_ISSUER": "https://login.gg.go.kr",
+    "IDP_SECRET_KEY": "s" * 43,
+    "IDP_DATA_KEY": "d" * 43,
+    "IDP_CI_PEPPER": "p" * 43,
+    "IDP_PAIRWISE_SECRET": "w" * 43,
+    "IDP_CARRIER_AGENCY_URL": "https://agency.example.kr",
+    "IDP_CARRIER_SITE_SECRET": "agency-issued-secret",
+}
+PKJ_URI = (*SUWON, "--auth-method", "private_key_jwt", "--jwks-uri")
+LOCAL_SERVER_URIS = [
+    ("back-channel loopback", (*SUWON, "--backchannel-logout-uri", "http://127.0.0.1:8080/bc"), "must use https"),
+    ("back-channel private", (*SUWON, "--backchannel-logout-uri", "https://10.0.0.5/bc"), "public address"),
+    ("back-channel localhost", (*SUWON, "--backchannel-logout-uri", "https://localhost/bc"), "public host name"),
+    ("jwks-uri metadata", (*PKJ_URI, "https://169.254.169.254/jwks"), "public address"),
+    ("jwks-uri loopback v6", (*PKJ_URI, "https://[::1]/jwks"), "public address"),
+]
+
+
+@pytest.mark.parametrize(
+    ("args", "message"), [case[1:] for case in LOCAL_SERVER_URIS], ids=[c[0] for c in LOCAL_SERVER_URIS]
+)
+def test_outside_development_urls_the_idp_calls_must_be_https_on_public_hosts(
+    env: dict[str, str | None], read: Callable[[], Session], args: tuple[str, ...], message: str
+) -> None:
+    result = CliRunner().invoke(clients, ["create", *args], env={**env, **PRODUCTION})
+    assert message in one_line_error(result)
+    assert count_clients(read) == 0
+
+
+@pytest.mark.parametrize(
+    ("args", "field"),
+    [
+        ((*SUWON, "--backchannel-logout-uri", "http://127.0.0.1:8170/bc"), "backchannel_logout_uri"),
+        ((*PKJ_URI, "http://localhost:8170/jwks"), "jwks_uri"),
+    ],
+    ids=["back-channel", "jwks-uri"],
+)
+def test_in_development_local_urls_the_idp_calls_are_accepted(
+    invoke: Invoke, args: tuple[str, ...], field: str
+) -> None:
+    created = ok_json(invoke("create", *args, "--json"))
+    assert created[field] == args[-1]
+
+
 def test_unreachable_database_is_a_one_line_error(env: dict[str, str | None]) -> None:
     env = {**env, "IDP_DATABASE_URL": "postgresql+psycopg://nobody@127.0.0.1:1/x"}
     result = CliRunner().invoke(clients, ["list"], env=env)

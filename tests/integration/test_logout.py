@@ -24,14 +24,20 @@ AFTER_LOGOUT = "https://rp.example.kr/signed-out"
 
 
 class Receiver:
-    """A relying service's back-channel logout endpoint on 127.0.0.1: records tokens, fails on demand."""
+    """A relying service's back-channel logout endpoint on 127.0.0.1: records tokens and connections, fails on
+    demand."""
 
     def __init__(self) -> None:
         self.tokens: list[str] = []
+        self.connections = 0
         self.fail_next = 0
         receiver = self
 
         class Handler(BaseHTTPRequestHandler):
+            def setup(self) -> None:
+                receiver.connections += 1  # one handler per accepted connection, before any request is read
+                super().setup()
+
             def do_POST(self) -> None:
                 length = int(self.headers.get("Content-Length", "0"))
                 form = parse_qs(self.rfile.read(length).decode())
@@ -167,3 +173,21 @@ def test_failed_delivery_is_retried_from_the_table(app: Flask, sandbox: SandboxA
             select(AuditEvent.result).where(AuditEvent.event == "logout.backchannel").order_by(AuditEvent.id)
         ).all()
     assert outcomes == ["failure", "success"]
+
+
+@pytest.mark.parametrize("scheme", ["http", "https"])
+def test_outside_development_a_loopback_uri_is_never_connected_to(app: Flask, receiver: Receiver, scheme: str) -> None:
+    # Registered in development (or before the rule), delivered by a production server: refused at connection time.
+    created = register(app, backchannel_logout_uri=receiver.url.replace("http:", f"{scheme}:"))
+    factory = app.extensions["idp.db"][1]
+    now = dt.datetime.now(dt.UTC)
+    with factory() as db:
+        db.add(LogoutDelivery(client_id=created.client.id, sid="sid-1", sub="sub-1", next_attempt_at=now))
+        db.commit()
+    production = replace(app.extensions["idp.settings"], env="production")
+    assert deliver_due(factory, app.extensions["idp.keyring"], production, now=now) == 0
+    assert receiver.connections == 0
+    with factory() as db:
+        delivery = db.scalars(select(LogoutDelivery)).one()
+        assert (delivery.attempts, delivery.delivered_at) == (1, None)
+        assert delivery.last_error == "DestinationRefusedError"

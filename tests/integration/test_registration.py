@@ -9,7 +9,9 @@ from dataclasses import replace
 import pytest
 from flask import Flask
 from oidc_flow import basic
+from sqlalchemy import func, select
 
+from idp.models import Client
 from idp.oidc.clients import mint_initial_access_token
 from idp.settings import Settings
 
@@ -126,3 +128,76 @@ def test_updates_are_refused_with_allow(app: Flask) -> None:
     )
     assert response.status_code == 405
     assert response.headers["Allow"] == "GET, DELETE"
+
+
+# -- URLs the IdP calls itself (back-channel logout, jwks_uri) -----------------------------------------------------
+
+LOCAL_URLS = [
+    "http://127.0.0.1:8080/backchannel",
+    "https://127.0.0.1/backchannel",
+    "https://localhost:8443/backchannel",
+    "https://10.0.0.5/backchannel",
+    "https://192.168.0.10/backchannel",
+    "https://172.20.1.1/backchannel",
+    "https://169.254.169.254/latest/meta-data",
+    "https://100.64.0.1/backchannel",
+    "https://0.0.0.0/backchannel",
+    "https://[::1]/backchannel",
+    "https://[fd00::1]/backchannel",
+    "https://[fe80::1]/backchannel",
+    "https://[::ffff:127.0.0.1]/backchannel",
+    "https://224.0.0.1/backchannel",
+    "https://2130706433/backchannel",
+    "https://metadata.google.internal/backchannel",
+    "http://permits.example.kr/backchannel",
+]
+
+
+DESCRIBED = {"backchannel_logout_uri": "back-channel logout URI", "jwks_uri": "jwks_uri"}
+
+
+def server_uri_metadata(field: str, uri: str) -> dict[str, object]:
+    if field == "jwks_uri":
+        return {**METADATA, "token_endpoint_auth_method": "private_key_jwt", "jwks_uri": uri}
+    return {**METADATA, field: uri}
+
+
+@pytest.fixture
+def production_app(make_app: Callable[[Settings], Flask], settings: Settings, fresh_database_url: str) -> Flask:
+    app = make_app(replace(settings, database_url=fresh_database_url, env="production"))
+    app.config["TESTING"] = True
+    return app
+
+
+@pytest.mark.parametrize("uri", LOCAL_URLS)
+@pytest.mark.parametrize("field", ["backchannel_logout_uri", "jwks_uri"])
+def test_outside_development_urls_the_idp_calls_must_be_https_on_public_hosts(
+    production_app: Flask, field: str, uri: str
+) -> None:
+    response = production_app.test_client().post(
+        "/register", json=server_uri_metadata(field, uri), headers=bearer(mint(production_app))
+    )
+    assert response.status_code == 400, response.get_data(as_text=True)
+    body = response.get_json()
+    assert body["error"] == "invalid_client_metadata"  # RFC 7591 §3.2.2: a metadata value is invalid
+    assert DESCRIBED[field] in body["error_description"]
+    with production_app.extensions["idp.db"][1]() as db:
+        assert db.scalar(select(func.count()).select_from(Client)) == 0
+
+
+@pytest.mark.parametrize("field", ["backchannel_logout_uri", "jwks_uri"])
+def test_outside_development_https_urls_on_public_hosts_are_registered(production_app: Flask, field: str) -> None:
+    uri = "https://permits.example.kr/oidc/endpoint"
+    response = production_app.test_client().post(
+        "/register", json=server_uri_metadata(field, uri), headers=bearer(mint(production_app))
+    )
+    assert response.status_code == 201, response.get_data(as_text=True)
+    assert response.get_json()[field] == uri
+
+
+@pytest.mark.parametrize("field", ["backchannel_logout_uri", "jwks_uri"])
+def test_in_development_a_loopback_url_is_registered(app: Flask, field: str) -> None:
+    uri = "http://127.0.0.1:8170/oidc/endpoint"
+    response = app.test_client().post("/register", json=server_uri_metadata(field, uri), headers=bearer(mint(app)))
+    assert response.status_code == 201, response.get_data(as_text=True)
+    assert response.get_json()[field] == uri

@@ -175,6 +175,15 @@ def test_loopback_http_and_any_https_redirect_uri_are_accepted(db: Session, uri:
     assert client.redirect_uris == [uri]
 
 
+@pytest.mark.parametrize("uri", ["http://127.0.0.1:8170/bc", "http://localhost:8170/bc", "https://10.0.0.5/bc"])
+def test_development_may_register_local_urls_the_idp_calls(db: Session, uri: str) -> None:
+    # `make run` and the tests register relying services on this machine; outside development they are refused.
+    spec = replace(WEB, backchannel_logout_uri=uri)
+    assert create(db, spec, allow_local_server_uris=True).client.backchannel_logout_uri == uri
+    keys = replace(PKJ, jwks_uri=uri)
+    assert create(db, keys, allow_local_server_uris=True).client.jwks_uri == uri
+
+
 def test_several_redirect_uris_on_one_host_share_its_sector(db: Session) -> None:
     uris = ("https://a.gg.example/cb", "https://a.gg.example:8443/other", "https://a.gg.example/cb")
     client = create(db, replace(WEB, redirect_uris=uris)).client
@@ -273,6 +282,11 @@ INVALID: list[tuple[str, ClientSpec, str]] = [
     ("back-channel relative", replace(WEB, backchannel_logout_uri="/logout"), "back-channel logout URI"),
     ("back-channel http", replace(WEB, backchannel_logout_uri="http://x.example/bc"), "must use https"),
     ("back-channel fragment", replace(WEB, backchannel_logout_uri="https://x.example/bc#f"), "fragment"),
+    ("back-channel loopback http", replace(WEB, backchannel_logout_uri="http://127.0.0.1:8080/bc"), "must use https"),
+    ("back-channel loopback", replace(WEB, backchannel_logout_uri="https://127.0.0.1/bc"), "public address"),
+    ("back-channel private", replace(WEB, backchannel_logout_uri="https://10.0.0.5/bc"), "public address"),
+    ("back-channel mapped", replace(WEB, backchannel_logout_uri="https://[::ffff:a00:5]/bc"), "public address"),
+    ("back-channel localhost", replace(WEB, backchannel_logout_uri="https://localhost/bc"), "public host name"),
     ("public basic", replace(WEB, public=True, auth_method="client_secret_basic"), "public client cannot use"),
     ("public post", replace(WEB, public=True, auth_method="client_secret_post"), "public client cannot use"),
     ("public pkj", replace(WEB, public=True, auth_method="private_key_jwt"), "public client cannot use"),
@@ -280,6 +294,9 @@ INVALID: list[tuple[str, ClientSpec, str]] = [
     ("pkj without keys", PKJ, "needs the client's public keys"),
     ("pkj with both", replace(PKJ, jwks=public_jwks(), jwks_uri="https://x.example/jwks"), "not both"),
     ("pkj http jwks_uri", replace(PKJ, jwks_uri="http://x.example/jwks"), "jwks_uri"),
+    ("pkj loopback jwks_uri", replace(PKJ, jwks_uri="http://[::1]:8080/jwks"), "must use https"),
+    ("pkj metadata jwks_uri", replace(PKJ, jwks_uri="https://169.254.169.254/jwks"), "public address"),
+    ("pkj internal jwks_uri", replace(PKJ, jwks_uri="https://keys.corp.internal/jwks"), "public host name"),
     ("pkj private key", replace(PKJ, jwks=PRIVATE_EC), "private or symmetric"),
     ("pkj oct key", replace(PKJ, jwks=OCT), "private or symmetric"),
     ("pkj not a key set", replace(PKJ, jwks={"kty": "EC"}), '{"keys": [...]}'),
