@@ -141,8 +141,10 @@ def resend_code(
         _limit(service, CARRIER_SENDS_PER_PHONE, phone, now)
         try:
             transaction = service.gateway.resend(txn_id)
-        except CarrierVerificationError as error:
-            _give_back_if_unanswered(service, error, CARRIER_SENDS_PER_PHONE, phone, now)
+        except CarrierVerificationError:
+            # A resend the agency refused (too soon, too many for the transaction) or never answered sent nothing;
+            # the identity was verified at the start, so there is nothing to guess here either.
+            service.limiter.take_back(CARRIER_SENDS_PER_PHONE, phone, now=now)
             raise
     except CarrierVerificationError as error:
         _failed(db, "carrier.resend", error, client_ip, txn=txn_digest(txn_id))

@@ -195,6 +195,26 @@ def test_a_resend_the_agency_never_answered_is_given_back(
     assert limiter.peek(CARRIER_SENDS_PER_PHONE, phone, now=NOW) == 1
 
 
+@pytest.mark.parametrize(
+    "answer", [CarrierErrorCode.RATE_LIMITED, CarrierErrorCode.TOO_MANY_ATTEMPTS, CarrierErrorCode.EXPIRED]
+)
+def test_a_resend_the_agency_refused_sent_nothing_and_is_given_back(
+    db: Session,
+    service: CarrierSignIn,
+    agency: ScriptedAgency,
+    limiter: DatabaseRateLimiter,
+    phone: str,
+    answer: CarrierErrorCode,
+) -> None:
+    # A resident pressing "send a new code" too soon must not use up their own day.
+    transaction = start_verification(db, service, request_for(phone), now=NOW)
+    agency.errors = [answer]
+    with pytest.raises(CarrierVerificationError) as error:
+        resend_code(db, service, transaction.txn_id, phone=phone, client_ip="2001:db8::1", now=NOW)
+    assert error.value.code is answer
+    assert limiter.peek(CARRIER_SENDS_PER_PHONE, phone, now=NOW) == 1
+
+
 def test_the_sixth_code_for_a_transaction_is_refused_before_the_agency_is_asked(
     db: Session, service: CarrierSignIn, agency: ScriptedAgency
 ) -> None:
