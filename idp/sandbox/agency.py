@@ -26,7 +26,7 @@ CODE_TTL = 180  # seconds a code (or an app approval) lives: the agencies' usual
 MAX_WRONG_CODES = 5  # the 5th wrong code locks the transaction
 MAX_SENDS_PER_TXN = 5  # the first SMS and four resends
 RESEND_COOLDOWN = 30  # seconds between two SMS of one transaction
-SENDS_PER_PHONE_PER_DAY = 10  # SMS to one number in any 24 hours
+SENDS_PER_PHONE_PER_DAY = 10  # text messages and app approvals to one number in any 24 hours
 STARTS_PER_IP_PER_MINUTE = 10
 START_WINDOW = 60
 SEND_WINDOW = 86400
@@ -281,8 +281,8 @@ class Agency:
                 raise _rate_limited(
                     "Too many verifications from this address; wait a minute.", starts, now, START_WINDOW
                 )
-            if request.method is Method.SMS:
-                self._check_phone_sends(request.phone, now)
+            # Every push to the phone counts, a text message or an app approval alike (DESIGN section 8).
+            self._check_phone_sends(request.phone, now)
             starts.append(now)
 
             line = self.directory.find_line(request.phone)
@@ -330,6 +330,7 @@ class Agency:
                     None,
                 )
             txn.match_number, txn.choices = _match_numbers()
+            _window(self._sends_by_phone, line.phone, now, SEND_WINDOW).append(now)
             # An app approval cannot be resent and allows one answer: the fields keep their types for the client.
             return Started(txn.txn_id, txn.method, txn.expires_at, txn.expires_at, 0, 1, txn.match_number)
 
