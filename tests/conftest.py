@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import datetime as dt
+import json
 import os
 import shutil
 import subprocess
@@ -55,8 +57,18 @@ def keyring_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture
 def keys_dir(tmp_path: Path, keyring_template: Path) -> Path:
+    """A copy of the template keyring, as if it had just been made: its keys' times are moved to now, so tests that
+    read a key's age (a `next` key younger than the JWKS cache age) do not depend on how long the session has run."""
     directory = tmp_path / "keys"
     shutil.copytree(keyring_template, directory)
+    manifest = directory / "keyring.json"
+    data = json.loads(manifest.read_bytes())
+    now = dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    for key in data["keys"]:
+        key["created"] = now
+        if key.get("activated"):
+            key["activated"] = now
+    manifest.write_text(json.dumps(data, indent=2) + "\n")
     return directory
 
 
