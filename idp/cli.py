@@ -172,7 +172,7 @@ def serve(host: str, port: int, workers: int | None, keep_alive_timeout: int | N
 
 def _check_attestation_metadata(settings: Settings) -> None:
     """A broken FIDO metadata file stops `serve` with one line here, not a crash loop in every worker."""
-    from idp.authn.passkeys import AttestationPolicy
+    from idp.authn.attestation import AttestationPolicy
 
     try:
         AttestationPolicy.from_metadata_file(settings.fido_metadata_path, require=settings.webauthn_require_attestation)

@@ -108,7 +108,7 @@ def _page_headers(response: Response) -> Response:
 
 
 def init_app(app: Flask, settings: Settings) -> None:
-    from idp.authn.passkeys import AttestationPolicy
+    from idp.authn.attestation import AttestationPolicy
     from idp.web import account, login, passkeys, totp
 
     https = settings.issuer.startswith("https://")

@@ -12,8 +12,8 @@ from werkzeug.wrappers import Response as BaseResponse
 from idp import db
 from idp.audit import FAILURE, record_event
 from idp.authn.assurance import AuthEvent
+from idp.authn.attestation import AttestationPolicy
 from idp.authn.passkeys import (
-    AttestationPolicy,
     PasskeyClonedError,
     PasskeyRejectedError,
     authenticate_passkey,

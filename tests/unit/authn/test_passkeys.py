@@ -15,9 +15,9 @@ from webauthn.helpers.decode_credential_public_key import DecodedEC2PublicKey, d
 from webauthn_authenticator import BS, UP, UV, ExcludedCredentialError, SoftAuthenticator, b64url, from_b64url
 
 from idp.authn.assurance import AuthEvent, Method
+from idp.authn.attestation import AttestationPolicy
 from idp.authn.passkeys import (
     MAX_RESPONSE_BYTES,
-    AttestationPolicy,
     PasskeyClonedError,
     PasskeyRejectedError,
     authenticate_passkey,

@@ -14,9 +14,8 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 from webauthn_authenticator import AttestationKey, CertificateAuthority, SoftAuthenticator
 
+from idp.authn.attestation import UNTRUSTED_STATUSES, AttestationPolicy
 from idp.authn.passkeys import (
-    UNTRUSTED_STATUSES,
-    AttestationPolicy,
     PasskeyRejectedError,
     register_passkey,
     registration_options,
