@@ -115,9 +115,12 @@ def database_is_current(url: str) -> bool:
 def init(as_json: bool) -> None:
     """Create or upgrade the database and create the keyring if absent; safe to run again."""
     settings = _settings()
+    keyring = _keyring()
     with _one_line_errors():
+        # Before the database too: a folder of keys without its manifest stops `init` with nothing touched.
+        keyring.check_creatable()
         before, after = upgrade_database(settings.sqlalchemy_url)
-        created = _keyring().ensure_default()
+        created = keyring.ensure_default()
     if as_json:
         _echo_json({"database": {"before": before, "after": after}, "keys_created": [_record(k) for k in created]})
         return

@@ -202,6 +202,9 @@ class KeyStore(Protocol):
     def read(self) -> list[SigningKey]:
         """Every key, private halves decrypted."""
 
+    def check_creatable(self) -> None:
+        """Raise if there is no keyring but there are keys, which a new keyring would destroy; changes nothing."""
+
     def transaction(self) -> contextlib.AbstractContextManager[list[SigningKey]]:
         """Read under an exclusive lock; the caller edits the list in place and it is written on exit."""
 
@@ -229,14 +232,32 @@ class FileKeyStore:
         records = self._read_manifest()
         return [SigningKey(record, self._read_private_key(record)) for record in records]
 
+    def check_creatable(self) -> None:
+        if self.manifest.exists():
+            return
+        orphans = list(self.directory.glob("*.pem"))
+        if orphans:
+            count = f"{len(orphans)} key file" + ("s" if len(orphans) > 1 else "")
+            raise KeyringCorruptError(
+                f"{self.directory} holds {count} but no {MANIFEST}: restore the folder from your latest backup, "
+                "or move the .pem files out of it to start a new keyring"
+            )
+
     @contextlib.contextmanager
     def transaction(self) -> Iterator[list[SigningKey]]:
+        # Every change rewrites the manifest and deletes the key files it does not name: without a manifest, that
+        # would be every key. Refused before anything (even the lock file) is created.
+        self.check_creatable()
         self._ensure_directory()
         lock_path = self.directory / LOCK_FILE
         fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o600)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX)
-            keys = self.read() if self.exists() else []
+            if self.exists():
+                keys = self.read()
+            else:
+                self.check_creatable()
+                keys = []
             before = {key.kid for key in keys}
             yield keys
             for key in keys:
@@ -385,6 +406,14 @@ class Keyring:
     def records(self) -> list[KeyRecord]:
         """Every key's record, as stored (reads and decrypts every private key, proving they are usable)."""
         return [key.record for key in self.store.read()]
+
+    def check_creatable(self) -> None:
+        """Raise if a new keyring here would destroy keys (key files without a manifest); changes nothing.
+
+        Raises:
+            KeyringCorruptError: naming the folder and what the admin should do.
+        """
+        self.store.check_creatable()
 
     def ensure_default(self) -> list[KeyRecord]:
         """Create the default keyring (ES256 and RS256, each active plus next) unless one exists; the new keys."""

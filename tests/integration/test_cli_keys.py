@@ -391,6 +391,22 @@ def test_init_with_an_unreachable_database_fails_with_one_line(env: dict[str, st
     assert not (tmp_path / "fresh-keys").exists()
 
 
+def test_init_refuses_to_create_a_keyring_over_key_files_without_a_manifest(
+    env: dict[str, str], keys_dir: Path, tmp_path: Path
+) -> None:
+    (keys_dir / "keyring.json").unlink()
+    before = snapshot(keys_dir)
+
+    line = assert_one_line_error(idp(env, "init"), 1, "")
+
+    assert line == (
+        f"idp: error: {keys_dir} holds 4 key files but no keyring.json: restore the folder from your latest backup, "
+        "or move the .pem files out of it to start a new keyring"
+    )
+    assert snapshot(keys_dir) == before
+    assert not (tmp_path / "instance" / "idp.sqlite3").exists()
+
+
 def test_init_twice_is_idempotent(env: dict[str, str], tmp_path: Path) -> None:
     keys = tmp_path / "fresh-keys"
     env = {**env, "IDP_KEYS_DIR": str(keys)}

@@ -609,6 +609,40 @@ def test_missing_manifest_tells_the_admin_to_run_init(tmp_path: Path) -> None:
         keyring.current()
 
 
+CHANGES_OVER_A_LOST_MANIFEST: dict[str, Callable[[Keyring], object]] = {
+    "ensure-default": lambda keyring: keyring.ensure_default(),
+    "generate": lambda keyring: keyring.generate("EdDSA"),
+    "prune": lambda keyring: keyring.prune(keep_for=dt.timedelta(0)),
+    "rotate": lambda keyring: keyring.rotate("ES256"),
+}
+
+
+@pytest.mark.parametrize("change", list(CHANGES_OVER_A_LOST_MANIFEST))
+def test_no_keyring_is_created_over_key_files_left_without_a_manifest(keys_dir: Path, change: str) -> None:
+    (keys_dir / "keyring.json").unlink()
+    before = snapshot(keys_dir)
+    keyring = Keyring.from_directory(keys_dir)
+
+    with pytest.raises(KeyringCorruptError) as error:
+        CHANGES_OVER_A_LOST_MANIFEST[change](keyring)
+
+    assert str(error.value) == (
+        f"{keys_dir} holds 4 key files but no keyring.json: restore the folder from your latest backup, "
+        "or move the .pem files out of it to start a new keyring"
+    )
+    assert snapshot(keys_dir) == before
+
+
+def test_a_new_keyring_is_created_beside_files_that_are_not_keys(tmp_path: Path) -> None:
+    directory = tmp_path / "keys"
+    directory.mkdir()
+    (directory / "README.md").write_text("# keys\n")
+
+    created = Keyring.from_directory(directory).generate("ES256")
+
+    assert {path.name for path in directory.iterdir()} == {"README.md", ".lock", "keyring.json", f"{created.kid}.pem"}
+
+
 def test_manifest_time_without_utc_offset_is_reported_as_corrupt(keyring: Keyring, keys_dir: Path) -> None:
     next_kid = only_kid(keyring, "ES256", KeyState.NEXT)
     edit_manifest(keys_dir, next_kid, created="2024-01-01T00:00:00")
