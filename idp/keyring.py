@@ -23,6 +23,8 @@ from joserfc.jwa import EdDSAAlgorithm, JWSAlgModel
 from joserfc.jwk import ECKey, KeySet, OKPKey, RSAKey
 from joserfc.jws import JWSRegistry
 
+from idp import pkcs8
+
 ALGORITHMS = ("ES256", "RS256", "PS256", "EdDSA")
 # ES256 and RS256 cover every certified client: RS256 is the OIDC default (Core §15.1), ES256 is small and fast.
 DEFAULT_ALGORITHMS = ("ES256", "RS256")
@@ -216,6 +218,8 @@ class FileKeyStore:
         self.directory = directory
         self.passphrase = passphrase.encode() if passphrase else None
         self.manifest = directory / MANIFEST
+        # Decrypted keys by kid, with the identity of the file each came from: a reload decrypts only new files.
+        self._decrypted: dict[str, tuple[tuple[object, ...], JoseKey]] = {}
 
     def stamp(self) -> object:
         try:
@@ -230,7 +234,10 @@ class FileKeyStore:
 
     def read(self) -> list[SigningKey]:
         records = self._read_manifest()
-        return [SigningKey(record, self._read_private_key(record)) for record in records]
+        keys = [SigningKey(record, self._read_private_key(record)) for record in records]
+        kept = {record.kid for record in records}
+        self._decrypted = {kid: held for kid, held in self._decrypted.items() if kid in kept}
+        return keys
 
     def check_creatable(self) -> None:
         if self.manifest.exists():
@@ -301,9 +308,21 @@ class FileKeyStore:
     def _read_private_key(self, record: KeyRecord) -> JoseKey:
         path = self.directory / f"{record.kid}.pem"
         try:
-            data = path.read_bytes()
+            with path.open("rb") as handle:
+                info = os.fstat(handle.fileno())
+                # Files are replaced by rename, never rewritten in place: a new file is a new inode.
+                identity = (info.st_dev, info.st_ino, info.st_mtime_ns, info.st_size, record.alg, record.encrypted)
+                held = self._decrypted.get(record.kid)
+                if held is not None and held[0] == identity:
+                    return held[1]
+                data = handle.read()
         except OSError as exc:
             raise KeyringCorruptError(f"{path} cannot be read: {exc.strerror}") from None
+        jwk = self._load_private_key(path, record, data)
+        self._decrypted[record.kid] = (identity, jwk)
+        return jwk
+
+    def _load_private_key(self, path: Path, record: KeyRecord, data: bytes) -> JoseKey:
         if record.encrypted and self.passphrase is None:
             raise KeyringLockedError(f"{path} is encrypted: set IDP_KEYS_PASSPHRASE")
         try:
@@ -324,12 +343,14 @@ class FileKeyStore:
             raise KeyringCorruptError(f"{path} does not hold a {record.alg} key: {exc}") from None
 
     def _write_private_key(self, key: SigningKey) -> None:
-        encryption: serialization.KeySerializationEncryption = (
-            serialization.BestAvailableEncryption(self.passphrase) if self.passphrase else serialization.NoEncryption()
-        )
-        pem = key.jwk.private_key.private_bytes(  # type: ignore[union-attr]  # generated keys are private
-            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, encryption
-        )
+        private = key.jwk.private_key
+        assert private is not None  # generated keys are private
+        if self.passphrase:
+            pem = pkcs8.encrypted_pem(private, self.passphrase)
+        else:
+            pem = private.private_bytes(
+                serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+            )
         _atomic_write(self.directory / f"{key.kid}.pem", pem)
 
     def _write_manifest(self, records: Sequence[KeyRecord]) -> None:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import os
+import re
+import shutil
 import subprocess
 import sys
 from collections import Counter
@@ -16,7 +18,9 @@ from cryptography.hazmat.primitives import serialization
 from idp.keyring import Keyring
 
 IDP = Path(sys.executable).with_name("idp")
+ADMIN_GUIDE = Path(__file__).parents[2] / "docs" / "admin.md"
 PASSPHRASE = "correct horse battery staple"
+WRONG_PASSPHRASE = "a wrong but long enough passphrase"
 RECORD_FIELDS = {"kid", "alg", "state", "created", "activated", "retired", "withdrawn", "published"}
 CONCURRENT_ROTATIONS = 20
 TIMEOUT = 120
@@ -351,7 +355,7 @@ def test_encrypted_keyring_works_with_the_right_passphrase(encrypted_env: dict[s
 
 @pytest.mark.parametrize(
     ("passphrase", "expected"),
-    [(None, ".pem is encrypted: set IDP_KEYS_PASSPHRASE"), ("wrong", "IDP_KEYS_PASSPHRASE does not decrypt ")],
+    [(None, ".pem is encrypted: set IDP_KEYS_PASSPHRASE"), (WRONG_PASSPHRASE, "IDP_KEYS_PASSPHRASE does not decrypt ")],
     ids=["missing", "wrong"],
 )
 @pytest.mark.parametrize(
@@ -372,6 +376,42 @@ def test_encrypted_keyring_without_the_right_passphrase_fails_and_changes_nothin
 
     assert str(directory) in line
     assert snapshot(directory) == before
+
+
+def test_a_short_passphrase_is_refused_in_one_line(env: dict[str, str], keys_dir: Path) -> None:
+    before = snapshot(keys_dir)
+
+    line = assert_one_line_error(idp({**env, "IDP_KEYS_PASSPHRASE": "hunter2-hunter2"}, "keys", "list"), 1, "")
+
+    assert line.startswith("idp: error: IDP_KEYS_PASSPHRASE must be at least 20 characters, not 15: ")
+    assert "hunter2" not in line
+    assert snapshot(keys_dir) == before
+
+
+@pytest.mark.skipif(not (shutil.which("openssl") and shutil.which("flock")), reason="needs openssl and flock")
+def test_the_admin_guides_re_encryption_moves_the_keys_to_a_new_passphrase(env: dict[str, str], tmp_path: Path) -> None:
+    directory = tmp_path / "short-passphrase-keys"
+    keyring = Keyring.from_directory(directory, "short")  # what older releases accepted
+    keyring.generate("ES256")
+    keyring.rotate("ES256")
+    guide = ADMIN_GUIDE.read_text()
+    block = re.search(r"\*\*To change the passphrase\*\*.*?```sh\n(.*?)```", guide, re.DOTALL)
+    assert block is not None
+    cd, script = block.group(1).split("\n", 1)
+    assert cd == "cd /var/lib/idp/keys"
+    new = "the new passphrase, long enough"
+
+    subprocess.run(
+        ["/bin/sh", "-ec", script],
+        cwd=directory,
+        env={"PATH": os.environ["PATH"], "OLD_PASSPHRASE": "short", "NEW_PASSPHRASE": new},
+        check=True,
+        timeout=TIMEOUT,
+    )
+
+    env = {**env, "IDP_KEYS_DIR": str(directory), "IDP_KEYS_PASSPHRASE": new}
+    assert sorted(record["state"] for record in idp_json(env, "keys", "rotate")["activated"]) == ["active"]
+    assert sorted(path.name for path in directory.glob(".*.new")) == []
 
 
 # -- init --------------------------------------------------------------------------------------------------------

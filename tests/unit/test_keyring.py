@@ -6,9 +6,11 @@ import base64
 import datetime as dt
 import hashlib
 import json
+import os
 import re
 import shutil
 import stat
+import subprocess
 import warnings
 from collections.abc import Callable
 from pathlib import Path
@@ -39,6 +41,12 @@ KEY_TYPES = {"ES256": ("EC", "P-256"), "RS256": ("RSA", None), "PS256": ("RSA", 
 DEFAULT_ALGS = ("ES256", "RS256")
 # joserfc warns when *verifying* EdDSA (RFC 9864 renames it); the keyring itself signs without a warning.
 IGNORE_EDDSA_DEPRECATION = pytest.mark.filterwarnings("ignore:EdDSA is deprecated:joserfc.errors.SecurityWarning")
+# The DER encodings (tag, length, value) of the object identifiers of PKCS#8 encryption under PBES2 (RFC 8018 A.4,
+# B.1.2, B.2.5): the scheme, its KDF, the KDF's pseudo-random function and the cipher.
+OID_PBES2 = bytes.fromhex("06092a864886f70d01050d")
+OID_PBKDF2 = bytes.fromhex("06092a864886f70d01050c")
+OID_HMAC_SHA256 = bytes.fromhex("06082a864886f70d0209")
+OID_AES256_CBC = bytes.fromhex("060960864801650304012a")
 
 
 # -- helpers -----------------------------------------------------------------------------------------------------
@@ -99,6 +107,46 @@ def leftover_temp_files(directory: Path) -> list[str]:
     return sorted(path.name for path in directory.glob(".*.tmp"))
 
 
+def der_items(data: bytes) -> list[tuple[bytes, bytes]]:
+    """The DER elements in `data`, each as (its tag and length octets, its contents)."""
+    items = []
+    offset = 0
+    while offset < len(data):
+        start = offset
+        length = data[offset + 1]
+        offset += 2
+        if length & 0x80:
+            size = length & 0x7F
+            length = int.from_bytes(data[offset : offset + size], "big")
+            offset += size
+        items.append((data[start:offset], data[offset : offset + length]))
+        offset += length
+    return items
+
+
+def pbes2_parameters(pem: bytes) -> dict[str, Any]:
+    """How an encrypted PKCS#8 key (RFC 5958 EncryptedPrivateKeyInfo) was encrypted, read from its DER."""
+    der = base64.b64decode(b"".join(pem.strip().splitlines()[1:-1]))
+    ((_, info),) = der_items(der)
+    (_, algorithm), (_, encrypted) = der_items(info)
+    (scheme_header, scheme), (_, params) = der_items(algorithm)
+    (_, kdf), (_, cipher) = der_items(params)
+    (kdf_header, kdf_oid), (_, kdf_params) = der_items(kdf)
+    (_, salt), (_, iterations), (_, prf) = der_items(kdf_params)
+    (cipher_header, cipher_oid), (_, iv) = der_items(cipher)
+    (prf_header, prf_oid), _ = der_items(prf)
+    return {
+        "scheme": scheme_header + scheme,
+        "kdf": kdf_header + kdf_oid,
+        "prf": prf_header + prf_oid,
+        "cipher": cipher_header + cipher_oid,
+        "salt": salt,
+        "iterations": int.from_bytes(iterations, "big"),
+        "iv": iv,
+        "encrypted": encrypted,
+    }
+
+
 # -- fixtures ----------------------------------------------------------------------------------------------------
 
 
@@ -125,14 +173,21 @@ def four_alg_keyring(four_alg_dir: Path) -> Keyring:
     return Keyring.from_directory(four_alg_dir, check_interval=0)
 
 
-@pytest.fixture
-def encrypted_dir(tmp_path: Path) -> Path:
-    """An encrypted keyring with an active and a next key for ES256 and EdDSA (both fast to generate)."""
-    directory = tmp_path / "encrypted-keys"
+@pytest.fixture(scope="module")
+def encrypted_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """An encrypted keyring with an active and a next key for ES256 and EdDSA, made once (each key costs PBKDF2)."""
+    directory = tmp_path_factory.mktemp("encrypted") / "keys"
     keyring = Keyring.from_directory(directory, PASSPHRASE)
     keyring.generate("ES256")
     keyring.generate("EdDSA")
     keyring.rotate()
+    return directory
+
+
+@pytest.fixture
+def encrypted_dir(encrypted_template: Path, tmp_path: Path) -> Path:
+    directory = tmp_path / "encrypted-keys"
+    shutil.copytree(encrypted_template, directory)
     return directory
 
 
@@ -527,6 +582,90 @@ def test_rotate_with_wrong_passphrase_changes_nothing(
         OPERATIONS[operation](keyring)
 
     assert snapshot(encrypted_dir) == before
+
+
+def test_encrypted_keys_are_derived_with_pbkdf2_at_600000_iterations(encrypted_dir: Path) -> None:
+    salts = set()
+    for path in encrypted_dir.glob("*.pem"):
+        params = pbes2_parameters(path.read_bytes())
+
+        assert (params["scheme"], params["kdf"], params["prf"], params["cipher"]) == (
+            OID_PBES2,
+            OID_PBKDF2,
+            OID_HMAC_SHA256,
+            OID_AES256_CBC,
+        )
+        assert params["iterations"] == 600_000
+        assert len(params["salt"]) == 16
+        assert len(params["iv"]) == 16
+        salts.add(params["salt"])
+    assert len(salts) == 4
+
+
+@pytest.mark.skipif(shutil.which("openssl") is None, reason="needs the openssl command")
+def test_openssl_reads_the_encrypted_key_files(encrypted_dir: Path) -> None:
+    """The files stay standard PKCS#8: an admin's tools (and an HSM's import) read them with the passphrase."""
+    env = {"PATH": os.environ["PATH"], "KEYS_PASSPHRASE": PASSPHRASE}
+    for path in encrypted_dir.glob("*.pem"):
+        result = subprocess.run(
+            ["openssl", "pkey", "-in", str(path), "-passin", "env:KEYS_PASSPHRASE", "-noout"],
+            env=env,
+            capture_output=True,
+            check=False,
+        )
+        assert result.returncode == 0, result.stderr
+
+
+def test_keys_encrypted_the_old_way_still_load(encrypted_dir: Path) -> None:
+    # cryptography's own PKCS#8 encryption, which the keyring used before: PBKDF2 at 2048 iterations.
+    old_way = serialization.BestAvailableEncryption(PASSPHRASE.encode())
+    for path in encrypted_dir.glob("*.pem"):
+        private = serialization.load_pem_private_key(path.read_bytes(), PASSPHRASE.encode())
+        pem = private.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, old_way)
+        assert pbes2_parameters(pem)["iterations"] == 2048
+        path.write_bytes(pem)
+
+    keyring = Keyring.from_directory(encrypted_dir, PASSPHRASE, check_interval=0)
+    loaded = keyring.current()
+
+    assert keyring.last_error is None
+    assert loaded.signing_algorithms == ["ES256", "EdDSA"]
+    token = loaded.active("ES256").sign({"sub": "resident"})
+    assert jwt.decode(token, loaded.public_keys, algorithms=["ES256"]).claims == {"sub": "resident"}
+    # Changes go on beside them; the keys they add get the stronger KDF.
+    result = keyring.rotate("ES256")
+    (new_next,) = kids(keyring, "ES256", KeyState.NEXT)
+    assert result.activated[0].kid != new_next
+    assert pbes2_parameters((encrypted_dir / f"{new_next}.pem").read_bytes())["iterations"] == 600_000
+
+
+def test_a_reload_decrypts_only_the_key_files_that_changed(
+    encrypted_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Deriving each key's decryption key costs tens of milliseconds: a worker pays it once per key file."""
+    decrypted: list[bytes] = []
+    load = serialization.load_pem_private_key
+
+    def counting_load(data: bytes, password: bytes | None, **kwargs: Any) -> Any:
+        decrypted.append(data)
+        return load(data, password, **kwargs)
+
+    monkeypatch.setattr(serialization, "load_pem_private_key", counting_load)
+    server = Keyring.from_directory(encrypted_dir, PASSPHRASE, check_interval=0)
+    before = server.current()
+    assert len(decrypted) == 4
+    Keyring.from_directory(encrypted_dir, PASSPHRASE).rotate()
+    decrypted.clear()
+
+    after = server.current()
+
+    assert after is not before
+    assert server.last_error is None
+    new_files = {(encrypted_dir / f"{record.kid}.pem").read_bytes() for record in records(server)} - {
+        (encrypted_dir / f"{key.kid}.pem").read_bytes() for key in before.keys
+    }
+    assert len(new_files) == 2
+    assert sorted(decrypted) == sorted(new_files)
 
 
 # -- corrupt files -----------------------------------------------------------------------------------------------
