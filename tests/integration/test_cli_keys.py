@@ -9,13 +9,20 @@ import shutil
 import subprocess
 import sys
 from collections import Counter
+from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import pytest
 from cryptography.hazmat.primitives import serialization
+from flask import Flask
+from joserfc import jws
+from oidc_flow import authorize, exchange, register, sign_in
+from sandbox_agency import SandboxAgency
 
 from idp.keyring import Keyring
+from idp.settings import Settings
 
 IDP = Path(sys.executable).with_name("idp")
 ADMIN_GUIDE = Path(__file__).parents[2] / "docs" / "admin.md"
@@ -24,6 +31,8 @@ WRONG_PASSPHRASE = "a wrong but long enough passphrase"
 RECORD_FIELDS = {"kid", "alg", "state", "created", "activated", "retired", "withdrawn", "published"}
 CONCURRENT_ROTATIONS = 20
 TIMEOUT = 120
+ROOT_ONLY = pytest.mark.skipif(os.geteuid() != 0, reason="only root can give files to another user")
+NOBODY = 65534
 
 
 # -- helpers -----------------------------------------------------------------------------------------------------
@@ -412,6 +421,113 @@ def test_the_admin_guides_re_encryption_moves_the_keys_to_a_new_passphrase(env: 
     env = {**env, "IDP_KEYS_DIR": str(directory), "IDP_KEYS_PASSPHRASE": new}
     assert sorted(record["state"] for record in idp_json(env, "keys", "rotate")["activated"]) == ["active"]
     assert sorted(path.name for path in directory.glob(".*.new")) == []
+
+
+# -- changes that servers cannot load ----------------------------------------------------------------------------
+
+
+@pytest.fixture
+def server_app(
+    make_app: Callable[[Settings], Flask], settings: Settings, sandbox: SandboxAgency, fresh_database_url: str
+) -> Flask:
+    """A server on the same keyring as the `idp` commands, seeing every change at once (no passphrase)."""
+    app = make_app(replace(settings, carrier_agency_url=sandbox.url, database_url=fresh_database_url))
+    app.config["TESTING"] = True
+    return app
+
+
+def _withdraw_and_damage_the_new_key(env: dict[str, str], kid: str) -> subprocess.CompletedProcess[str]:
+    keys_dir = Path(env["IDP_KEYS_DIR"])
+    before = {path.name for path in keys_dir.glob("*.pem")}
+    result = idp(env, "keys", "retire", kid, "--now")
+    for path in keys_dir.glob("*.pem"):
+        if path.name not in before:
+            path.write_text("garbage")
+    return result
+
+
+def _withdraw_under_a_passphrase_the_server_lacks(env: dict[str, str], kid: str) -> subprocess.CompletedProcess[str]:
+    return idp({**env, "IDP_KEYS_PASSPHRASE": PASSPHRASE}, "keys", "retire", kid, "--now")
+
+
+FAILED_RELOADS: dict[str, tuple[Callable[[dict[str, str], str], subprocess.CompletedProcess[str]], str | None]] = {
+    "damaged-new-key": (_withdraw_and_damage_the_new_key, None),
+    "passphrase-the-server-lacks": (
+        _withdraw_under_a_passphrase_the_server_lacks,
+        "warning: the keys this command added are the keyring's first encrypted keys: "
+        "every server needs this IDP_KEYS_PASSPHRASE, or it cannot load them",
+    ),
+}
+
+
+@pytest.mark.parametrize("case", list(FAILED_RELOADS))
+def test_userinfo_refuses_a_withdrawn_keys_token_even_when_the_server_cannot_load_the_change(
+    server_app: Flask, sandbox: SandboxAgency, env: dict[str, str], case: str
+) -> None:
+    created = register(server_app)
+    browser = server_app.test_client()
+    sign_in(browser, sandbox)
+    issued = exchange(browser, created, authorize(browser, created.client.id)).get_json()
+    bearer = {"Authorization": f"Bearer {issued['access_token']}"}
+    assert browser.get("/userinfo", headers=bearer).status_code == 200
+    kid = jws.extract_compact(issued["access_token"].encode()).protected["kid"]
+    change, warning = FAILED_RELOADS[case]
+
+    result = change(env, kid)
+
+    assert result.returncode == 0, result.stderr
+    refused = browser.get("/userinfo", headers=bearer)
+    assert refused.status_code == 401
+    assert 'error="invalid_token"' in refused.headers["WWW-Authenticate"]
+    assert kid not in {key["kid"] for key in browser.get("/jwks").get_json()["keys"]}
+    assert browser.get("/readyz").status_code == 503
+    # The command cannot know the servers' passphrase, but it says when servers need one for the first time.
+    warnings = [line for line in result.stderr.splitlines() if "encrypted" in line]
+    assert warnings == ([warning] if warning else [])
+    # The server signs on, with the next key it already held.
+    again = exchange(browser, created, authorize(browser, created.client.id)).get_json()
+    fresh = jws.extract_compact(again["access_token"].encode()).protected["kid"]
+    assert fresh != kid
+    assert browser.get("/userinfo", headers={"Authorization": f"Bearer {again['access_token']}"}).status_code == 200
+
+
+def give_to_nobody(keys_dir: Path) -> None:
+    for path in [keys_dir, *keys_dir.iterdir()]:
+        os.chown(path, NOBODY, NOBODY)
+
+
+@ROOT_ONLY
+def test_keys_changed_as_root_stay_readable_by_the_folder_owner(env: dict[str, str], keys_dir: Path) -> None:
+    give_to_nobody(keys_dir)
+    (active,) = by_state(manifest(keys_dir), "ES256", "active")
+
+    result = idp(env, "keys", "retire", active, "--now")
+
+    assert result.returncode == 0, result.stderr
+    owners = {path.name: (path.stat().st_uid, path.stat().st_gid) for path in keys_dir.iterdir()}
+    assert set(owners.values()) == {(NOBODY, NOBODY)}, owners
+
+
+@ROOT_ONLY
+def test_a_change_servers_cannot_load_is_saved_and_reported(env: dict[str, str], keys_dir: Path) -> None:
+    give_to_nobody(keys_dir)
+    records = manifest(keys_dir)
+    (active,) = by_state(records, "ES256", "active")
+    (rs256_next,) = by_state(records, "RS256", "next")
+    left_by_root = keys_dir / f"{rs256_next}.pem"
+    os.chown(left_by_root, 0, 0)
+
+    result = idp(env, "keys", "retire", active, "--now")
+
+    assert result.returncode == 1
+    assert result.stdout.splitlines()[-1] == f"{active}: retired and withdrawn from the JWKS"
+    assert result.stderr.splitlines()[-1] == (
+        f"idp: error: the keyring changed, but servers cannot load it: {left_by_root} belongs to uid 0, but servers "
+        f"run as uid {NOBODY}, which owns {keys_dir}, and cannot read it: run `chown {NOBODY}:{NOBODY} {left_by_root}`"
+    )
+    assert all(line.startswith("warning: ") for line in result.stderr.splitlines()[:-1])
+    (withdrawn,) = [record for record in manifest(keys_dir) if record["kid"] == active]
+    assert withdrawn["withdrawn"] is not None
 
 
 # -- init --------------------------------------------------------------------------------------------------------

@@ -27,6 +27,7 @@ from idp.keyring import (
     KeyRecord,
     Keyring,
     KeyringCorruptError,
+    KeyringError,
     KeyringLockedError,
     KeyringStateError,
     KeyState,
@@ -47,6 +48,8 @@ OID_PBES2 = bytes.fromhex("06092a864886f70d01050d")
 OID_PBKDF2 = bytes.fromhex("06092a864886f70d01050c")
 OID_HMAC_SHA256 = bytes.fromhex("06082a864886f70d0209")
 OID_AES256_CBC = bytes.fromhex("060960864801650304012a")
+ROOT_ONLY = pytest.mark.skipif(os.geteuid() != 0, reason="only root can give files to another user")
+NOBODY = 65534
 
 
 # -- helpers -----------------------------------------------------------------------------------------------------
@@ -914,6 +917,120 @@ def test_current_keeps_serving_the_last_good_keys_when_the_files_turn_corrupt(ke
     assert server.current().jwks_json == good.jwks_json
     assert server.last_error is None
     server.check()
+
+
+# -- withdrawals, even when a reload fails ---------------------------------------------------------------------
+
+
+def _withdraw_and_damage_the_new_key(keys_dir: Path, kid: str) -> None:
+    """`retire --now`, then the key files it added turn unreadable (a disk error, a file another tool damaged)."""
+    before = {path.name for path in keys_dir.glob("*.pem")}
+    Keyring.from_directory(keys_dir).retire(kid, now=True)
+    added = {path.name for path in keys_dir.glob("*.pem")} - before
+    assert added
+    for name in added:
+        (keys_dir / name).write_text("garbage")
+
+
+def _withdraw_under_a_passphrase_the_server_lacks(keys_dir: Path, kid: str) -> None:
+    """`retire --now` run with IDP_KEYS_PASSPHRASE set: the key it adds is encrypted; the server has no passphrase."""
+    Keyring.from_directory(keys_dir, PASSPHRASE).retire(kid, now=True)
+
+
+def _withdraw_and_prune_under_a_passphrase_the_server_lacks(keys_dir: Path, kid: str) -> None:
+    """The emergency procedure's `retire --now` and `prune` within one check interval: the kid leaves the manifest."""
+    _withdraw_under_a_passphrase_the_server_lacks(keys_dir, kid)
+    assert [
+        record.kid for record in Keyring.from_directory(keys_dir, PASSPHRASE).prune(keep_for=dt.timedelta(days=1))
+    ] == [kid]
+
+
+FAILED_RELOADS: dict[str, tuple[Callable[[Path, str], None], type[KeyringError]]] = {
+    "damaged-new-key": (_withdraw_and_damage_the_new_key, KeyringCorruptError),
+    "passphrase-the-server-lacks": (_withdraw_under_a_passphrase_the_server_lacks, KeyringLockedError),
+    "withdrawn-then-pruned": (_withdraw_and_prune_under_a_passphrase_the_server_lacks, KeyringLockedError),
+}
+
+
+@pytest.mark.parametrize("case", list(FAILED_RELOADS))
+def test_a_withdrawn_key_is_distrusted_even_when_the_rest_of_the_change_cannot_be_loaded(
+    keys_dir: Path, case: str
+) -> None:
+    server = Keyring.from_directory(keys_dir, check_interval=0)
+    good = server.current()
+    compromised = good.active("ES256")
+    (next_kid,) = [key.kid for key in good.keys if key.alg == "ES256" and key.state is KeyState.NEXT]
+    forged = compromised.sign({"sub": "resident"}, typ="at+jwt")
+    change, error = FAILED_RELOADS[case]
+
+    change(keys_dir, compromised.kid)
+    loaded = server.current()
+
+    assert isinstance(server.last_error, error)
+    assert compromised.kid not in published_kids(server)
+    assert compromised.kid not in loaded.jwks_json.decode()
+    with pytest.raises(InvalidKeyIdError):
+        jwt.decode(forged, loaded.public_keys, algorithms=["ES256"])
+    # The next key the server already held signs in its place; the rest of the keyring stays as it was.
+    assert loaded.active("ES256").kid == next_kid
+    assert loaded.active("RS256").kid == good.active("RS256").kid
+    assert published_kids(server) == {key.kid for key in good.keys} - {compromised.kid}
+    with pytest.raises(error):
+        server.check()
+    assert compromised.kid not in published_kids(server)
+
+
+def test_a_withdrawn_active_key_stops_signing_even_when_its_replacement_cannot_be_loaded(keys_dir: Path) -> None:
+    server = Keyring.from_directory(keys_dir, check_interval=0)
+    Keyring.from_directory(keys_dir).retire(only_kid(server, "ES256", KeyState.NEXT), now=True)
+    compromised = server.current().active("ES256")
+    rs256 = server.current().active("RS256")
+
+    # With no next key, the retirement generates a key that signs at once (and a next one); the server cannot load them.
+    _withdraw_and_damage_the_new_key(keys_dir, compromised.kid)
+    loaded = server.current()
+
+    assert isinstance(server.last_error, KeyringCorruptError)
+    assert compromised.kid not in published_kids(server)
+    with pytest.raises(KeyringStateError):
+        loaded.active("ES256")
+    assert loaded.active("RS256").kid == rs256.kid
+
+
+# -- who owns the files ------------------------------------------------------------------------------------------
+
+
+@ROOT_ONLY
+def test_root_leaves_every_file_to_the_owner_of_the_keyring_folder(keys_dir: Path) -> None:
+    """`sudo idp keys …` must not leave files that servers, running as the folder's owner, cannot read."""
+    for path in [keys_dir, *keys_dir.iterdir()]:
+        os.chown(path, NOBODY, NOBODY)
+    keyring = Keyring.from_directory(keys_dir)
+
+    keyring.retire(only_kid(keyring, "ES256", KeyState.ACTIVE), now=True)
+    keyring.generate("EdDSA")
+
+    owners = {path.name: (path.stat().st_uid, path.stat().st_gid) for path in keys_dir.iterdir()}
+    assert len(owners) == 8
+    assert set(owners.values()) == {(NOBODY, NOBODY)}, owners
+    keyring.verify()
+
+
+@ROOT_ONLY
+def test_verify_names_a_file_that_servers_running_as_the_folder_owner_cannot_read(keys_dir: Path) -> None:
+    for path in [keys_dir, *keys_dir.iterdir()]:
+        os.chown(path, NOBODY, NOBODY)
+    keyring = Keyring.from_directory(keys_dir)
+    left_by_root = keys_dir / f"{only_kid(keyring, 'RS256', KeyState.NEXT)}.pem"
+    os.chown(left_by_root, 0, 0)
+
+    with pytest.raises(KeyringError) as error:
+        keyring.verify()
+
+    assert str(error.value) == (
+        f"{left_by_root} belongs to uid 0, but servers run as uid {NOBODY}, which owns {keys_dir}, "
+        f"and cannot read it: run `chown {NOBODY}:{NOBODY} {left_by_root}`"
+    )
 
 
 # -- signing -----------------------------------------------------------------------------------------------------
