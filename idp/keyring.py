@@ -343,7 +343,10 @@ class FileKeyStore:
         """The user and group files written here must belong to, when root writes them for another user."""
         if os.geteuid() != 0:
             return None  # anyone else can only write files of their own
-        folder = self.directory.stat()
+        try:
+            folder = self.directory.stat()
+        except OSError:
+            return None  # the write that follows names the folder
         return None if folder.st_uid == 0 else (folder.st_uid, folder.st_gid)
 
     def _read_manifest(self) -> list[KeyRecord]:
