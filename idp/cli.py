@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import datetime as dt
 import json
 import os
@@ -115,9 +116,12 @@ def database_is_current(url: str) -> bool:
 def init(as_json: bool) -> None:
     """Create or upgrade the database and create the keyring if absent; safe to run again."""
     settings = _settings()
+    keyring = _keyring()
     with _one_line_errors():
+        # Before the database too: a folder of keys without its manifest stops `init` with nothing touched.
+        keyring.check_creatable()
         before, after = upgrade_database(settings.sqlalchemy_url)
-        created = _keyring().ensure_default()
+        created = keyring.ensure_default()
     if as_json:
         _echo_json({"database": {"before": before, "after": after}, "keys_created": [_record(k) for k in created]})
         return
@@ -256,9 +260,44 @@ def _print_records(records: Sequence[KeyRecord], as_json: bool) -> None:
         click.echo("  ".join(value.ljust(width) for value, width in zip(row, widths, strict=True)).rstrip())
 
 
-def _print_rotation(result: RotationResult, as_json: bool) -> None:
-    for warning in result.warnings:
+def _was_encrypted(keyring: Keyring) -> bool | None:
+    """Whether any stored key is encrypted before a change; None when there is no keyring yet."""
+    try:
+        return any(record.encrypted for record in keyring.stored_records())
+    except KeyringError:
+        return None
+
+
+def _check_change(keyring: Keyring, was_encrypted: bool | None) -> tuple[list[str], str | None]:
+    """After a change, load the keyring as the servers will: warnings, and what stops them loading it (if any).
+
+    Servers honour a withdrawal even then, but sign and publish the keys they held until the keyring loads.
+    """
+    try:
+        records = keyring.verify()
+    except KeyringError as exc:
+        return [], f"the keyring changed, but servers cannot load it: {exc}"
+    if was_encrypted is False and any(record.encrypted for record in records):
+        # The one case this command cannot check: servers that never needed the passphrase may not have it.
+        return [
+            "the keys this command added are the keyring's first encrypted keys: "
+            "every server needs this IDP_KEYS_PASSPHRASE, or it cannot load them"
+        ], None
+    return [], None
+
+
+def _print_warnings(warnings: Sequence[str]) -> None:
+    for warning in warnings:
         click.echo(f"warning: {warning}", err=True)
+
+
+def _fail_if(problem: str | None) -> None:
+    if problem is not None:
+        raise click.ClickException(problem)
+
+
+def _print_rotation(result: RotationResult, as_json: bool) -> None:
+    _print_warnings(result.warnings)
     if as_json:
         _echo_json({"activated": [_record(r) for r in result.activated], "warnings": result.warnings})
     else:
@@ -284,12 +323,17 @@ def keys_list(as_json: bool) -> None:
 @json_option
 def keys_generate(alg: str, as_json: bool) -> None:
     """Add a `next` key: published at once, signing from the next rotation."""
+    keyring = _keyring()
     with _one_line_errors():
-        record = _keyring().generate(alg)
+        was_encrypted = _was_encrypted(keyring)
+        record = keyring.generate(alg)
+    warnings, problem = _check_change(keyring, was_encrypted)
+    _print_warnings(warnings)
     if as_json:
         _echo_json(_record(record))
     else:
         click.echo(f"{alg}: {record.kid} is the next key; it signs after `idp keys rotate --alg {alg}`")
+    _fail_if(problem)
 
 
 @keys.command("rotate")
@@ -298,9 +342,13 @@ def keys_generate(alg: str, as_json: bool) -> None:
 def keys_rotate(alg: str | None, as_json: bool) -> None:
     """next → active, active → retired, and a new next key."""
     settings = _settings()
+    keyring = _keyring()
     with _one_line_errors():
-        result = _keyring().rotate(alg, min_published=settings.jwks_max_age)
-    _print_rotation(result, as_json)
+        was_encrypted = _was_encrypted(keyring)
+        result = keyring.rotate(alg, min_published=settings.jwks_max_age)
+    warnings, problem = _check_change(keyring, was_encrypted)
+    _print_rotation(dataclasses.replace(result, warnings=result.warnings + warnings), as_json)
+    _fail_if(problem)
 
 
 @keys.command("retire")
@@ -310,11 +358,15 @@ def keys_rotate(alg: str | None, as_json: bool) -> None:
 def keys_retire(kid: str, withdraw: bool, as_json: bool) -> None:
     """Stop signing with KID; its algorithm's next key takes over."""
     settings = _settings()
+    keyring = _keyring()
     with _one_line_errors():
-        result = _keyring().retire(kid, now=withdraw, min_published=settings.jwks_max_age)
-    _print_rotation(result, as_json)
+        was_encrypted = _was_encrypted(keyring)
+        result = keyring.retire(kid, now=withdraw, min_published=settings.jwks_max_age)
+    warnings, problem = _check_change(keyring, was_encrypted)
+    _print_rotation(dataclasses.replace(result, warnings=result.warnings + warnings), as_json)
     if not as_json:
         click.echo(f"{kid}: retired" + (" and withdrawn from the JWKS" if withdraw else ""))
+    _fail_if(problem)
 
 
 @keys.command("prune")
@@ -323,8 +375,10 @@ def keys_prune(as_json: bool) -> None:
     """Drop retired keys that no unexpired token or JWKS cache can still need."""
     settings = _settings()
     keep_for = dt.timedelta(seconds=settings.longest_signed_token_ttl + settings.jwks_max_age)
+    keyring = _keyring()
     with _one_line_errors():
-        dropped = _keyring().prune(keep_for=keep_for)
+        dropped = keyring.prune(keep_for=keep_for)
+    _, problem = _check_change(keyring, None)
     if as_json:
         _echo_json([_record(record) for record in dropped])
     elif dropped:
@@ -332,6 +386,7 @@ def keys_prune(as_json: bool) -> None:
             click.echo(f"dropped {record.alg} key {record.kid}")
     else:
         click.echo(f"nothing to prune: retired keys are kept {int(keep_for.total_seconds())} s")
+    _fail_if(problem)
 
 
 def main(argv: Sequence[str] | None = None) -> NoReturn:

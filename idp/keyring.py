@@ -8,7 +8,9 @@ import enum
 import fcntl
 import hashlib
 import json
+import logging
 import os
+import stat
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -23,6 +25,8 @@ from joserfc.jwa import EdDSAAlgorithm, JWSAlgModel
 from joserfc.jwk import ECKey, KeySet, OKPKey, RSAKey
 from joserfc.jws import JWSRegistry
 
+from idp import pkcs8
+
 ALGORITHMS = ("ES256", "RS256", "PS256", "EdDSA")
 # ES256 and RS256 cover every certified client: RS256 is the OIDC default (Core §15.1), ES256 is small and fast.
 DEFAULT_ALGORITHMS = ("ES256", "RS256")
@@ -31,6 +35,8 @@ MANIFEST = "keyring.json"
 LOCK_FILE = ".lock"
 MANIFEST_VERSION = 1
 PRIVATE_MEMBERS = frozenset({"d", "p", "q", "dp", "dq", "qi", "oth", "k"})
+
+log = logging.getLogger(__name__)
 
 JoseKey: TypeAlias = ECKey | RSAKey | OKPKey
 
@@ -202,17 +208,31 @@ class KeyStore(Protocol):
     def read(self) -> list[SigningKey]:
         """Every key, private halves decrypted."""
 
+    def read_records(self) -> list[KeyRecord]:
+        """Every key's record, without reading a private key."""
+
+    def verify(self) -> list[SigningKey]:
+        """Every key, read as the servers would read it (as their user, with their passphrase)."""
+
+    def check_creatable(self) -> None:
+        """Raise if there is no keyring but there are keys, which a new keyring would destroy; changes nothing."""
+
     def transaction(self) -> contextlib.AbstractContextManager[list[SigningKey]]:
         """Read under an exclusive lock; the caller edits the list in place and it is written on exit."""
 
 
 class FileKeyStore:
-    """keys/keyring.json (the records) and keys/<kid>.pem (PKCS#8, 0600), written atomically under flock."""
+    """keys/keyring.json (the records) and keys/<kid>.pem (PKCS#8, 0600), written atomically under flock.
+
+    Servers run as the user that owns the folder: files written here by root go to that user.
+    """
 
     def __init__(self, directory: Path, passphrase: str | None) -> None:
         self.directory = directory
         self.passphrase = passphrase.encode() if passphrase else None
         self.manifest = directory / MANIFEST
+        # Decrypted keys by kid, with the identity of the file each came from: a reload decrypts only new files.
+        self._decrypted: dict[str, tuple[tuple[object, ...], JoseKey]] = {}
 
     def stamp(self) -> object:
         try:
@@ -227,27 +247,88 @@ class FileKeyStore:
 
     def read(self) -> list[SigningKey]:
         records = self._read_manifest()
-        return [SigningKey(record, self._read_private_key(record)) for record in records]
+        keys = [SigningKey(record, self._read_private_key(record)) for record in records]
+        kept = {record.kid for record in records}
+        self._decrypted = {kid: held for kid, held in self._decrypted.items() if kid in kept}
+        return keys
+
+    def read_records(self) -> list[KeyRecord]:
+        return self._read_manifest()
+
+    def verify(self) -> list[SigningKey]:
+        """Every key, after checking that the folder's owner (the servers' user) can read each file.
+
+        Raises:
+            KeyringError: a file the servers cannot read, naming it and the command that fixes it.
+        """
+        try:
+            folder = self.directory.stat()
+        except OSError as exc:
+            raise KeyringCorruptError(f"{self.directory} cannot be read: {exc.strerror}") from None
+        # Shared, so that no change (a prune deleting files) lands between reading the manifest and the key files.
+        with self._lock(fcntl.LOCK_SH, self._owner()):
+            records = self._read_manifest()
+            for path in [self.manifest, *(self.directory / f"{record.kid}.pem" for record in records)]:
+                try:
+                    info = path.stat()
+                except OSError:
+                    continue  # read() names it
+                if not _readable_by(info, folder.st_uid, folder.st_gid):
+                    raise KeyringError(
+                        f"{path} belongs to uid {info.st_uid}, but servers run as uid {folder.st_uid}, which owns "
+                        f"{self.directory}, and cannot read it: run `chown {folder.st_uid}:{folder.st_gid} {path}`"
+                    )
+            return self.read()
+
+    def check_creatable(self) -> None:
+        if self.manifest.exists():
+            return
+        orphans = list(self.directory.glob("*.pem"))
+        if orphans:
+            count = f"{len(orphans)} key file" + ("s" if len(orphans) > 1 else "")
+            raise KeyringCorruptError(
+                f"{self.directory} holds {count} but no {MANIFEST}: restore the folder from your latest backup, "
+                "or move the .pem files out of it to start a new keyring"
+            )
 
     @contextlib.contextmanager
     def transaction(self) -> Iterator[list[SigningKey]]:
+        # Every change rewrites the manifest and deletes the key files it does not name: without a manifest, that
+        # would be every key. Refused before anything (even the lock file) is created.
+        self.check_creatable()
         self._ensure_directory()
-        lock_path = self.directory / LOCK_FILE
-        fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o600)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX)
-            keys = self.read() if self.exists() else []
+        owner = self._owner()
+        with self._lock(fcntl.LOCK_EX, owner):
+            if self.exists():
+                keys = self.read()
+            else:
+                self.check_creatable()
+                keys = []
             before = {key.kid for key in keys}
             yield keys
             for key in keys:
                 if key.kid not in before:
-                    self._write_private_key(key)
-            self._write_manifest([key.record for key in keys])
+                    self._write_private_key(key, owner)
+            self._write_manifest([key.record for key in keys], owner)
             # Files of keys that left the manifest go only after the manifest no longer names them.
             kept = {key.kid for key in keys}
             for path in self.directory.glob("*.pem"):
                 if path.stem not in kept:
                     path.unlink(missing_ok=True)
+
+    @contextlib.contextmanager
+    def _lock(self, operation: int, owner: tuple[int, int] | None = None) -> Iterator[None]:
+        """Hold the keyring's flock (LOCK_EX to change it, LOCK_SH to read it whole); `owner` gets a new lock file."""
+        path = self.directory / LOCK_FILE
+        try:
+            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+        except OSError as exc:
+            raise KeyringError(f"cannot open {path}: {exc.strerror}") from None
+        try:
+            if owner is not None:
+                os.fchown(fd, *owner)
+            fcntl.flock(fd, operation)
+            yield
         finally:
             fcntl.flock(fd, fcntl.LOCK_UN)
             os.close(fd)
@@ -257,6 +338,16 @@ class FileKeyStore:
             self.directory.mkdir(parents=True, exist_ok=True, mode=0o700)
         except OSError as exc:
             raise KeyringError(f"cannot create the keyring folder {self.directory}: {exc.strerror}") from None
+
+    def _owner(self) -> tuple[int, int] | None:
+        """The user and group files written here must belong to, when root writes them for another user."""
+        if os.geteuid() != 0:
+            return None  # anyone else can only write files of their own
+        try:
+            folder = self.directory.stat()
+        except OSError:
+            return None  # the write that follows names the folder
+        return None if folder.st_uid == 0 else (folder.st_uid, folder.st_gid)
 
     def _read_manifest(self) -> list[KeyRecord]:
         try:
@@ -280,9 +371,21 @@ class FileKeyStore:
     def _read_private_key(self, record: KeyRecord) -> JoseKey:
         path = self.directory / f"{record.kid}.pem"
         try:
-            data = path.read_bytes()
+            with path.open("rb") as handle:
+                info = os.fstat(handle.fileno())
+                # Files are replaced by rename, never rewritten in place: a new file is a new inode.
+                identity = (info.st_dev, info.st_ino, info.st_mtime_ns, info.st_size, record.alg, record.encrypted)
+                held = self._decrypted.get(record.kid)
+                if held is not None and held[0] == identity:
+                    return held[1]
+                data = handle.read()
         except OSError as exc:
             raise KeyringCorruptError(f"{path} cannot be read: {exc.strerror}") from None
+        jwk = self._load_private_key(path, record, data)
+        self._decrypted[record.kid] = (identity, jwk)
+        return jwk
+
+    def _load_private_key(self, path: Path, record: KeyRecord, data: bytes) -> JoseKey:
         if record.encrypted and self.passphrase is None:
             raise KeyringLockedError(f"{path} is encrypted: set IDP_KEYS_PASSPHRASE")
         try:
@@ -302,18 +405,20 @@ class FileKeyStore:
         except ValueError as exc:
             raise KeyringCorruptError(f"{path} does not hold a {record.alg} key: {exc}") from None
 
-    def _write_private_key(self, key: SigningKey) -> None:
-        encryption: serialization.KeySerializationEncryption = (
-            serialization.BestAvailableEncryption(self.passphrase) if self.passphrase else serialization.NoEncryption()
-        )
-        pem = key.jwk.private_key.private_bytes(  # type: ignore[union-attr]  # generated keys are private
-            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, encryption
-        )
-        _atomic_write(self.directory / f"{key.kid}.pem", pem)
+    def _write_private_key(self, key: SigningKey, owner: tuple[int, int] | None) -> None:
+        private = key.jwk.private_key
+        assert private is not None  # generated keys are private
+        if self.passphrase:
+            pem = pkcs8.encrypted_pem(private, self.passphrase)
+        else:
+            pem = private.private_bytes(
+                serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+            )
+        _atomic_write(self.directory / f"{key.kid}.pem", pem, owner)
 
-    def _write_manifest(self, records: Sequence[KeyRecord]) -> None:
+    def _write_manifest(self, records: Sequence[KeyRecord], owner: tuple[int, int] | None) -> None:
         body = {"version": MANIFEST_VERSION, "keys": [record.to_json() for record in records]}
-        _atomic_write(self.manifest, (json.dumps(body, indent=2) + "\n").encode())
+        _atomic_write(self.manifest, (json.dumps(body, indent=2) + "\n").encode(), owner)
 
 
 class Keyring:
@@ -345,7 +450,7 @@ class Keyring:
         """The keys as stored, re-read when the store changed (checked at most every `check_interval`).
 
         A running server keeps signing with the last good keys if the store turns unreadable; `last_error`
-        says why, for /readyz.
+        says why, for /readyz. Keys the changed store withdraws or no longer lists are dropped all the same.
 
         Raises:
             KeyringError: the keyring has never been loaded successfully.
@@ -366,6 +471,9 @@ class Keyring:
                     self.last_error = None
                 except KeyringError as exc:
                     self.last_error = exc
+                    if self._loaded is not None:
+                        log.warning("the keyring changed but cannot be loaded; serving the keys held: %s", exc)
+                        self._loaded = self._without_withdrawn(self._loaded)
                 # A keyring that fails to load is tried again only when it changes or the interval passes.
                 self._stamp = stamp
             if self._loaded is None:
@@ -380,11 +488,59 @@ class Keyring:
         if self.last_error is not None:
             raise self.last_error
 
+    def _without_withdrawn(self, loaded: LoadedKeys) -> LoadedKeys:
+        """The keys held, less those the stored records withdraw or no longer list (DESIGN section 5).
+
+        A key withdrawn as compromised must stop verifying even when the rest of the change cannot be loaded (a new
+        key under another passphrase, a damaged file). The records alone say which: they need no private key. The
+        keys that stay take their new records, so the next key the server held signs in a withdrawn key's place.
+        """
+        try:
+            records = {record.kid: record for record in self.store.read_records()}
+        except KeyringError:
+            return loaded  # the records themselves are unreadable: nothing to honour
+        dropped = [
+            key.kid
+            for key in loaded.keys
+            if key.is_published
+            and (key.kid not in records or records[key.kid].withdrawn is not None or records[key.kid].alg != key.alg)
+        ]
+        if not dropped:
+            return loaded
+        log.warning("keyring: no longer trusting %s, withdrawn or removed by the change", ", ".join(dropped))
+        return LoadedKeys.of(
+            [
+                SigningKey(records[key.kid], key.jwk)
+                for key in loaded.keys
+                if key.kid in records and key.kid not in dropped
+            ]
+        )
+
     # -- lifecycle, for the CLI ----------------------------------------------------------------------------------
 
     def records(self) -> list[KeyRecord]:
         """Every key's record, as stored (reads and decrypts every private key, proving they are usable)."""
         return [key.record for key in self.store.read()]
+
+    def stored_records(self) -> list[KeyRecord]:
+        """Every key's record, as stored, without reading a private key (cheap; proves nothing of the keys)."""
+        return self.store.read_records()
+
+    def verify(self) -> list[KeyRecord]:
+        """Every key's record, after reading the store as the servers would, with this keyring's passphrase.
+
+        Raises:
+            KeyringError: what would stop a server loading the keyring.
+        """
+        return [key.record for key in self.store.verify()]
+
+    def check_creatable(self) -> None:
+        """Raise if a new keyring here would destroy keys (key files without a manifest); changes nothing.
+
+        Raises:
+            KeyringCorruptError: naming the folder and what the admin should do.
+        """
+        self.store.check_creatable()
 
     def ensure_default(self) -> list[KeyRecord]:
         """Create the default keyring (ES256 and RS256, each active plus next) unless one exists; the new keys."""
@@ -559,12 +715,22 @@ def _check_alg(alg: str) -> None:
         raise KeyringStateError(f"unknown algorithm {alg!r}: use one of {', '.join(ALGORITHMS)}")
 
 
-def _atomic_write(path: Path, data: bytes) -> None:
+def _readable_by(info: os.stat_result, uid: int, gid: int) -> bool:
+    if info.st_uid == uid:
+        return bool(info.st_mode & stat.S_IRUSR)
+    if info.st_gid == gid:
+        return bool(info.st_mode & stat.S_IRGRP)
+    return bool(info.st_mode & stat.S_IROTH)
+
+
+def _atomic_write(path: Path, data: bytes, owner: tuple[int, int] | None = None) -> None:
     """Write, fsync and rename, so readers see the old file or the new one and never a half-written one."""
     tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
     try:
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         with os.fdopen(fd, "wb") as handle:
+            if owner is not None:
+                os.fchown(handle.fileno(), *owner)
             handle.write(data)
             handle.flush()
             os.fsync(handle.fileno())

@@ -19,6 +19,7 @@ SECRETS_FILE = "secrets.json"
 SANDBOX_DEFAULT_URL = "http://127.0.0.1:8100"
 # 32 characters of base64url carry 192 bits: `python -c "import secrets; print(secrets.token_urlsafe(32))"` gives 43.
 MIN_SECRET_LENGTH = 32
+MIN_KEYS_PASSPHRASE_LENGTH = 20  # why: the docstring of Settings.keys_passphrase
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 SANDBOX_SITE_SECRET = "sandbox-site-secret"  # noqa: S105  (the sandbox's own; production refuses it)
 # The generated secrets, each 256 random bits; the names are the IDP_* variables that override them.
@@ -52,7 +53,14 @@ class Settings:
     """IDP_KEYS_DIR: where the signing keyring lives."""
 
     keys_passphrase: str | None = None
-    """IDP_KEYS_PASSPHRASE: when set, private keys are encrypted at rest with it (PKCS#8)."""
+    """IDP_KEYS_PASSPHRASE: when set, new private keys are encrypted at rest with it (PKCS#8 under PBKDF2 at 600,000
+    iterations, pkcs8.PBKDF2_ITERATIONS). It must be at least 20 characters (MIN_KEYS_PASSPHRASE_LENGTH). It alone
+    protects a stolen copy of the keys folder or of a backup, and the thief guesses offline for as long as they
+    like; each guess costs those 600,000 iterations, so one current GPU tries on the order of ten thousand a second.
+    Twenty random letters and digits (about 119 bits), or a phrase of four or more random words (about 52 bits for
+    four: thousands of GPU-years), reach the length; the short passwords people make up do not. Generate it, like
+    the other secrets. Refused in every environment: keys keep the passphrase they were encrypted under until they
+    are re-encrypted, so a short one is cheapest to refuse before the first key uses it."""
 
     secret_key: str = ""
     """IDP_SECRET_KEY: signs cookies and CSRF tokens. Generated once into the instance folder when unset."""
@@ -196,7 +204,7 @@ class Settings:
             instance_dir=instance_dir,
             database_url=text("DATABASE_URL", ""),
             keys_dir=Path(text("KEYS_DIR", "keys")),
-            keys_passphrase=env_vars.get("IDP_KEYS_PASSPHRASE") or None,
+            keys_passphrase=_keys_passphrase(env_vars.get("IDP_KEYS_PASSPHRASE") or None),
             generated=frozenset(generated),
             carrier_agency_url=text("CARRIER_AGENCY_URL", "") or None,
             carrier_site_code=text("CARRIER_SITE_CODE", "GG-IDP-SANDBOX"),
@@ -274,6 +282,16 @@ class Settings:
             return self.sandbox_url_file.read_text().strip() or SANDBOX_DEFAULT_URL
         except OSError:
             return SANDBOX_DEFAULT_URL
+
+
+def _keys_passphrase(raw: str | None) -> str | None:
+    if raw is not None and len(raw) < MIN_KEYS_PASSPHRASE_LENGTH:
+        # The length only: the passphrase itself is never echoed.
+        raise SettingsError(
+            f"IDP_KEYS_PASSPHRASE must be at least {MIN_KEYS_PASSPHRASE_LENGTH} characters, not {len(raw)}: "
+            "generate one, and re-encrypt keys encrypted under the short one (docs/admin.md, The passphrase)"
+        )
+    return raw
 
 
 def _log_level(raw: str) -> str:

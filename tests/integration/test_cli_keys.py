@@ -2,24 +2,38 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import os
+import re
+import shutil
 import subprocess
 import sys
 from collections import Counter
+from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import pytest
 from cryptography.hazmat.primitives import serialization
+from flask import Flask
+from joserfc import jws
+from oidc_flow import authorize, exchange, register, sign_in
+from sandbox_agency import SandboxAgency
 
 from idp.keyring import Keyring
+from idp.settings import Settings
 
 IDP = Path(sys.executable).with_name("idp")
+ADMIN_GUIDE = Path(__file__).parents[2] / "docs" / "admin.md"
 PASSPHRASE = "correct horse battery staple"
+WRONG_PASSPHRASE = "a wrong but long enough passphrase"
 RECORD_FIELDS = {"kid", "alg", "state", "created", "activated", "retired", "withdrawn", "published"}
 CONCURRENT_ROTATIONS = 20
 TIMEOUT = 120
+ROOT_ONLY = pytest.mark.skipif(os.geteuid() != 0, reason="only root can give files to another user")
+NOBODY = 65534
 
 
 # -- helpers -----------------------------------------------------------------------------------------------------
@@ -78,6 +92,15 @@ def by_state(records: list[dict[str, Any]], alg: str, state: str) -> list[str]:
     return [record["kid"] for record in records if record["alg"] == alg and record["state"] == state]
 
 
+def publish_now(keys_dir: Path, kid: str) -> None:
+    """Record `kid` as published this second, as if `idp keys generate` had just made it."""
+    path = keys_dir / "keyring.json"
+    data = json.loads(path.read_bytes())
+    (record,) = [record for record in data["keys"] if record["kid"] == kid]
+    record["created"] = dt.datetime.now(dt.UTC).replace(microsecond=0).isoformat().replace("+00:00", "Z")
+    path.write_text(json.dumps(data, indent=2) + "\n")
+
+
 # -- keys list, generate, rotate, retire, prune ------------------------------------------------------------------
 
 
@@ -131,6 +154,7 @@ def test_keys_rotate_json_activates_the_next_key_and_warns_about_a_young_one(
     before = manifest(keys_dir)
     (old_active,) = by_state(before, "ES256", "active")
     (old_next,) = by_state(before, "ES256", "next")
+    publish_now(keys_dir, old_next)  # the session's template keyring may be older than 600 s by now
 
     result = idp(env, "keys", "rotate", "--alg", "ES256", "--json")
 
@@ -140,7 +164,7 @@ def test_keys_rotate_json_activates_the_next_key_and_warns_about_a_young_one(
     (activated,) = output["activated"]
     assert set(activated) == RECORD_FIELDS
     assert (activated["kid"], activated["alg"], activated["state"]) == (old_next, "ES256", "active")
-    # The template keyring was just made, younger than the default JWKS max-age of 600 s.
+    # The next key was published seconds ago, less than the default JWKS max-age of 600 s.
     (warning,) = output["warnings"]
     assert warning.startswith(f"ES256: the next key {old_next} was published ")
     assert "less than the JWKS cache age (600 s)" in warning
@@ -351,7 +375,7 @@ def test_encrypted_keyring_works_with_the_right_passphrase(encrypted_env: dict[s
 
 @pytest.mark.parametrize(
     ("passphrase", "expected"),
-    [(None, ".pem is encrypted: set IDP_KEYS_PASSPHRASE"), ("wrong", "IDP_KEYS_PASSPHRASE does not decrypt ")],
+    [(None, ".pem is encrypted: set IDP_KEYS_PASSPHRASE"), (WRONG_PASSPHRASE, "IDP_KEYS_PASSPHRASE does not decrypt ")],
     ids=["missing", "wrong"],
 )
 @pytest.mark.parametrize(
@@ -374,6 +398,149 @@ def test_encrypted_keyring_without_the_right_passphrase_fails_and_changes_nothin
     assert snapshot(directory) == before
 
 
+def test_a_short_passphrase_is_refused_in_one_line(env: dict[str, str], keys_dir: Path) -> None:
+    before = snapshot(keys_dir)
+
+    line = assert_one_line_error(idp({**env, "IDP_KEYS_PASSPHRASE": "hunter2-hunter2"}, "keys", "list"), 1, "")
+
+    assert line.startswith("idp: error: IDP_KEYS_PASSPHRASE must be at least 20 characters, not 15: ")
+    assert "hunter2" not in line
+    assert snapshot(keys_dir) == before
+
+
+@pytest.mark.skipif(not (shutil.which("openssl") and shutil.which("flock")), reason="needs openssl and flock")
+def test_the_admin_guides_re_encryption_moves_the_keys_to_a_new_passphrase(env: dict[str, str], tmp_path: Path) -> None:
+    directory = tmp_path / "short-passphrase-keys"
+    keyring = Keyring.from_directory(directory, "short")  # what older releases accepted
+    keyring.generate("ES256")
+    keyring.rotate("ES256")
+    guide = ADMIN_GUIDE.read_text()
+    block = re.search(r"\*\*To change the passphrase\*\*.*?```sh\n(.*?)```", guide, re.DOTALL)
+    assert block is not None
+    cd, script = block.group(1).split("\n", 1)
+    assert cd == "cd /var/lib/idp/keys"
+    new = "the new passphrase, long enough"
+
+    subprocess.run(
+        ["/bin/sh", "-ec", script],
+        cwd=directory,
+        env={"PATH": os.environ["PATH"], "OLD_PASSPHRASE": "short", "NEW_PASSPHRASE": new},
+        check=True,
+        timeout=TIMEOUT,
+    )
+
+    env = {**env, "IDP_KEYS_DIR": str(directory), "IDP_KEYS_PASSPHRASE": new}
+    assert sorted(record["state"] for record in idp_json(env, "keys", "rotate")["activated"]) == ["active"]
+    assert sorted(path.name for path in directory.glob(".*.new")) == []
+
+
+# -- changes that servers cannot load ----------------------------------------------------------------------------
+
+
+@pytest.fixture
+def server_app(
+    make_app: Callable[[Settings], Flask], settings: Settings, sandbox: SandboxAgency, fresh_database_url: str
+) -> Flask:
+    """A server on the same keyring as the `idp` commands, seeing every change at once (no passphrase)."""
+    app = make_app(replace(settings, carrier_agency_url=sandbox.url, database_url=fresh_database_url))
+    app.config["TESTING"] = True
+    return app
+
+
+def _withdraw_and_damage_the_new_key(env: dict[str, str], kid: str) -> subprocess.CompletedProcess[str]:
+    keys_dir = Path(env["IDP_KEYS_DIR"])
+    before = {path.name for path in keys_dir.glob("*.pem")}
+    result = idp(env, "keys", "retire", kid, "--now")
+    for path in keys_dir.glob("*.pem"):
+        if path.name not in before:
+            path.write_text("garbage")
+    return result
+
+
+def _withdraw_under_a_passphrase_the_server_lacks(env: dict[str, str], kid: str) -> subprocess.CompletedProcess[str]:
+    return idp({**env, "IDP_KEYS_PASSPHRASE": PASSPHRASE}, "keys", "retire", kid, "--now")
+
+
+FAILED_RELOADS: dict[str, tuple[Callable[[dict[str, str], str], subprocess.CompletedProcess[str]], str | None]] = {
+    "damaged-new-key": (_withdraw_and_damage_the_new_key, None),
+    "passphrase-the-server-lacks": (
+        _withdraw_under_a_passphrase_the_server_lacks,
+        "warning: the keys this command added are the keyring's first encrypted keys: "
+        "every server needs this IDP_KEYS_PASSPHRASE, or it cannot load them",
+    ),
+}
+
+
+@pytest.mark.parametrize("case", list(FAILED_RELOADS))
+def test_userinfo_refuses_a_withdrawn_keys_token_even_when_the_server_cannot_load_the_change(
+    server_app: Flask, sandbox: SandboxAgency, env: dict[str, str], case: str
+) -> None:
+    created = register(server_app)
+    browser = server_app.test_client()
+    sign_in(browser, sandbox)
+    issued = exchange(browser, created, authorize(browser, created.client.id)).get_json()
+    bearer = {"Authorization": f"Bearer {issued['access_token']}"}
+    assert browser.get("/userinfo", headers=bearer).status_code == 200
+    kid = jws.extract_compact(issued["access_token"].encode()).protected["kid"]
+    change, warning = FAILED_RELOADS[case]
+
+    result = change(env, kid)
+
+    assert result.returncode == 0, result.stderr
+    refused = browser.get("/userinfo", headers=bearer)
+    assert refused.status_code == 401
+    assert 'error="invalid_token"' in refused.headers["WWW-Authenticate"]
+    assert kid not in {key["kid"] for key in browser.get("/jwks").get_json()["keys"]}
+    assert browser.get("/readyz").status_code == 503
+    # The command cannot know the servers' passphrase, but it says when servers need one for the first time.
+    warnings = [line for line in result.stderr.splitlines() if "encrypted" in line]
+    assert warnings == ([warning] if warning else [])
+    # The server signs on, with the next key it already held.
+    again = exchange(browser, created, authorize(browser, created.client.id)).get_json()
+    fresh = jws.extract_compact(again["access_token"].encode()).protected["kid"]
+    assert fresh != kid
+    assert browser.get("/userinfo", headers={"Authorization": f"Bearer {again['access_token']}"}).status_code == 200
+
+
+def give_to_nobody(keys_dir: Path) -> None:
+    for path in [keys_dir, *keys_dir.iterdir()]:
+        os.chown(path, NOBODY, NOBODY)
+
+
+@ROOT_ONLY
+def test_keys_changed_as_root_stay_readable_by_the_folder_owner(env: dict[str, str], keys_dir: Path) -> None:
+    give_to_nobody(keys_dir)
+    (active,) = by_state(manifest(keys_dir), "ES256", "active")
+
+    result = idp(env, "keys", "retire", active, "--now")
+
+    assert result.returncode == 0, result.stderr
+    owners = {path.name: (path.stat().st_uid, path.stat().st_gid) for path in keys_dir.iterdir()}
+    assert set(owners.values()) == {(NOBODY, NOBODY)}, owners
+
+
+@ROOT_ONLY
+def test_a_change_servers_cannot_load_is_saved_and_reported(env: dict[str, str], keys_dir: Path) -> None:
+    give_to_nobody(keys_dir)
+    records = manifest(keys_dir)
+    (active,) = by_state(records, "ES256", "active")
+    (rs256_next,) = by_state(records, "RS256", "next")
+    left_by_root = keys_dir / f"{rs256_next}.pem"
+    os.chown(left_by_root, 0, 0)
+
+    result = idp(env, "keys", "retire", active, "--now")
+
+    assert result.returncode == 1
+    assert result.stdout.splitlines()[-1] == f"{active}: retired and withdrawn from the JWKS"
+    assert result.stderr.splitlines()[-1] == (
+        f"idp: error: the keyring changed, but servers cannot load it: {left_by_root} belongs to uid 0, but servers "
+        f"run as uid {NOBODY}, which owns {keys_dir}, and cannot read it: run `chown {NOBODY}:{NOBODY} {left_by_root}`"
+    )
+    assert all(line.startswith("warning: ") for line in result.stderr.splitlines()[:-1])
+    (withdrawn,) = [record for record in manifest(keys_dir) if record["kid"] == active]
+    assert withdrawn["withdrawn"] is not None
+
+
 # -- init --------------------------------------------------------------------------------------------------------
 
 
@@ -389,6 +556,22 @@ def test_init_with_an_unreachable_database_fails_with_one_line(env: dict[str, st
     assert "127.0.0.1" in line
     assert "port 1 failed" in line
     assert not (tmp_path / "fresh-keys").exists()
+
+
+def test_init_refuses_to_create_a_keyring_over_key_files_without_a_manifest(
+    env: dict[str, str], keys_dir: Path, tmp_path: Path
+) -> None:
+    (keys_dir / "keyring.json").unlink()
+    before = snapshot(keys_dir)
+
+    line = assert_one_line_error(idp(env, "init"), 1, "")
+
+    assert line == (
+        f"idp: error: {keys_dir} holds 4 key files but no keyring.json: restore the folder from your latest backup, "
+        "or move the .pem files out of it to start a new keyring"
+    )
+    assert snapshot(keys_dir) == before
+    assert not (tmp_path / "instance" / "idp.sqlite3").exists()
 
 
 def test_init_twice_is_idempotent(env: dict[str, str], tmp_path: Path) -> None:

@@ -6,9 +6,11 @@ import base64
 import datetime as dt
 import hashlib
 import json
+import os
 import re
 import shutil
 import stat
+import subprocess
 import warnings
 from collections.abc import Callable
 from pathlib import Path
@@ -25,6 +27,7 @@ from idp.keyring import (
     KeyRecord,
     Keyring,
     KeyringCorruptError,
+    KeyringError,
     KeyringLockedError,
     KeyringStateError,
     KeyState,
@@ -39,6 +42,14 @@ KEY_TYPES = {"ES256": ("EC", "P-256"), "RS256": ("RSA", None), "PS256": ("RSA", 
 DEFAULT_ALGS = ("ES256", "RS256")
 # joserfc warns when *verifying* EdDSA (RFC 9864 renames it); the keyring itself signs without a warning.
 IGNORE_EDDSA_DEPRECATION = pytest.mark.filterwarnings("ignore:EdDSA is deprecated:joserfc.errors.SecurityWarning")
+# The DER encodings (tag, length, value) of the object identifiers of PKCS#8 encryption under PBES2 (RFC 8018 A.4,
+# B.1.2, B.2.5): the scheme, its KDF, the KDF's pseudo-random function and the cipher.
+OID_PBES2 = bytes.fromhex("06092a864886f70d01050d")
+OID_PBKDF2 = bytes.fromhex("06092a864886f70d01050c")
+OID_HMAC_SHA256 = bytes.fromhex("06082a864886f70d0209")
+OID_AES256_CBC = bytes.fromhex("060960864801650304012a")
+ROOT_ONLY = pytest.mark.skipif(os.geteuid() != 0, reason="only root can give files to another user")
+NOBODY = 65534
 
 
 # -- helpers -----------------------------------------------------------------------------------------------------
@@ -99,6 +110,46 @@ def leftover_temp_files(directory: Path) -> list[str]:
     return sorted(path.name for path in directory.glob(".*.tmp"))
 
 
+def der_items(data: bytes) -> list[tuple[bytes, bytes]]:
+    """The DER elements in `data`, each as (its tag and length octets, its contents)."""
+    items = []
+    offset = 0
+    while offset < len(data):
+        start = offset
+        length = data[offset + 1]
+        offset += 2
+        if length & 0x80:
+            size = length & 0x7F
+            length = int.from_bytes(data[offset : offset + size], "big")
+            offset += size
+        items.append((data[start:offset], data[offset : offset + length]))
+        offset += length
+    return items
+
+
+def pbes2_parameters(pem: bytes) -> dict[str, Any]:
+    """How an encrypted PKCS#8 key (RFC 5958 EncryptedPrivateKeyInfo) was encrypted, read from its DER."""
+    der = base64.b64decode(b"".join(pem.strip().splitlines()[1:-1]))
+    ((_, info),) = der_items(der)
+    (_, algorithm), (_, encrypted) = der_items(info)
+    (scheme_header, scheme), (_, params) = der_items(algorithm)
+    (_, kdf), (_, cipher) = der_items(params)
+    (kdf_header, kdf_oid), (_, kdf_params) = der_items(kdf)
+    (_, salt), (_, iterations), (_, prf) = der_items(kdf_params)
+    (cipher_header, cipher_oid), (_, iv) = der_items(cipher)
+    (prf_header, prf_oid), _ = der_items(prf)
+    return {
+        "scheme": scheme_header + scheme,
+        "kdf": kdf_header + kdf_oid,
+        "prf": prf_header + prf_oid,
+        "cipher": cipher_header + cipher_oid,
+        "salt": salt,
+        "iterations": int.from_bytes(iterations, "big"),
+        "iv": iv,
+        "encrypted": encrypted,
+    }
+
+
 # -- fixtures ----------------------------------------------------------------------------------------------------
 
 
@@ -125,14 +176,21 @@ def four_alg_keyring(four_alg_dir: Path) -> Keyring:
     return Keyring.from_directory(four_alg_dir, check_interval=0)
 
 
-@pytest.fixture
-def encrypted_dir(tmp_path: Path) -> Path:
-    """An encrypted keyring with an active and a next key for ES256 and EdDSA (both fast to generate)."""
-    directory = tmp_path / "encrypted-keys"
+@pytest.fixture(scope="module")
+def encrypted_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """An encrypted keyring with an active and a next key for ES256 and EdDSA, made once (each key costs PBKDF2)."""
+    directory = tmp_path_factory.mktemp("encrypted") / "keys"
     keyring = Keyring.from_directory(directory, PASSPHRASE)
     keyring.generate("ES256")
     keyring.generate("EdDSA")
     keyring.rotate()
+    return directory
+
+
+@pytest.fixture
+def encrypted_dir(encrypted_template: Path, tmp_path: Path) -> Path:
+    directory = tmp_path / "encrypted-keys"
+    shutil.copytree(encrypted_template, directory)
     return directory
 
 
@@ -289,8 +347,10 @@ def test_rotate_without_next_key_activates_a_new_key_at_once_and_warns(keyring: 
     assert len(kids(keyring, "ES256", KeyState.NEXT)) == 1
 
 
-def test_rotate_warns_when_the_next_key_is_younger_than_the_jwks_cache_age(keyring: Keyring) -> None:
+def test_rotate_warns_when_the_next_key_is_younger_than_the_jwks_cache_age(keyring: Keyring, keys_dir: Path) -> None:
     next_kid = only_kid(keyring, "ES256", KeyState.NEXT)
+    # The session's template keyring may be older than 600 s by now.
+    edit_manifest(keys_dir, next_kid, created=iso(dt.datetime.now(dt.UTC) - dt.timedelta(seconds=5)))
 
     result = keyring.rotate("ES256", min_published=600)
 
@@ -529,6 +589,90 @@ def test_rotate_with_wrong_passphrase_changes_nothing(
     assert snapshot(encrypted_dir) == before
 
 
+def test_encrypted_keys_are_derived_with_pbkdf2_at_600000_iterations(encrypted_dir: Path) -> None:
+    salts = set()
+    for path in encrypted_dir.glob("*.pem"):
+        params = pbes2_parameters(path.read_bytes())
+
+        assert (params["scheme"], params["kdf"], params["prf"], params["cipher"]) == (
+            OID_PBES2,
+            OID_PBKDF2,
+            OID_HMAC_SHA256,
+            OID_AES256_CBC,
+        )
+        assert params["iterations"] == 600_000
+        assert len(params["salt"]) == 16
+        assert len(params["iv"]) == 16
+        salts.add(params["salt"])
+    assert len(salts) == 4
+
+
+@pytest.mark.skipif(shutil.which("openssl") is None, reason="needs the openssl command")
+def test_openssl_reads_the_encrypted_key_files(encrypted_dir: Path) -> None:
+    """The files stay standard PKCS#8: an admin's tools (and an HSM's import) read them with the passphrase."""
+    env = {"PATH": os.environ["PATH"], "KEYS_PASSPHRASE": PASSPHRASE}
+    for path in encrypted_dir.glob("*.pem"):
+        result = subprocess.run(
+            ["openssl", "pkey", "-in", str(path), "-passin", "env:KEYS_PASSPHRASE", "-noout"],
+            env=env,
+            capture_output=True,
+            check=False,
+        )
+        assert result.returncode == 0, result.stderr
+
+
+def test_keys_encrypted_the_old_way_still_load(encrypted_dir: Path) -> None:
+    # cryptography's own PKCS#8 encryption, which the keyring used before: PBKDF2 at 2048 iterations.
+    old_way = serialization.BestAvailableEncryption(PASSPHRASE.encode())
+    for path in encrypted_dir.glob("*.pem"):
+        private = serialization.load_pem_private_key(path.read_bytes(), PASSPHRASE.encode())
+        pem = private.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, old_way)
+        assert pbes2_parameters(pem)["iterations"] == 2048
+        path.write_bytes(pem)
+
+    keyring = Keyring.from_directory(encrypted_dir, PASSPHRASE, check_interval=0)
+    loaded = keyring.current()
+
+    assert keyring.last_error is None
+    assert loaded.signing_algorithms == ["ES256", "EdDSA"]
+    token = loaded.active("ES256").sign({"sub": "resident"})
+    assert jwt.decode(token, loaded.public_keys, algorithms=["ES256"]).claims == {"sub": "resident"}
+    # Changes go on beside them; the keys they add get the stronger KDF.
+    result = keyring.rotate("ES256")
+    (new_next,) = kids(keyring, "ES256", KeyState.NEXT)
+    assert result.activated[0].kid != new_next
+    assert pbes2_parameters((encrypted_dir / f"{new_next}.pem").read_bytes())["iterations"] == 600_000
+
+
+def test_a_reload_decrypts_only_the_key_files_that_changed(
+    encrypted_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Deriving each key's decryption key costs tens of milliseconds: a worker pays it once per key file."""
+    decrypted: list[bytes] = []
+    load = serialization.load_pem_private_key
+
+    def counting_load(data: bytes, password: bytes | None, **kwargs: Any) -> Any:
+        decrypted.append(data)
+        return load(data, password, **kwargs)
+
+    monkeypatch.setattr(serialization, "load_pem_private_key", counting_load)
+    server = Keyring.from_directory(encrypted_dir, PASSPHRASE, check_interval=0)
+    before = server.current()
+    assert len(decrypted) == 4
+    Keyring.from_directory(encrypted_dir, PASSPHRASE).rotate()
+    decrypted.clear()
+
+    after = server.current()
+
+    assert after is not before
+    assert server.last_error is None
+    new_files = {(encrypted_dir / f"{record.kid}.pem").read_bytes() for record in records(server)} - {
+        (encrypted_dir / f"{key.kid}.pem").read_bytes() for key in before.keys
+    }
+    assert len(new_files) == 2
+    assert sorted(decrypted) == sorted(new_files)
+
+
 # -- corrupt files -----------------------------------------------------------------------------------------------
 
 
@@ -607,6 +751,40 @@ def test_missing_manifest_tells_the_admin_to_run_init(tmp_path: Path) -> None:
         KeyringCorruptError, match=f"^{re.escape(str(manifest))} is missing: run `idp init` to create the keyring$"
     ):
         keyring.current()
+
+
+CHANGES_OVER_A_LOST_MANIFEST: dict[str, Callable[[Keyring], object]] = {
+    "ensure-default": lambda keyring: keyring.ensure_default(),
+    "generate": lambda keyring: keyring.generate("EdDSA"),
+    "prune": lambda keyring: keyring.prune(keep_for=dt.timedelta(0)),
+    "rotate": lambda keyring: keyring.rotate("ES256"),
+}
+
+
+@pytest.mark.parametrize("change", list(CHANGES_OVER_A_LOST_MANIFEST))
+def test_no_keyring_is_created_over_key_files_left_without_a_manifest(keys_dir: Path, change: str) -> None:
+    (keys_dir / "keyring.json").unlink()
+    before = snapshot(keys_dir)
+    keyring = Keyring.from_directory(keys_dir)
+
+    with pytest.raises(KeyringCorruptError) as error:
+        CHANGES_OVER_A_LOST_MANIFEST[change](keyring)
+
+    assert str(error.value) == (
+        f"{keys_dir} holds 4 key files but no keyring.json: restore the folder from your latest backup, "
+        "or move the .pem files out of it to start a new keyring"
+    )
+    assert snapshot(keys_dir) == before
+
+
+def test_a_new_keyring_is_created_beside_files_that_are_not_keys(tmp_path: Path) -> None:
+    directory = tmp_path / "keys"
+    directory.mkdir()
+    (directory / "README.md").write_text("# keys\n")
+
+    created = Keyring.from_directory(directory).generate("ES256")
+
+    assert {path.name for path in directory.iterdir()} == {"README.md", ".lock", "keyring.json", f"{created.kid}.pem"}
 
 
 def test_manifest_time_without_utc_offset_is_reported_as_corrupt(keyring: Keyring, keys_dir: Path) -> None:
@@ -741,6 +919,120 @@ def test_current_keeps_serving_the_last_good_keys_when_the_files_turn_corrupt(ke
     assert server.current().jwks_json == good.jwks_json
     assert server.last_error is None
     server.check()
+
+
+# -- withdrawals, even when a reload fails ---------------------------------------------------------------------
+
+
+def _withdraw_and_damage_the_new_key(keys_dir: Path, kid: str) -> None:
+    """`retire --now`, then the key files it added turn unreadable (a disk error, a file another tool damaged)."""
+    before = {path.name for path in keys_dir.glob("*.pem")}
+    Keyring.from_directory(keys_dir).retire(kid, now=True)
+    added = {path.name for path in keys_dir.glob("*.pem")} - before
+    assert added
+    for name in added:
+        (keys_dir / name).write_text("garbage")
+
+
+def _withdraw_under_a_passphrase_the_server_lacks(keys_dir: Path, kid: str) -> None:
+    """`retire --now` run with IDP_KEYS_PASSPHRASE set: the key it adds is encrypted; the server has no passphrase."""
+    Keyring.from_directory(keys_dir, PASSPHRASE).retire(kid, now=True)
+
+
+def _withdraw_and_prune_under_a_passphrase_the_server_lacks(keys_dir: Path, kid: str) -> None:
+    """The emergency procedure's `retire --now` and `prune` within one check interval: the kid leaves the manifest."""
+    _withdraw_under_a_passphrase_the_server_lacks(keys_dir, kid)
+    assert [
+        record.kid for record in Keyring.from_directory(keys_dir, PASSPHRASE).prune(keep_for=dt.timedelta(days=1))
+    ] == [kid]
+
+
+FAILED_RELOADS: dict[str, tuple[Callable[[Path, str], None], type[KeyringError]]] = {
+    "damaged-new-key": (_withdraw_and_damage_the_new_key, KeyringCorruptError),
+    "passphrase-the-server-lacks": (_withdraw_under_a_passphrase_the_server_lacks, KeyringLockedError),
+    "withdrawn-then-pruned": (_withdraw_and_prune_under_a_passphrase_the_server_lacks, KeyringLockedError),
+}
+
+
+@pytest.mark.parametrize("case", list(FAILED_RELOADS))
+def test_a_withdrawn_key_is_distrusted_even_when_the_rest_of_the_change_cannot_be_loaded(
+    keys_dir: Path, case: str
+) -> None:
+    server = Keyring.from_directory(keys_dir, check_interval=0)
+    good = server.current()
+    compromised = good.active("ES256")
+    (next_kid,) = [key.kid for key in good.keys if key.alg == "ES256" and key.state is KeyState.NEXT]
+    forged = compromised.sign({"sub": "resident"}, typ="at+jwt")
+    change, error = FAILED_RELOADS[case]
+
+    change(keys_dir, compromised.kid)
+    loaded = server.current()
+
+    assert isinstance(server.last_error, error)
+    assert compromised.kid not in published_kids(server)
+    assert compromised.kid not in loaded.jwks_json.decode()
+    with pytest.raises(InvalidKeyIdError):
+        jwt.decode(forged, loaded.public_keys, algorithms=["ES256"])
+    # The next key the server already held signs in its place; the rest of the keyring stays as it was.
+    assert loaded.active("ES256").kid == next_kid
+    assert loaded.active("RS256").kid == good.active("RS256").kid
+    assert published_kids(server) == {key.kid for key in good.keys} - {compromised.kid}
+    with pytest.raises(error):
+        server.check()
+    assert compromised.kid not in published_kids(server)
+
+
+def test_a_withdrawn_active_key_stops_signing_even_when_its_replacement_cannot_be_loaded(keys_dir: Path) -> None:
+    server = Keyring.from_directory(keys_dir, check_interval=0)
+    Keyring.from_directory(keys_dir).retire(only_kid(server, "ES256", KeyState.NEXT), now=True)
+    compromised = server.current().active("ES256")
+    rs256 = server.current().active("RS256")
+
+    # With no next key, the retirement generates a key that signs at once (and a next one); the server cannot load them.
+    _withdraw_and_damage_the_new_key(keys_dir, compromised.kid)
+    loaded = server.current()
+
+    assert isinstance(server.last_error, KeyringCorruptError)
+    assert compromised.kid not in published_kids(server)
+    with pytest.raises(KeyringStateError):
+        loaded.active("ES256")
+    assert loaded.active("RS256").kid == rs256.kid
+
+
+# -- who owns the files ------------------------------------------------------------------------------------------
+
+
+@ROOT_ONLY
+def test_root_leaves_every_file_to_the_owner_of_the_keyring_folder(keys_dir: Path) -> None:
+    """`sudo idp keys …` must not leave files that servers, running as the folder's owner, cannot read."""
+    for path in [keys_dir, *keys_dir.iterdir()]:
+        os.chown(path, NOBODY, NOBODY)
+    keyring = Keyring.from_directory(keys_dir)
+
+    keyring.retire(only_kid(keyring, "ES256", KeyState.ACTIVE), now=True)
+    keyring.generate("EdDSA")
+
+    owners = {path.name: (path.stat().st_uid, path.stat().st_gid) for path in keys_dir.iterdir()}
+    assert len(owners) == 8
+    assert set(owners.values()) == {(NOBODY, NOBODY)}, owners
+    keyring.verify()
+
+
+@ROOT_ONLY
+def test_verify_names_a_file_that_servers_running_as_the_folder_owner_cannot_read(keys_dir: Path) -> None:
+    for path in [keys_dir, *keys_dir.iterdir()]:
+        os.chown(path, NOBODY, NOBODY)
+    keyring = Keyring.from_directory(keys_dir)
+    left_by_root = keys_dir / f"{only_kid(keyring, 'RS256', KeyState.NEXT)}.pem"
+    os.chown(left_by_root, 0, 0)
+
+    with pytest.raises(KeyringError) as error:
+        keyring.verify()
+
+    assert str(error.value) == (
+        f"{left_by_root} belongs to uid 0, but servers run as uid {NOBODY}, which owns {keys_dir}, "
+        f"and cannot read it: run `chown {NOBODY}:{NOBODY} {left_by_root}`"
+    )
 
 
 # -- signing -----------------------------------------------------------------------------------------------------

@@ -85,6 +85,7 @@ def test_variables_override_defaults(tmp_path: Path) -> None:
         ({"IDP_ACCESS_TOKEN_TTL": "-5"}, "IDP_ACCESS_TOKEN_TTL must be positive, not -5"),
         ({"IDP_ACCESS_TOKEN_ALG": "HS256"}, "IDP_ACCESS_TOKEN_ALG must be ES256, RS256, PS256 or EdDSA"),
         ({"IDP_KEYRING_CHECK_INTERVAL": "often"}, "IDP_KEYRING_CHECK_INTERVAL must be a number of seconds"),
+        ({"IDP_KEYS_PASSPHRASE": "s3cret passphrase"}, "IDP_KEYS_PASSPHRASE must be at least 20 characters, not 17"),
     ],
 )
 def test_malformed_values_are_refused_in_one_line(tmp_path: Path, variables: dict[str, str], message: str) -> None:
