@@ -465,16 +465,18 @@ class Keyring:
         with self._lock:
             self._checked_at = now
             stamp = self.store.stamp()
-            if self._loaded is None or stamp != self._stamp:
+            # A keyring that failed to load is tried again at every interval, changed or not: the repair may leave
+            # keyring.json alone (a key file restored from backup, its owner fixed).
+            if self._loaded is None or stamp != self._stamp or self.last_error is not None:
                 try:
                     self._loaded = LoadedKeys.of(self.store.read())
                     self.last_error = None
                 except KeyringError as exc:
+                    if self._loaded is not None and str(exc) != str(self.last_error):
+                        log.warning("the keyring changed but cannot be loaded; serving the keys held: %s", exc)
                     self.last_error = exc
                     if self._loaded is not None:
-                        log.warning("the keyring changed but cannot be loaded; serving the keys held: %s", exc)
                         self._loaded = self._without_withdrawn(self._loaded)
-                # A keyring that fails to load is tried again only when it changes or the interval passes.
                 self._stamp = stamp
             if self._loaded is None:
                 assert self.last_error is not None

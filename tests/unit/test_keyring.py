@@ -919,6 +919,29 @@ def test_current_keeps_serving_the_last_good_keys_when_the_files_turn_corrupt(ke
     server.check()
 
 
+def test_a_failed_load_is_tried_again_after_a_repair_that_leaves_keyring_json_alone(
+    keys_dir: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    server = Keyring.from_directory(keys_dir, check_interval=0)
+    good = server.current()
+    kid = good.active("ES256").kid
+    key_file = keys_dir / f"{kid}.pem"
+    original = key_file.read_bytes()
+    _corrupt_key_and_touch_manifest(keys_dir, kid)
+    server.current()
+    server.current()
+    assert isinstance(server.last_error, KeyringCorruptError)
+    # The same failure is logged once, not at every check.
+    assert len([r for r in caplog.records if "cannot be loaded" in r.getMessage()]) == 1
+
+    # The admin restores the file (or fixes its owner): keyring.json does not change.
+    key_file.write_bytes(original)
+
+    assert server.current().jwks_json == good.jwks_json
+    assert server.last_error is None
+    server.check()
+
+
 # -- withdrawals, even when a reload fails ---------------------------------------------------------------------
 
 
