@@ -49,13 +49,14 @@ hypothesis_settings.register_profile(
 hypothesis_settings.register_profile(
     "long", max_examples=300, deadline=None, print_blob=True, suppress_health_check=[HealthCheck.too_slow]
 )
+# For hunting defects: IDP_HYPOTHESIS_EXAMPLES new examples each, none shrunk.
 hypothesis_settings.register_profile(
-    "noshrink",
-    max_examples=12,
-    derandomize=True,
-    database=None,
+    "hunt",
+    max_examples=int(os.environ.get("IDP_HYPOTHESIS_EXAMPLES", "300")),
     deadline=None,
+    database=None,
     phases=[Phase.explicit, Phase.generate],
+    suppress_health_check=[HealthCheck.too_slow],
 )
 hypothesis_settings.load_profile(HYPOTHESIS_PROFILE)
 
