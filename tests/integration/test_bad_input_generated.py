@@ -21,7 +21,7 @@ import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
-from urllib.parse import parse_qs, urlsplit
+from urllib.parse import parse_qs, quote_from_bytes, urlsplit
 
 import pytest
 from authlib.common.security import is_secure_transport
@@ -56,8 +56,10 @@ from test_bad_input import World, basic_of, tokens_for, world  # noqa: F401  (wo
 from test_login_passkey import add_passkey
 from test_login_totp import start_enrolment
 from webauthn_authenticator import SoftAuthenticator
+from werkzeug.exceptions import RequestEntityTooLarge
 from werkzeug.sansio.utils import get_host
 from werkzeug.test import TestResponse
+from werkzeug.wrappers import Request
 
 from idp.authn.passkeys import NAME_MAX
 from idp.models import (
@@ -408,7 +410,9 @@ def judge_registration(request: RawRequest, response: TestResponse) -> Outcome:
     if wrong_method(request, ["GET", "DELETE", "PUT"]):
         assert status in (200, 404, 405), status
         return REFUSED
-    assert status in (200, 401, 404, 405), (status, body_text(response)[:300])
+    assert status in (200, 400, 401, 404, 405), (status, body_text(response)[:300])
+    if status == 400:
+        assert oauth_error(response, REGISTRATION_ERRORS) == "bad_request"  # a Host werkzeug cannot route
     if request.method == "HEAD":
         return REFUSED
     if status == 200:
@@ -650,6 +654,17 @@ def basic_not_utf8(request: RawRequest) -> bool:
     return False
 
 
+def authorization_without_credentials(request: RawRequest) -> bool:
+    """Issue 10, client authentication in Authlib (idp/oidc): an Authorization header of one word and trailing
+    whitespace (`Basic `, `Bearer \\xa0`) fails to unpack in extract_basic_authorization: a 500 at /token,
+    /introspect and /revoke."""
+    value = request.header("Authorization")
+    if value is None:
+        return False
+    text = value.decode("latin-1")
+    return " " in text and len(text.split(None, 1)) < 2
+
+
 def host_not_secure(request: RawRequest) -> bool:
     """Issue 10, in idp/oidc/server.py: Authlib judges transport security by the URL it rebuilds from the Host
     header, and raises outside its error handling when that URL is not https or loopback (any other host over
@@ -661,8 +676,45 @@ def host_not_secure(request: RawRequest) -> bool:
     return not is_secure_transport(f"http://{host}/token")
 
 
+def unfit_for_description(name: str) -> bool:
+    """Characters RFC 6749 §4.1.2.1 bars from error_description (Authlib raises ValueError for them)."""
+    return any(not (0x20 <= ord(char) <= 0x7E) or char in '"\\' for char in name)
+
+
+def parameter_named_in_error(request: RawRequest) -> bool:
+    """Issue 10, in idp/oidc/views.py: a refused parameter is named in the error description ("Parameter 'x' is
+    repeated", "too long", "contains control characters"); a name of bytes RFC 6749 bars there makes Authlib raise
+    instead: a 500 at /authorize and /token."""
+    if len(request.body) > 64 * 1024 or request.path not in (b"/authorize", b"/token"):
+        return False
+    parsed = Request(request.environ())
+    try:
+        source = parsed.form if request.method == "POST" else parsed.args
+    except RequestEntityTooLarge:
+        return False
+    if request.path == b"/token":
+        if request.method != "POST":
+            return False
+        repeated = next((key for key in source if len(source.getlist(key)) > 1), None)
+        return repeated is not None and unfit_for_description(repeated)
+    if request.method not in ("GET", "POST"):
+        return False
+    for key in source:
+        if len(source.getlist(key)) > 1:
+            return unfit_for_description(key)
+    for key, value in source.items(multi=False):
+        if key != "csrf_token" and (len(value) > 2048 or re.search(r"[\x00-\x1f\x7f]", key + value)):
+            return unfit_for_description(key)
+    return False
+
+
 def known_failure(request: RawRequest) -> bool:
-    return basic_not_utf8(request) or host_not_secure(request)
+    return (
+        basic_not_utf8(request)
+        or authorization_without_credentials(request)
+        or host_not_secure(request)
+        or parameter_named_in_error(request)
+    )
 
 
 def token_requests(c: Corpus) -> st.SearchStrategy[RawRequest]:
@@ -750,6 +802,7 @@ basic_not_utf8_values = st.builds(
     st.sampled_from([b"\xfe", b"\x80", b"s\xe9cret"]),
     st.booleans(),
 )
+no_credentials_values = st.sampled_from([b"Basic ", b"Bearer ", b" ", b"Basic \xa0", b"basic \x85", b"DPoP  "])
 insecure_hosts = st.sampled_from([b"evil.example", b"10.0.0.5:8000", b"a b", b"[x", b":80", b"idp.example.kr"])
 # Found by this module and left to the lead (idp/oidc/server.py and Authlib's client authentication): these tests
 # pass once the fix lands, and then strict xfail fails them, so that the marks and the filters above go too.
@@ -769,6 +822,23 @@ def test_client_authentication_refuses_basic_credentials_that_are_not_utf8(
 ) -> None:
     request = data.draw(
         client_authentication_request(corpus, endpoint, header="Authorization", values=basic_not_utf8_values)
+    )
+    check(corpus, request, judge_token if endpoint == "/token" else judge_client_authenticated(endpoint.strip("/")))
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="issue 10: an Authorization header of one word and trailing whitespace answers 500 (Authlib's "
+    "extract_basic_authorization unpacks a split that has one part; client authentication in idp/oidc)",
+)
+@pytest.mark.parametrize("endpoint", ["/token", "/introspect", "/revoke"])
+@settings(phases=NO_SHRINK)
+@given(data=st.data())
+def test_client_authentication_refuses_an_authorization_header_without_credentials(
+    corpus: Corpus, endpoint: str, data: st.DataObject
+) -> None:
+    request = data.draw(
+        client_authentication_request(corpus, endpoint, header="Authorization", values=no_credentials_values)
     )
     check(corpus, request, judge_token if endpoint == "/token" else judge_client_authenticated(endpoint.strip("/")))
 
@@ -913,13 +983,50 @@ def test_authorization_endpoint_refuses_generated_requests(corpus: Corpus, data:
             methods=["GET", "POST"],
             fields=authorize_fields(corpus),
             secret_fields=["id_token_hint"],
-        )
+        ).filter(lambda r: not parameter_named_in_error(r))
     )
     if request.secrets and request.method in ("GET", "HEAD"):
         # The request goes on to the sign-in page with its own parameters (next=…): that is the same browser's
         # request coming back to it, not an echo to anyone else.
         request = replace(request, secrets=())
     check(corpus, request, judge_authorize)
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="issue 10: a repeated, oversized or control-character parameter whose name holds characters RFC 6749 "
+    "bars from error_description answers 500 (idp/oidc/views.py names it in the description; Authlib raises)",
+)
+@pytest.mark.parametrize("endpoint", ["/authorize", "/token"])
+@settings(phases=NO_SHRINK)
+@given(
+    name=st.sampled_from(['a"b', "\u00e9", "x\\y", "\u2028", "\ud0a4"]),
+    how=st.sampled_from(["repeated", "long", "control"]),
+)
+def test_refused_parameters_are_named_without_a_server_error(
+    corpus: Corpus, endpoint: str, name: str, how: str
+) -> None:
+    key = quote_from_bytes(name.encode()).encode()
+    if endpoint == "/token" or how == "repeated":
+        extra = key + b"=1&" + key + b"=2"
+    else:
+        extra = key + b"=" + (b"a" * 3000 if how == "long" else b"%01")
+    if endpoint == "/token":
+        request = RawRequest(
+            endpoint="POST /token",
+            method="POST",
+            path=b"/token",
+            headers=(("Content-Type", b"application/x-www-form-urlencoded"),),
+            body=b"grant_type=client_credentials&" + extra,
+        )
+        check(corpus, request, judge_token)
+    else:
+        query = AUTHORIZE_OF_RP + b"&client_id=" + corpus.client_ids[0].encode() + b"&" + extra
+        check(
+            corpus,
+            RawRequest(endpoint="GET|POST /authorize", method="GET", path=b"/authorize", query=query),
+            judge_authorize,
+        )
 
 
 @settings(suppress_health_check=[HealthCheck.too_slow])
@@ -987,7 +1094,8 @@ def test_published_documents_and_probes_answer_any_request(corpus: Corpus, path:
         request = replace(request, headers=(*request.headers, ("If-None-Match", etag.replace(b"\n", b""))))
     response = check(corpus, request, judge_published)
     if request.method == "GET":
-        assert response.status_code in (200, 304), response.status
+        # 400: a Host werkzeug cannot route (a label longer than DNS allows).
+        assert response.status_code in (200, 304, 400), response.status
 
 
 # -- resident-facing pages and forms -----------------------------------------------------------------------------------
