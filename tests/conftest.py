@@ -44,10 +44,10 @@ DATABASES = ["sqlite", pytest.param("postgresql", marks=pytest.mark.postgresql)]
 # the machine's load, so there is no deadline.
 HYPOTHESIS_PROFILE = os.environ.get("IDP_HYPOTHESIS_PROFILE", "default")
 hypothesis_settings.register_profile(
-    "default", max_examples=12, derandomize=True, database=None, deadline=None, print_blob=True
+    "default", max_examples=25, derandomize=True, database=None, deadline=None, print_blob=True
 )
 hypothesis_settings.register_profile(
-    "long", max_examples=300, deadline=None, print_blob=True, suppress_health_check=[HealthCheck.too_slow]
+    "long", max_examples=200, deadline=None, print_blob=True, suppress_health_check=[HealthCheck.too_slow]
 )
 # For hunting defects: IDP_HYPOTHESIS_EXAMPLES new examples each, none shrunk.
 hypothesis_settings.register_profile(
