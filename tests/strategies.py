@@ -18,8 +18,8 @@ import json
 import string
 import sys
 from collections import defaultdict
-from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass, field, replace
+from collections.abc import Sequence
+from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import quote_from_bytes
 
@@ -439,20 +439,6 @@ def envelope_headers(draw: st.DrawFn) -> list[tuple[str, bytes]]:
     return headers
 
 
-def with_secrets(request: RawRequest, sent: dict[str, list[bytes]], names: Iterable[str]) -> RawRequest:
-    """`request` knowing which of the values it sent under `names` are secrets it must never get back."""
-    found = [
-        value.decode()
-        for name in names
-        for value in sent.get(name, [])
-        if value.isascii() and len(value) >= 24 and value.startswith(b"S3cr")
-    ]
-    return replace(request, secrets=(*request.secrets, *found))
-
-
 def one_of_methods(main: Sequence[str]) -> st.SearchStrategy[str]:
     """Mostly the endpoint's own methods, sometimes any other."""
     return st.sampled_from(list(main)) | st.sampled_from(list(main)) | st.sampled_from(METHODS)
-
-
-Check = Callable[[RawRequest, TestResponse], None]

@@ -52,7 +52,7 @@ from strategies import (
     unicode_text,
     url_encoded,
 )
-from test_bad_input import World, basic_of, tokens_for, world  # noqa: F401  (world: the module-scoped fixture)
+from test_bad_input import World, tokens_for, world  # noqa: F401  (world: the module-scoped fixture)
 from test_login_passkey import add_passkey
 from test_login_totp import start_enrolment
 from webauthn_authenticator import SoftAuthenticator
