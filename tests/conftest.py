@@ -19,11 +19,14 @@ from typing import Any
 import pytest
 from flask import Flask
 from flask.testing import FlaskClient, FlaskCliRunner
+from hypothesis import HealthCheck, Phase
+from hypothesis import settings as hypothesis_settings
 from idp_server import IdpServer
 from sandbox_agency import IDP_COMMAND, SandboxAgency, free_port
 from sqlalchemy import Engine, create_engine, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.orm import Session, sessionmaker
+from strategies import corpus_lines
 
 from idp import create_app
 from idp.cli import upgrade_database
@@ -36,6 +39,34 @@ TERMINATE_OTHER_CONNECTIONS = text(
     "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = :name AND pid <> pg_backend_pid()"
 )
 DATABASES = ["sqlite", pytest.param("postgresql", marks=pytest.mark.postgresql)]
+
+# Generated inputs (tests/integration/test_bad_input_generated.py): `make test` runs a small, fixed set of examples
+# (derandomized: the same requests every run); CI sets IDP_HYPOTHESIS_PROFILE=long for many more, new each run.
+# Examples share one app per module, so no function-scoped fixture is involved; an example's time varies with
+# the machine's load, so there is no deadline.
+HYPOTHESIS_PROFILE = os.environ.get("IDP_HYPOTHESIS_PROFILE", "default")
+hypothesis_settings.register_profile(
+    "default", max_examples=25, derandomize=True, database=None, deadline=None, print_blob=True
+)
+hypothesis_settings.register_profile(
+    "long", max_examples=200, deadline=None, print_blob=True, suppress_health_check=[HealthCheck.too_slow]
+)
+# For hunting defects: IDP_HYPOTHESIS_EXAMPLES new examples each, none shrunk.
+hypothesis_settings.register_profile(
+    "hunt",
+    max_examples=int(os.environ.get("IDP_HYPOTHESIS_EXAMPLES", "300")),
+    deadline=None,
+    database=None,
+    phases=[Phase.explicit, Phase.generate],
+    suppress_health_check=[HealthCheck.too_slow],
+)
+hypothesis_settings.load_profile(HYPOTHESIS_PROFILE)
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    """How many distinct generated requests each endpoint got (the corpus of tests/strategies.py)."""
+    for line in corpus_lines(HYPOTHESIS_PROFILE):
+        terminalreporter.write_line(line)
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:

@@ -201,3 +201,16 @@ def test_in_development_a_loopback_url_is_registered(app: Flask, field: str) -> 
     response = app.test_client().post("/register", json=server_uri_metadata(field, uri), headers=bearer(mint(app)))
     assert response.status_code == 201, response.get_data(as_text=True)
     assert response.get_json()[field] == uri
+
+
+@pytest.mark.parametrize("opener", ["[", '{"client_name":'])
+def test_a_body_nested_deeper_than_the_json_parser_goes_is_refused(app: Flask, opener: str) -> None:
+    """Issue 10: the parser's recursion limit is an error like any malformed JSON (it was a 500)."""
+    depth = 3_000  # past the parser's recursion limit, within the 64 kB body limit
+    body = opener * depth + "1" + ("]" if opener == "[" else "}") * depth
+    token = mint(app)
+    response = app.test_client().post("/register", data=body, content_type="application/json", headers=bearer(token))
+    assert response.status_code == 400, response.get_data(as_text=True)
+    assert response.get_json()["error"] == "invalid_client_metadata"
+    # Refused before the token was spent.
+    assert app.test_client().post("/register", json=METADATA, headers=bearer(token)).status_code == 201
