@@ -12,10 +12,12 @@ from urllib.parse import unquote
 
 import httpx
 from authlib.integrations.flask_oauth2 import AuthorizationServer
-from authlib.oauth2.rfc6749 import ClientMixin, InvalidRequestError, OAuth2Error
+from authlib.integrations.flask_oauth2.requests import FlaskOAuth2Payload, FlaskOAuth2Request
+from authlib.oauth2.rfc6749 import ClientMixin, InvalidRequestError, OAuth2Error, OAuth2Request
 from authlib.oauth2.rfc6749.errors import InvalidClientError, UnsupportedTokenTypeError
 from authlib.oauth2.rfc7523 import JWTBearerClientAssertion
-from flask import request
+from flask import Request
+from flask import request as flask_request
 from joserfc.errors import JoseError
 from joserfc.jwk import KeySet
 from sqlalchemy import and_, insert, select
@@ -102,8 +104,8 @@ class PrivateKeyJwt(JWTBearerClientAssertion):
         # The introspection and revocation endpoints take the same client authentication (RFC 7662 §2.1, RFC 7009
         # §2.1): an assertion may name the one it is sent to, never another.
         audiences = [self.issuer, f"{self.issuer}/token"]
-        if request.path in ASSERTION_ENDPOINTS:
-            audiences.append(f"{self.issuer}{request.path}")
+        if flask_request.path in ASSERTION_ENDPOINTS:
+            audiences.append(f"{self.issuer}{flask_request.path}")
         return audiences
 
     def validate_jti(self, claims: dict[str, Any], jti: str) -> bool:
@@ -143,6 +145,15 @@ class PrivateKeyJwt(JWTBearerClientAssertion):
             self._fetched[model.id] = (time.monotonic(), keys)
             return keys
         raise InvalidClientError(description="The client has no keys for private_key_jwt.")
+
+
+class IssuerRequest(FlaskOAuth2Request):
+    """Authlib's view of a Flask request, at the issuer's URL rather than one built from the Host header."""
+
+    def __init__(self, request: Request, issuer: str) -> None:
+        OAuth2Request.__init__(self, method=request.method, uri=issuer + request.full_path, headers=request.headers)
+        self._request = request
+        self.payload = FlaskOAuth2Payload(request)
 
 
 def basic_credentials(header: str | None) -> tuple[str, str] | None:
@@ -187,6 +198,12 @@ class IdpAuthorizationServer(AuthorizationServer):
             PrivateKeyJwt.CLIENT_AUTH_METHOD, PrivateKeyJwt(settings.issuer, http=jwks_fetcher)
         )
         self.register_client_auth_method("client_secret_basic", authenticate_client_secret_basic)
+
+    def create_oauth2_request(self, request: Any) -> FlaskOAuth2Request:
+        # Authlib checks the request URL's transport (https, or http on loopback) and raises outside its error
+        # handling: a Host header of the client's choosing made that a 500. The URL this server answers at is the
+        # issuer's, whatever Host says (production issuers are https; settings refuse others).
+        return IssuerRequest(flask_request, self.settings.issuer)
 
     def query_client(self, client_id: str) -> OAuthClient | None:
         model = find_client(db.session(), client_id)

@@ -60,6 +60,7 @@ MAX_NONCE = 512
 CONTROL_CHARACTERS = re.compile(r"[\x00-\x1f\x7f]")
 PENDING = PENDING_AUTHORIZATIONS
 MAX_PARAMETER = 2048
+PARAMETER_NAME = re.compile(r"[A-Za-z0-9_.\-]{1,64}")
 
 
 def _server() -> IdpAuthorizationServer:
@@ -120,6 +121,12 @@ def _error_page(error: OAuth2Error) -> tuple[str, int]:
     return render_template("error.html", status=400, message=message, detail=error.error), 400
 
 
+def _parameter(name: str) -> str:
+    """A refused parameter as an error description names it: RFC 6749 §5.2 allows only printable ASCII other than
+    `"` and `\\` there (Authlib refuses anything else), and a name of the client's choosing may hold anything."""
+    return f"Parameter '{name}'" if PARAMETER_NAME.fullmatch(name) else "A parameter"
+
+
 def _check_parameters(params: dict[str, str]) -> None:
     """Checks Authlib leaves to us, each one rule, before a grant is looked for.
 
@@ -130,13 +137,13 @@ def _check_parameters(params: dict[str, str]) -> None:
     source = request.form if request.method == "POST" else request.args
     for key in source:
         if len(source.getlist(key)) > 1:
-            raise InvalidRequestError(f"Parameter '{key}' is repeated.")
+            raise InvalidRequestError(f"{_parameter(key)} is repeated.")
     # Oversized values and control characters are refused rather than stored.
     for key, value in params.items():
         if len(value) > MAX_PARAMETER:
-            raise InvalidRequestError(f"Parameter '{key}' is too long.")
+            raise InvalidRequestError(f"{_parameter(key)} is too long.")
         if CONTROL_CHARACTERS.search(value) or CONTROL_CHARACTERS.search(key):
-            raise InvalidRequestError(f"Parameter '{key}' contains control characters.")
+            raise InvalidRequestError(f"{_parameter(key)} contains control characters.")
     # response_mode: query or form_post only (OAuth 2.0 Multiple Response Types; Form Post Response Mode).
     mode = params.get("response_mode")
     if mode is not None and mode not in RESPONSE_MODES:
@@ -482,7 +489,7 @@ def token() -> Response:
     repeated = next((key for key in request.form if len(request.form.getlist(key)) > 1), None)
     if repeated is not None or not request.form.get("grant_type"):
         # RFC 6749 §3.2: parameters must not repeat; grant_type is required (JSON bodies arrive here too).
-        description = f"Parameter '{repeated}' is repeated." if repeated else "Missing 'grant_type'."
+        description = f"{_parameter(repeated)} is repeated." if repeated else "Missing 'grant_type'."
         refused: Response = server.handle_error_response(None, InvalidRequestError(description))
         return refused
     response: Response = server.create_token_response()

@@ -21,6 +21,7 @@ from idp.authn.carrier import HttpCarrierGateway
 from idp.authn.lockout import make_rate_limiter
 from idp.authn.verification import CarrierSignIn
 from idp.settings import Settings, SettingsError
+from idp.web.cookies import drop_malformed_flow_members
 
 LOCALES = ("ko", "en")
 DEFAULT_LOCALE = "ko"
@@ -126,6 +127,8 @@ def init_app(app: Flask, settings: Settings) -> None:
     )
     Babel(app, locale_selector=select_locale)
     app.jinja_env.globals["get_locale"] = get_locale
+    # Before CSRFProtect reads the flow cookie's token, so a token of another shape is a missing one, not a 500.
+    app.before_request(drop_malformed_flow_members)
     csrf.init_app(app)
     engine = app.extensions["idp.db"][0]
     limiter = make_rate_limiter(settings.ratelimit_storage, engine, secret=settings.secret_key)
