@@ -125,7 +125,8 @@ def _pending_requests(value: object) -> bool:
 
 CARRIER_ERROR_CODES = frozenset(code.value for code in CarrierErrorCode)
 FLOW_MEMBERS: dict[str, Callable[[object], bool]] = {
-    "csrf_token": _text,  # Flask-WTF's raw token
+    # Flask-WTF's raw token (hex), compared with hmac.compare_digest, which refuses non-ASCII text.
+    "csrf_token": lambda value: isinstance(value, str) and value.isascii(),
     "locale": _text,
     "next": _text,
     "webauthn": _text,  # idp.web.passkeys BINDING

@@ -8,8 +8,10 @@ import unicodedata
 from dataclasses import dataclass
 from typing import Any
 
+from flask import request
 from flask_babel import lazy_gettext as _l
 from flask_wtf import FlaskForm
+from flask_wtf.csrf import _FlaskFormCSRF
 from wtforms import BooleanField, Field, HiddenField, RadioField, SelectField, StringField
 from wtforms.fields.choices import SelectChoice  # type: ignore[attr-defined]  # new in WTForms 3.3; stubs lag
 from wtforms.validators import InputRequired, ValidationError
@@ -92,7 +94,32 @@ class CarrierDetails:
     method: VerificationMethod
 
 
-class CarrierStartForm(FlaskForm):  # type: ignore[misc]  # Flask-WTF ships no type information
+class PageCsrf(_FlaskFormCSRF):  # type: ignore[misc]  # Flask-WTF ships no type information
+    """Flask-WTF's CSRF check, with a signed token whose payload is not ASCII text refused like any wrong token
+    (hmac.compare_digest raises TypeError on it; only a holder of the secret key can sign one)."""
+
+    def validate_csrf_token(self, form: FlaskForm, field: Field) -> None:
+        try:
+            super().validate_csrf_token(form, field)
+        except TypeError:
+            raise ValidationError("The CSRF tokens do not match.") from None
+
+
+class PageForm(FlaskForm):  # type: ignore[misc]  # Flask-WTF ships no type information
+    """A form of the resident's pages: read from posted form fields only."""
+
+    class Meta(FlaskForm.Meta):  # type: ignore[misc]  # as above
+        csrf_class = PageCsrf
+
+        def wrap_formdata(self, form: FlaskForm, formdata: Any) -> Any:
+            # Flask-WTF would read a JSON body as the form, and fails on one that is not an object; the pages post
+            # form fields, so a JSON body is an empty form (and so an invalid one).
+            if request.is_json:
+                return request.form
+            return super().wrap_formdata(form, formdata)
+
+
+class CarrierStartForm(PageForm):
     carrier = SelectField(
         _l("Mobile carrier"),
         choices=[SelectChoice(carrier.value, label) for carrier, label in CARRIER_LABELS.items()],
@@ -129,11 +156,11 @@ class CarrierStartForm(FlaskForm):  # type: ignore[misc]  # Flask-WTF ships no t
         )
 
 
-class CodeForm(FlaskForm):  # type: ignore[misc]  # Flask-WTF ships no type information
+class CodeForm(PageForm):
     code = StringField(_l("Verification code"), filters=[_compact_code], validators=[_validate_code])
 
 
-class ActionForm(FlaskForm):  # type: ignore[misc]  # Flask-WTF ships no type information
+class ActionForm(PageForm):
     """A form that is only a button: it carries the CSRF token."""
 
 
@@ -145,7 +172,7 @@ def _validate_totp_code(form: FlaskForm, field: Field) -> None:
         raise ValidationError(_l("Enter the 6 digits your authenticator app shows now."))
 
 
-class TotpCodeForm(FlaskForm):  # type: ignore[misc]  # Flask-WTF ships no type information
+class TotpCodeForm(PageForm):
     """A code from the resident's authenticator app, or one of their recovery codes (`kind`)."""
 
     kind = HiddenField(default="totp", filters=[lambda value: "recovery" if value == "recovery" else "totp"])

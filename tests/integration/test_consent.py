@@ -195,3 +195,18 @@ def test_withdrawing_the_last_kr_ci_consent_drops_the_raw_ci(app: Flask, sandbox
     assert withdrawn.status_code == 303
     with app.extensions["idp.db"][1]() as db:
         assert db.scalars(select(Resident.ci_encrypted)).one() is None
+
+
+@pytest.mark.parametrize("body", ["5", "true", "[1, 2]", '"allow"', "null", '{"decision": "allow"}'])
+def test_a_json_body_is_no_answer_to_the_consent_page(app: Flask, sandbox: SandboxAgency, body: str) -> None:
+    created = register(app)
+    browser = app.test_client()
+    sign_in(browser, sandbox)
+    _, challenge = pkce()
+    consent_page(browser, authorize_url(created.client.id, challenge, scope="openid"))
+
+    answered = browser.post("/consent", data=body, content_type="application/json")
+
+    assert answered.status_code == 400
+    assert answered.mimetype == "text/html"
+    assert granted_scopes(app, KIM_E164) == set()
