@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import sys
 import time
 from typing import Any
 
 from idp.settings import Settings
 
+CONTROL_CHARACTERS = re.compile(r"[\x00-\x1f\x7f-\x9f]")
 # Attributes every LogRecord has; anything else was passed with `extra=` and belongs in the JSON line.
 STANDARD_ATTRS = frozenset(vars(logging.LogRecord("", 0, "", 0, "", None, None))) | {"message", "asctime"}
 
@@ -32,16 +34,22 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(entry, default=str, ensure_ascii=False)
 
 
+def _one_line(text: object) -> str:
+    # A path or header may carry newlines and terminal escapes: shown escaped, so a request cannot forge a line.
+    return CONTROL_CHARACTERS.sub(lambda match: repr(match.group())[1:-1], str(text))
+
+
 class ReadableFormatter(logging.Formatter):
     """`time level logger: message key=value …` for a developer's terminal."""
 
     def format(self, record: logging.LogRecord) -> str:
         extras = " ".join(
-            f"{key}={value}"
+            f"{key}={_one_line(value)}"
             for key, value in vars(record).items()
             if key not in STANDARD_ATTRS and not key.startswith("_")
         )
-        line = f"{self.formatTime(record, '%H:%M:%S')} {record.levelname:<7} {record.name}: {record.getMessage()}"
+        message = _one_line(record.getMessage())
+        line = f"{self.formatTime(record, '%H:%M:%S')} {record.levelname:<7} {record.name}: {message}"
         if extras:
             line = f"{line} {extras}"
         if record.exc_info:
