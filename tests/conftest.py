@@ -41,7 +41,8 @@ TERMINATE_OTHER_CONNECTIONS = text(
 DATABASES = ["sqlite", pytest.param("postgresql", marks=pytest.mark.postgresql)]
 
 # Generated inputs (tests/integration/test_bad_input_generated.py): `make test` runs a small, fixed set of examples
-# (derandomized: the same requests every run); CI sets IDP_HYPOTHESIS_PROFILE=long for many more, new each run.
+# (derandomized: the same requests every run); CI sets IDP_HYPOTHESIS_PROFILE=long for eight times as many, also
+# fixed, so that a red CI run is a change's doing and can be run again; `hunt` draws new ones to look for defects.
 # Examples share one app per module, so no function-scoped fixture is involved; an example's time varies with
 # the machine's load, so there is no deadline.
 HYPOTHESIS_PROFILE = os.environ.get("IDP_HYPOTHESIS_PROFILE", "default")
@@ -49,7 +50,13 @@ hypothesis_settings.register_profile(
     "default", max_examples=25, derandomize=True, database=None, deadline=None, print_blob=True
 )
 hypothesis_settings.register_profile(
-    "long", max_examples=200, deadline=None, print_blob=True, suppress_health_check=[HealthCheck.too_slow]
+    "long",
+    max_examples=200,
+    derandomize=True,
+    database=None,
+    deadline=None,
+    print_blob=True,
+    suppress_health_check=[HealthCheck.too_slow],
 )
 # For hunting defects: IDP_HYPOTHESIS_EXAMPLES new examples each, none shrunk.
 hypothesis_settings.register_profile(
