@@ -8,10 +8,20 @@ from typing import Any
 from flask import Flask, Response
 from flask.json.provider import DefaultJSONProvider
 
-from idp import db, oidc, ops, web
+from idp import db, oidc, ops, runtime, web
+from idp.authn.attestation import AttestationPolicy
+from idp.authn.carrier import HttpCarrierGateway
+from idp.authn.lockout import make_rate_limiter
+from idp.authn.verification import CarrierSignIn
 from idp.keyring import Keyring, KeyringError
 from idp.logs import configure_logging
-from idp.settings import Settings
+from idp.oidc.clients import secret_digest_key
+from idp.oidc.discovery import MetadataCache
+from idp.oidc.logout import DeliveryWorker
+from idp.oidc.published import PublishedDocuments
+from idp.oidc.server import IdpAuthorizationServer
+from idp.runtime import Runtime, SystemClock
+from idp.settings import Settings, SettingsError
 
 log = logging.getLogger("idp")
 
@@ -30,7 +40,8 @@ class BoundedJSONProvider(DefaultJSONProvider):
 
 
 def create_app(settings: Settings | None = None) -> Flask:
-    """Build the WSGI app from `settings` (read from the environment when not given).
+    """Build the WSGI app from `settings` (read from the environment when not given): the composition root, where
+    the runtime every request reaches (`idp.runtime`) is built once.
 
     Raises:
         SettingsError: the environment's settings are malformed or unsafe for production.
@@ -41,22 +52,11 @@ def create_app(settings: Settings | None = None) -> Flask:
     app = Flask(__name__, static_folder=None)
     app.json = BoundedJSONProvider(app)
     app.config.update(SECRET_KEY=settings.secret_key, JSON_SORT_KEYS=False, MAX_CONTENT_LENGTH=64 * 1024)
-    app.extensions["idp.settings"] = settings
-    keyring = Keyring.from_directory(
-        settings.keys_dir, settings.keys_passphrase, check_interval=settings.keyring_check_interval
-    )
-    app.extensions["idp.keyring"] = keyring
-    try:
-        # Load now, so the first request does not pay for it; /readyz reports a keyring that fails here.
-        keyring.current()
-    except KeyringError as exc:
-        log.error("keyring not loaded: %s", exc)
-
-    db.init_app(app, settings.sqlalchemy_url)
-    app.extensions["idp.schema_revision"] = db.head_revision()
+    app.extensions[runtime.EXTENSION] = build_runtime(settings)
+    app.teardown_appcontext(runtime.close_db_session)
     ops.init_app(app)
-    oidc.init_app(app, settings)
-    web.init_app(app, settings)
+    oidc.init_app(app, runtime.of(app))
+    web.init_app(app, runtime.of(app))
     app.after_request(_security_headers)
     if settings.trusted_proxies:
         from werkzeug.middleware.proxy_fix import ProxyFix
@@ -65,6 +65,52 @@ def create_app(settings: Settings | None = None) -> Flask:
             app.wsgi_app, x_for=settings.trusted_proxies, x_proto=settings.trusted_proxies
         )
     return app
+
+
+def build_runtime(settings: Settings) -> Runtime:
+    """Everything a request may need that outlives it, from `settings`.
+
+    Raises:
+        SettingsError: the FIDO metadata file cannot be read.
+    """
+    keyring = Keyring.from_directory(
+        settings.keys_dir, settings.keys_passphrase, check_interval=settings.keyring_check_interval
+    )
+    try:
+        # Load now, so the first request does not pay for it; /readyz reports a keyring that fails here.
+        keyring.current()
+    except KeyringError as exc:
+        log.error("keyring not loaded: %s", exc)
+    engine = db.make_engine(settings.sqlalchemy_url)
+    sessions = db.make_session_factory(engine)
+    limiter = make_rate_limiter(settings.ratelimit_storage, engine, secret=settings.secret_key)
+    gateway = HttpCarrierGateway(
+        settings.agency_url(),
+        site_code=settings.carrier_site_code,
+        site_secret=settings.carrier_site_secret,
+        production=settings.is_production,
+        timeout=settings.carrier_timeout,
+    )
+    try:
+        attestation = AttestationPolicy.from_metadata_file(
+            settings.fido_metadata_path, require=settings.webauthn_require_attestation
+        )
+    except ValueError as error:
+        raise SettingsError(f"IDP_FIDO_METADATA_PATH: {error}") from None
+    return Runtime(
+        settings=settings,
+        keyring=keyring,
+        engine=engine,
+        sessions=sessions,
+        limiter=limiter,
+        carrier=CarrierSignIn(gateway=gateway, limiter=limiter, issuer=settings.issuer, ci_pepper=settings.ci_pepper),
+        attestation=attestation,
+        clock=SystemClock(),
+        schema_revision=db.head_revision(),
+        oidc=IdpAuthorizationServer(settings, keyring, secret_digest_key(settings.secret_key)),
+        published=PublishedDocuments(keyring, MetadataCache(settings), settings),
+        logout=DeliveryWorker(sessions, keyring, settings),
+    )
 
 
 def _security_headers(response: Response) -> Response:

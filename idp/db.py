@@ -10,7 +10,6 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated, Any, ClassVar, TypeVar
 
-from flask import Flask, current_app, g
 from sqlalchemy import (
     JSON,
     DateTime,
@@ -186,34 +185,6 @@ def session_scope(factory: sessionmaker[Session]) -> Iterator[Session]:
         except BaseException:
             session.rollback()
             raise
-
-
-def init_app(app: Flask, url: str) -> None:
-    """Give the app its engine and close each request's session when the request ends."""
-    engine = make_engine(url)
-    app.extensions["idp.db"] = (engine, make_session_factory(engine))
-    app.teardown_appcontext(_close_session)
-
-
-def engine() -> Engine:
-    """The current app's engine."""
-    bound: Engine = current_app.extensions["idp.db"][0]
-    return bound
-
-
-def session() -> Session:
-    """The current request's session, opened on first use; views commit it once."""
-    if "db_session" not in g:
-        factory: sessionmaker[Session] = current_app.extensions["idp.db"][1]
-        g.db_session = factory()
-    opened: Session = g.db_session
-    return opened
-
-
-def _close_session(_exc: BaseException | None) -> None:
-    opened = g.pop("db_session", None)
-    if opened is not None:
-        opened.close()
 
 
 def migrations_dir() -> Path:

@@ -5,12 +5,12 @@ from __future__ import annotations
 import logging
 import time
 
-from flask import Blueprint, Flask, Response, current_app, g, jsonify, request
+from flask import Blueprint, Flask, Response, g, jsonify, request
 from sqlalchemy import text
 from sqlalchemy.exc import SQLAlchemyError
 
-from idp import db
-from idp.keyring import Keyring, KeyringError
+from idp.keyring import KeyringError
+from idp.runtime import current
 
 bp = Blueprint("ops", __name__)
 PROBES = frozenset({"/healthz", "/readyz"})
@@ -26,15 +26,15 @@ def healthz() -> Response:
 @bp.get("/readyz")
 def readyz() -> tuple[Response, int]:
     """Ready to serve: the database answers and the keyring is loaded; 503 with a reason otherwise."""
-    keyring: Keyring = current_app.extensions["idp.keyring"]
+    keyring = current().keyring
     try:
-        with db.engine().connect() as connection:
+        with current().engine.connect() as connection:
             revision = connection.execute(text("SELECT version_num FROM alembic_version")).scalar()
     except SQLAlchemyError as exc:
         origin = getattr(exc, "orig", None) or exc
         reason = f"database unreachable: {type(origin).__name__}"
         return _no_store(jsonify(status="unavailable", reason=reason)), 503
-    expected = current_app.extensions["idp.schema_revision"]
+    expected = current().schema_revision
     if revision != expected:
         reason = f"database at revision {revision}, this release needs {expected}: run `idp init`"
         return _no_store(jsonify(status="unavailable", reason=reason)), 503

@@ -90,10 +90,11 @@ def connection_limit() -> int:
 def create_served_app() -> Flask:
     """The app as `idp serve` runs it: with the background work a long-running process owns (the retries of
     back-channel logout tokens, the purge of expired records), which tests and one-off scripts do not start."""
-    from idp import create_app
+    from idp import create_app, runtime
     from idp.retention import PurgeWorker
 
     app = create_app()
-    app.extensions["idp.logout"].start()
-    PurgeWorker(app.extensions["idp.db"][1]).start()
+    built = runtime.of(app)
+    built.logout.start()
+    PurgeWorker(built.sessions).start()
     return app

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import json
 import os
@@ -32,6 +33,8 @@ from idp import create_app
 from idp.cli import upgrade_database
 from idp.db import make_engine
 from idp.keyring import Keyring
+from idp.runtime import EXTENSION as RUNTIME
+from idp.runtime import of as runtime_of
 from idp.settings import Settings
 
 POSTGRES_URL = os.environ.get("IDP_TEST_POSTGRES_URL")
@@ -233,7 +236,7 @@ def module_app(
     )
     app.config["TESTING"] = True
     yield app
-    app.extensions["idp.db"][0].dispose()
+    runtime_of(app).engine.dispose()
 
 
 @pytest.fixture
@@ -258,7 +261,7 @@ def db(engine: Engine) -> Iterator[Session]:
 @pytest.fixture
 def db_session(app: Flask) -> Session:
     """The session the app's requests use, inside the test's rolled-back transaction."""
-    factory: sessionmaker[Session] = app.extensions["idp.db"][1]
+    factory: sessionmaker[Session] = runtime_of(app).sessions
     return factory()
 
 
@@ -271,13 +274,13 @@ def app(settings: Settings) -> Iterator[Flask]:
     connection = engine.connect()
     outer = connection.begin()
     factory = sessionmaker(bind=connection, expire_on_commit=False, join_transaction_mode="create_savepoint")
-    real_engine, _ = app.extensions["idp.db"]
-    app.extensions["idp.db"] = (real_engine, factory)
+    built = runtime_of(app)
+    app.extensions[RUNTIME] = dataclasses.replace(built, sessions=factory)
     yield app
     outer.rollback()
     connection.close()
     engine.dispose()
-    real_engine.dispose()
+    built.engine.dispose()
 
 
 @pytest.fixture
@@ -291,7 +294,7 @@ def make_app() -> Iterator[Callable[[Settings], Flask]]:
 
     yield make
     for made in apps:
-        made.extensions["idp.db"][0].dispose()
+        runtime_of(made).engine.dispose()
 
 
 @pytest.fixture

@@ -19,6 +19,7 @@ from sandbox_agency import SandboxAgency
 
 from idp.oidc.clients import ClientSpec, CreatedClient, create_client, secret_digest_key
 from idp.oidc.outbound import allows_local_destinations
+from idp.runtime import of as runtime_of
 
 CSRF = re.compile(r'name="csrf_token" value="([^"]+)"')
 REQUEST_ID = re.compile(r'name="request_id" value="([^"]+)"')
@@ -28,10 +29,10 @@ REDIRECT = "https://rp.example.kr/callback"
 
 
 def register(app: Flask, **spec: Any) -> CreatedClient:
-    settings = app.extensions["idp.settings"]
+    settings = runtime_of(app).settings
     fields: dict[str, Any] = {"name": "민원24 테스트", "redirect_uris": (REDIRECT,)}
     fields.update(spec)
-    with app.extensions["idp.db"][1]() as db:
+    with runtime_of(app).sessions() as db:
         created = create_client(
             db,
             ClientSpec(**fields),

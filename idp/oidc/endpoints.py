@@ -10,11 +10,11 @@ from authlib.oauth2.rfc7009 import RevocationEndpoint
 from authlib.oauth2.rfc7662 import IntrospectionEndpoint
 from sqlalchemy import bindparam, select
 
-from idp import db
 from idp.models import AccessToken, Client, RefreshToken, Resident
 from idp.oidc import tokens
 from idp.oidc.claims import resident_claims
 from idp.oidc.server import IdpAuthorizationServer, OAuthClient
+from idp.runtime import db_session
 
 AUTH_METHODS = ["client_secret_basic", "client_secret_post", "private_key_jwt"]
 
@@ -58,11 +58,11 @@ def find_token(server: IdpAuthorizationServer, value: str, hint: str | None) -> 
                 claims = tokens.verify_access_token(value, server.keyring.current(), server.settings, now=_now())
             except tokens.TokenInvalidError:
                 continue
-            row = tokens.find_access_token(db.session(), claims["jti"])
+            row = tokens.find_access_token(db_session(), claims["jti"])
             if row is not None:
                 return KnownToken("access_token", row, claims)
         elif kind == "refresh_token":
-            refresh = tokens.find_refresh_token(db.session(), value)
+            refresh = tokens.find_refresh_token(db_session(), value)
             if refresh is not None:
                 return KnownToken("refresh_token", refresh)
     return None
@@ -93,7 +93,7 @@ class Introspection(IntrospectionEndpoint):
                 if name in token.claims:
                     payload[name] = token.claims[name]
         elif isinstance(row, RefreshToken):
-            client = db.session().get(Client, row.client_id)
+            client = db_session().get(Client, row.client_id)
             if client is not None:
                 payload["sub"] = tokens.subject_for(client, row.resident_id, self.server.settings)
             payload["iat"] = int(row.created_at.timestamp())
@@ -111,7 +111,7 @@ class Revocation(RevocationEndpoint):
         row = token.row
         if isinstance(row, RefreshToken):
             # RFC 7009 §2.1: revoking a refresh token revokes the access tokens of its grant too.
-            tokens.revoke_grant(db.session(), row.grant_id, now=now)
+            tokens.revoke_grant(db_session(), row.grant_id, now=now)
         elif row.revoked_at is None:
             row.revoked_at = now
 
@@ -148,7 +148,7 @@ def userinfo(server: IdpAuthorizationServer, bearer: str | None) -> dict[str, An
         claims = tokens.verify_access_token(bearer, server.keyring.current(), server.settings, now=now)
     except tokens.TokenInvalidError:
         raise UserInfoError("invalid_token", "The access token is invalid or expired.") from None
-    found = db.session().execute(USERINFO_ROWS, {"jti": claims["jti"]}).first()
+    found = db_session().execute(USERINFO_ROWS, {"jti": claims["jti"]}).first()
     if found is None or found[0].revoked_at is not None:
         raise UserInfoError("invalid_token", "The access token is revoked or not for a resident.")
     row, resident, client = found

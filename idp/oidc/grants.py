@@ -12,13 +12,13 @@ from authlib.oauth2.rfc6749 import InvalidGrantError, InvalidRequestError, Inval
 from authlib.oauth2.rfc7636 import CodeChallenge
 from authlib.oidc.core import OpenIDCode
 
-from idp import db
 from idp.authn.sessions import session_assurance
 from idp.db import load
 from idp.models import AuthorizationCode, LoginSession, RefreshToken, Resident
 from idp.oidc import tokens
 from idp.oidc.claims import AUTH_METHODS, id_token_claims
 from idp.oidc.server import IdpAuthorizationServer, OAuthClient
+from idp.runtime import current, db_session
 
 
 @dataclass(frozen=True, slots=True)
@@ -98,7 +98,7 @@ def _issue(
     server = _server(grant)
     client: OAuthClient = grant.request.client
     now = _now()
-    session = db.session()
+    session = db_session()
     access_token, expires_in = tokens.issue_access_token(
         session,
         server.keyring.current(),
@@ -151,7 +151,7 @@ class AuthorizationCodeGrant(grants.AuthorizationCodeGrant):
             issuer=_server(self).settings.issuer,
             now=now,
         )
-        db.session().add(
+        db_session().add(
             AuthorizationCode(
                 digest=tokens.digest(code),
                 grant_id=uuid.uuid4(),
@@ -173,13 +173,13 @@ class AuthorizationCodeGrant(grants.AuthorizationCodeGrant):
         )
 
     def query_authorization_code(self, code: str, client: OAuthClient) -> CodeRecord | None:
-        row = tokens.find_code(db.session(), code, client.get_client_id(), now=_now())
+        row = tokens.find_code(db_session(), code, client.get_client_id(), now=_now())
         return CodeRecord(row) if row is not None else None
 
     def create_token_response(self) -> Any:
         # The code is spent only now, after the client, its redirect URI and the PKCE verifier were checked
         # (validate_token_request and its hooks): whoever saw a code without the verifier cannot burn it.
-        if not tokens.spend_code(db.session(), self.request.authorization_code.row, now=_now()):
+        if not tokens.spend_code(db_session(), self.request.authorization_code.row, now=_now()):
             raise InvalidGrantError("Invalid 'code' in request.")
         return super().create_token_response()
 
@@ -187,7 +187,7 @@ class AuthorizationCodeGrant(grants.AuthorizationCodeGrant):
         """Nothing to delete: the code was spent by a compare-and-set before the tokens were made."""
 
     def authenticate_user(self, authorization_code: CodeRecord) -> Resident | None:
-        return load(db.session(), Resident, authorization_code.row.resident_id)
+        return load(db_session(), Resident, authorization_code.row.resident_id)
 
     def generate_token(
         self,
@@ -223,15 +223,15 @@ class RefreshTokenGrant(grants.RefreshTokenGrant):
             raise InvalidRequestError("Missing 'refresh_token' in request.")
         # Checks that leave the token usable come first: a request with a wider scope, or for a locked
         # resident, must not spend it.
-        known = tokens.find_refresh_token(db.session(), presented)
+        known = tokens.find_refresh_token(db_session(), presented)
         if known is not None and known.client_id == client.get_client_id():
             self._validate_token_scope(RefreshRecord(known))
-            resident = load(db.session(), Resident, known.resident_id)
+            resident = load(db_session(), Resident, known.resident_id)
             if resident is None or resident.is_locked:
                 raise InvalidGrantError("The resident can no longer be signed in.")
             # Kept for authenticate_user: the session's identity map holds objects weakly, and would query again.
             self.checked_resident = resident
-        row = tokens.rotate_refresh_token(db.session(), presented, client.get_client_id(), now=_now())
+        row = tokens.rotate_refresh_token(db_session(), presented, client.get_client_id(), now=_now())
         if row is None:
             raise InvalidGrantError()
         return RefreshRecord(row)
@@ -242,7 +242,7 @@ class RefreshTokenGrant(grants.RefreshTokenGrant):
     def authenticate_user(self, refresh_token: RefreshRecord) -> Resident | None:
         resident: Resident | None = getattr(self, "checked_resident", None)
         if resident is None or resident.id != refresh_token.row.resident_id:
-            resident = load(db.session(), Resident, refresh_token.row.resident_id)
+            resident = load(db_session(), Resident, refresh_token.row.resident_id)
         return None if resident is None or resident.is_locked else resident
 
     def revoke_old_credential(self, refresh_token: RefreshRecord) -> None:
@@ -272,7 +272,7 @@ class RefreshTokenGrant(grants.RefreshTokenGrant):
         # The new refresh token keeps the grant's full scope (RFC 6749 §6): a narrowed request narrows
         # this access token only.
         token["refresh_token"] = tokens.issue_refresh_token(
-            db.session(),
+            db_session(),
             _server(self).settings,
             client=self.request.client.model,
             authentication=authentication,
@@ -352,10 +352,8 @@ class OpenIDCodeFlow(OpenIDCode):
 
 
 def request_server(request: Any) -> IdpAuthorizationServer:
-    from flask import current_app
 
-    server: IdpAuthorizationServer = current_app.extensions["idp.oidc"]
-    return server
+    return current().oidc
 
 
 class S256CodeChallenge(CodeChallenge):

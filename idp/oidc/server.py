@@ -23,12 +23,12 @@ from joserfc.jwk import KeySet
 from sqlalchemy import and_, insert, select
 from sqlalchemy.exc import IntegrityError
 
-from idp import db
 from idp.keyring import Keyring
 from idp.models import Client, LoginSession, Resident, SessionClient, UsedAssertion
 from idp.oidc.claims import SCOPES
 from idp.oidc.clients import find_client, verify_client_secret
 from idp.oidc.outbound import allows_local_destinations, outbound_client
+from idp.runtime import current, db_session
 from idp.settings import Settings
 
 MAX_ASSERTION_LIFETIME = 3600
@@ -122,7 +122,7 @@ class PrivateKeyJwt(JWTBearerClientAssertion):
         try:
             # Its own transaction, committed at once: the jti must stay used whatever the request does next
             # (introspection commits nothing, and a refused token request rolls back).
-            with db.engine().begin() as connection:
+            with current().engine.begin() as connection:
                 connection.execute(used)
         except IntegrityError:
             return False
@@ -206,7 +206,7 @@ class IdpAuthorizationServer(AuthorizationServer):
         return IssuerRequest(flask_request, self.settings.issuer)
 
     def query_client(self, client_id: str) -> OAuthClient | None:
-        model = find_client(db.session(), client_id)
+        model = find_client(db_session(), client_id)
         return OAuthClient(model, self.secret_key) if model is not None else None
 
     def save_token(self, token: dict[str, Any], request: Any) -> None:
@@ -249,7 +249,7 @@ class IdpAuthorizationServer(AuthorizationServer):
         """Record that the client took part in the login session, so that logout reaches it."""
         if sid is None:
             return
-        session = db.session()
+        session = db_session()
         # One statement on the token endpoint's path: the session, and whether the client is already recorded.
         found = session.execute(
             select(LoginSession.id, SessionClient.id)

@@ -14,13 +14,12 @@ from urllib.parse import parse_qsl, urlencode, urlsplit
 from authlib.common.urls import add_params_to_uri
 from authlib.oauth2.rfc6749 import OAuth2Error
 from authlib.oauth2.rfc6749.errors import InvalidRequestError
-from flask import Blueprint, Response, current_app, redirect, render_template, request, session, url_for
+from flask import Blueprint, Response, redirect, render_template, request, session, url_for
 from flask_babel import gettext as _
 from sqlalchemy import or_, select
 from werkzeug.exceptions import HTTPException
 from werkzeug.wrappers import Response as BaseResponse
 
-from idp import db
 from idp.authn.assurance import (
     LoginReason,
     Method,
@@ -40,7 +39,6 @@ from idp.oidc.endpoints import UserInfoError, userinfo
 from idp.oidc.grants import AuthorizedResident
 from idp.oidc.logout import IdTokenHintInvalidError, end_login_session, read_id_token_hint
 from idp.oidc.outbound import allows_local_destinations
-from idp.oidc.published import PublishedDocuments
 from idp.oidc.registration import (
     RegistrationError,
     client_for_registration_token,
@@ -50,6 +48,7 @@ from idp.oidc.registration import (
 )
 from idp.oidc.server import IdpAuthorizationServer
 from idp.oidc.tokens import subject_for
+from idp.runtime import current, db_session
 from idp.web.cookies import clear_session_cookie, current_login
 from idp.web.forms import ActionForm
 from idp.web.login import HELD_CI, PENDING_AUTHORIZATIONS
@@ -64,8 +63,7 @@ PARAMETER_NAME = re.compile(r"[A-Za-z0-9_.\-]{1,64}")
 
 
 def _server() -> IdpAuthorizationServer:
-    server: IdpAuthorizationServer = current_app.extensions["idp.oidc"]
-    return server
+    return current().oidc
 
 
 def _now() -> dt.datetime:
@@ -274,7 +272,7 @@ def authorize() -> BaseResponse | tuple[str, int]:
             reason = LoginReason.PROMPT_LOGIN
     if reason is None and login is not None and wanted_acr:
         reached = any(acr_satisfies(session_acr or "", acr, server.settings.issuer) for acr in wanted_acr)
-        if not reached and "none" in prompt and missing_scopes(db.session(), login.resident_id, client, scopes):
+        if not reached and "none" in prompt and missing_scopes(db_session(), login.resident_id, client, scopes):
             # A service the resident has not allowed learns nothing of their ways to sign in: the same answer
             # whether or not a passkey could meet the level (OIDC Core §3.1.2.6).
             return _redirect_back(params, _protocol_error("login_required", grant.redirect_uri))
@@ -302,7 +300,7 @@ def authorize() -> BaseResponse | tuple[str, int]:
         return redirect(url_for("web.login") + "?" + urlencode(query), 303)
 
     assert login is not None
-    missing = missing_scopes(db.session(), login.resident_id, client, scopes)
+    missing = missing_scopes(db_session(), login.resident_id, client, scopes)
     decision = _decision(pending, resident_id=login.resident_id, scopes=scopes)
     if decision != "deny" and (missing or ("consent" in prompt and decision is None)):
         if "none" in prompt:
@@ -318,10 +316,10 @@ def authorize() -> BaseResponse | tuple[str, int]:
         # The resident allowed kr_ci to this service (now or before): only now is the raw CI kept.
         encrypted = held_ci(held, resident_id=login.resident_id, client_id=client.id, settings=server.settings, now=now)
         if encrypted is not None:
-            keep_raw_ci(db.session(), login.resident, encrypted, client_id=client.id)
+            keep_raw_ci(db_session(), login.resident, encrypted, client_id=client.id)
     grant_user = end_user if decision != "deny" else None
     response: Response = server.create_authorization_response(grant=grant, grant_user=grant_user)
-    db.session().commit()
+    db_session().commit()
     location = response.headers.get("Location")
     if location and params.get("response_mode") == "form_post":
         return _deliver(params, location)
@@ -333,7 +331,7 @@ def _methods_of(resident_id: Any, now: dt.datetime) -> set[Method]:
     """The ways the resident could sign in now (for step-up): usable passkeys past any recovery waiting period,
     and TOTP once confirmed."""
     rows = (
-        db.session()
+        db_session()
         .execute(
             select(Passkey.attested, Passkey.backup_eligible).where(
                 Passkey.resident_id == resident_id,
@@ -346,7 +344,7 @@ def _methods_of(resident_id: Any, now: dt.datetime) -> set[Method]:
     return available_methods(
         passkey=bool(rows),
         hardware_passkey=any(attested and not synced for attested, synced in rows),
-        totp=has_totp(db.session(), resident_id),
+        totp=has_totp(db_session(), resident_id),
     )
 
 
@@ -453,8 +451,8 @@ def consent() -> BaseResponse | Response:
     allow = request.form.get("decision") == "allow"
     if allow:
         # Exactly what the page listed; the rest of the request was allowed before (or it is asked again).
-        grant_consent(db.session(), login.resident_id, params.get("client_id", ""), asked["scopes"], now=_now())
-        db.session().commit()
+        grant_consent(db_session(), login.resident_id, params.get("client_id", ""), asked["scopes"], now=_now())
+        db_session().commit()
     requested = sorted(s for s in params.get("scope", "").split() if s)
     entry["consent"] = {
         "decision": "allow" if allow else "deny",
@@ -493,7 +491,7 @@ def token() -> Response:
         refused: Response = server.handle_error_response(None, InvalidRequestError(description))
         return refused
     response: Response = server.create_token_response()
-    db.session().commit()
+    db_session().commit()
     return response
 
 
@@ -535,7 +533,7 @@ def introspect() -> Response:
 @bp.post("/revoke")
 def revoke() -> Response:
     response: Response = _server().create_endpoint_response("revocation")
-    db.session().commit()
+    db_session().commit()
     return response
 
 
@@ -544,8 +542,7 @@ def revoke() -> Response:
 @bp.get("/jwks")
 def published() -> Response:
     """Reached only when the WSGI layer in front of Flask passed the request on (the keyring did not load)."""
-    documents: PublishedDocuments = current_app.extensions["idp.published"]
-    document = documents.document(request.path)
+    document = current().published.document(request.path)
     response = Response(document.body)
     for name, value in document.headers:
         response.headers[name] = value
@@ -602,10 +599,10 @@ def end_session_endpoint() -> BaseResponse | tuple[str, int]:
         client_id = audience[0] if isinstance(audience, list) and audience else audience
         if params.get("client_id") and params["client_id"] != client_id:
             return _logout_refused()
-        client = find_client(db.session(), client_id) if isinstance(client_id, str) else None
+        client = find_client(db_session(), client_id) if isinstance(client_id, str) else None
         hint_sid = claims.get("sid")
     elif params.get("client_id"):
-        client = find_client(db.session(), params["client_id"])
+        client = find_client(db_session(), params["client_id"])
     target = params.get("post_logout_redirect_uri")
     if target and (client is None or target not in client.post_logout_redirect_uris):
         # Exact match against the client's registered URIs, or no redirect at all (§3).
@@ -615,9 +612,9 @@ def end_session_endpoint() -> BaseResponse | tuple[str, int]:
     if login is not None and not (same_session or confirmed):
         return render_template("logout_confirm.html", params=params, client=client, form=ActionForm()), 200
     if login is not None:
-        queued = end_login_session(db.session(), login, now=_now(), client_ip=request.remote_addr)
-        db.session().commit()
-        current_app.extensions["idp.logout"].deliver_now(queued)
+        queued = end_login_session(db_session(), login, now=_now(), client_ip=request.remote_addr)
+        db_session().commit()
+        current().logout.deliver_now(queued)
     if target:
         response = redirect(add_params_to_uri(target, [("state", params["state"])] if params.get("state") else []), 303)
     else:
@@ -653,7 +650,7 @@ def register() -> Response:
         if not isinstance(metadata, dict):
             raise RegistrationError("invalid_client_metadata", "The body must be a JSON object.")
         body = register_client(
-            db.session(),
+            db_session(),
             _bearer(),
             metadata,
             secret_key=server.secret_key,
@@ -663,9 +660,9 @@ def register() -> Response:
             allow_local_server_uris=allows_local_destinations(server.settings),
         )
     except RegistrationError as error:
-        db.session().rollback()
+        db_session().rollback()
         return _registration_error(error)
-    db.session().commit()
+    db_session().commit()
     return _json(body, 201)
 
 
@@ -674,14 +671,14 @@ def registration(client_id: str) -> Response:
     """RFC 7592: read or delete a registration with its registration access token (updates: not offered)."""
     server = _server()
     try:
-        client = client_for_registration_token(db.session(), client_id, _bearer())
+        client = client_for_registration_token(db_session(), client_id, _bearer())
     except RegistrationError as error:
         return _registration_error(error)
     if request.method == "GET":
         return _json(read_registration(client, issuer=server.settings.issuer))
     if request.method == "DELETE":
-        delete_registration(db.session(), client)
-        db.session().commit()
+        delete_registration(db_session(), client)
+        db_session().commit()
         return Response(status=204)
     return _json(
         {"error": "invalid_request", "error_description": "Updates are not offered: register again, then delete."},

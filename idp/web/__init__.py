@@ -6,7 +6,7 @@ import contextlib
 import logging
 from pathlib import Path
 
-from flask import Flask, Response, current_app, render_template, request, session
+from flask import Flask, Response, render_template, request, session
 from flask_babel import Babel, get_locale
 from flask_babel import gettext as _
 from flask_wtf.csrf import CSRFError, CSRFProtect
@@ -16,11 +16,8 @@ from sqlalchemy.exc import InterfaceError, OperationalError
 from sqlalchemy.exc import TimeoutError as SQLAlchemyTimeoutError
 from werkzeug.exceptions import HTTPException, InternalServerError
 
-from idp import db
-from idp.authn.carrier import HttpCarrierGateway
-from idp.authn.lockout import make_rate_limiter
-from idp.authn.verification import CarrierSignIn
-from idp.settings import Settings, SettingsError
+from idp.runtime import Runtime, current, db_session
+from idp.settings import Settings
 from idp.web.cookies import drop_malformed_flow_members
 
 LOCALES = ("ko", "en")
@@ -108,9 +105,10 @@ def _page_headers(response: Response) -> Response:
     return response
 
 
-def init_app(app: Flask, settings: Settings) -> None:
-    from idp.authn.attestation import AttestationPolicy
+def init_app(app: Flask, runtime: Runtime) -> None:
     from idp.web import account, login, passkeys, totp
+
+    settings = runtime.settings
 
     https = settings.issuer.startswith("https://")
     app.config.update(
@@ -130,27 +128,6 @@ def init_app(app: Flask, settings: Settings) -> None:
     # Before CSRFProtect reads the flow cookie's token, so a token of another shape is a missing one, not a 500.
     app.before_request(drop_malformed_flow_members)
     csrf.init_app(app)
-    engine = app.extensions["idp.db"][0]
-    limiter = make_rate_limiter(settings.ratelimit_storage, engine, secret=settings.secret_key)
-    app.extensions["idp.limiter"] = limiter
-    app.extensions["idp.carrier"] = CarrierSignIn(
-        gateway=HttpCarrierGateway(
-            settings.agency_url(),
-            site_code=settings.carrier_site_code,
-            site_secret=settings.carrier_site_secret,
-            production=settings.is_production,
-            timeout=settings.carrier_timeout,
-        ),
-        limiter=limiter,
-        issuer=settings.issuer,
-        ci_pepper=settings.ci_pepper,
-    )
-    try:
-        app.extensions["idp.attestation_policy"] = AttestationPolicy.from_metadata_file(
-            settings.fido_metadata_path, require=settings.webauthn_require_attestation
-        )
-    except ValueError as error:
-        raise SettingsError(f"IDP_FIDO_METADATA_PATH: {error}") from None
     app.register_blueprint(login.bp)
     app.register_blueprint(account.bp)
     app.register_blueprint(passkeys.bp)
@@ -177,7 +154,7 @@ def init_app(app: Flask, settings: Settings) -> None:
             "database unavailable on %s %s: %s: %s", request.method, request.path, type(cause).__name__, summary
         )
         with contextlib.suppress(Exception):
-            db.session().rollback()
+            db_session().rollback()
         if wants_html():
             return render_error(503, retry_after=UNAVAILABLE_RETRY_AFTER)
         from idp.oidc.views import temporarily_unavailable
@@ -190,7 +167,7 @@ def init_app(app: Flask, settings: Settings) -> None:
     @app.errorhandler(Exception)
     def unexpected_error(error: Exception) -> Response:
         log.exception("unhandled error on %s %s", request.method, request.path)
-        db.session().rollback()
+        db_session().rollback()
         if wants_html():
             return render_error(500)
         from idp.oidc.views import json_http_error
@@ -199,5 +176,4 @@ def init_app(app: Flask, settings: Settings) -> None:
 
 
 def page_settings() -> Settings:
-    settings: Settings = current_app.extensions["idp.settings"]
-    return settings
+    return current().settings

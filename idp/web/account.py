@@ -4,12 +4,11 @@ from __future__ import annotations
 
 import datetime as dt
 
-from flask import Blueprint, current_app, redirect, render_template, request, url_for
+from flask import Blueprint, redirect, render_template, request, url_for
 from flask_babel import gettext as _
 from sqlalchemy import select
 from werkzeug.wrappers import Response
 
-from idp import db
 from idp.audit import SUCCESS, record_event
 from idp.authn.passkeys import provisional_passkeys
 from idp.authn.sessions import live_sessions
@@ -17,6 +16,7 @@ from idp.logs import mask_phone
 from idp.models import AuditEvent
 from idp.oidc.consent import list_consents, revoke_consent
 from idp.oidc.logout import end_login_session
+from idp.runtime import current, db_session
 from idp.web import render_error
 from idp.web.cookies import clear_session_cookie, current_login
 from idp.web.forms import ActionForm
@@ -34,21 +34,21 @@ def overview() -> str | Response:
         return redirect(url_for("web.login", next=request.path), 303)
     now = dt.datetime.now(dt.UTC)
     resident = login.resident
-    recent = db.session().scalars(
+    recent = db_session().scalars(
         select(AuditEvent)
         .where(AuditEvent.resident_id == resident.id, AuditEvent.event.in_(SIGN_IN_EVENTS))
         .order_by(AuditEvent.at.desc())
         .limit(RECENT_SIGN_INS)
     )
-    db.session().commit()  # load_session may have refreshed last_seen_at
+    db_session().commit()  # load_session may have refreshed last_seen_at
     return render_template(
         "account.html",
         resident=resident,
         login=login,
         masked_phone=mask_phone(resident.phone),
-        sessions=live_sessions(db.session(), resident.id, now=now),
+        sessions=live_sessions(db_session(), resident.id, now=now),
         recent=list(recent),
-        provisional=provisional_passkeys(db.session(), resident.id, now=now),
+        provisional=provisional_passkeys(db_session(), resident.id, now=now),
         form=ActionForm(),
     )
 
@@ -60,9 +60,9 @@ def sign_out() -> Response:
         return render_error(400, _("This form has expired. Please try again."))
     login = current_login()
     if login is not None:
-        queued = end_login_session(db.session(), login, now=dt.datetime.now(dt.UTC), client_ip=request.remote_addr)
-        db.session().commit()
-        current_app.extensions["idp.logout"].deliver_now(queued)
+        queued = end_login_session(db_session(), login, now=dt.datetime.now(dt.UTC), client_ip=request.remote_addr)
+        db_session().commit()
+        current().logout.deliver_now(queued)
     response = redirect(url_for("web.login"), 303)
     clear_session_cookie(response)
     return response
@@ -78,19 +78,19 @@ def sign_out_everywhere() -> Response:
     now = dt.datetime.now(dt.UTC)
     queued: list[str] = []
     # Each session's services hear of it through back-channel logout, as with a single sign-out.
-    sessions = live_sessions(db.session(), login.resident_id, now=now)
+    sessions = live_sessions(db_session(), login.resident_id, now=now)
     for other in sessions:
-        queued += end_login_session(db.session(), other, now=now, client_ip=request.remote_addr)
+        queued += end_login_session(db_session(), other, now=now, client_ip=request.remote_addr)
     record_event(
-        db.session(),
+        db_session(),
         "signout.everywhere",
         result=SUCCESS,
         resident_id=login.resident_id,
         client_ip=request.remote_addr,
         sessions=len(sessions),
     )
-    db.session().commit()
-    current_app.extensions["idp.logout"].deliver_now(queued)
+    db_session().commit()
+    current().logout.deliver_now(queued)
     response = redirect(url_for("web.login"), 303)
     clear_session_cookie(response)
     return response
@@ -102,8 +102,8 @@ def services() -> str | Response:
     login = current_login()
     if login is None:
         return redirect(url_for("web.login", next=request.path), 303)
-    consents = list_consents(db.session(), login.resident_id)
-    db.session().commit()
+    consents = list_consents(db_session(), login.resident_id)
+    db_session().commit()
     return render_template("services.html", consents=consents, form=ActionForm())
 
 
@@ -116,6 +116,6 @@ def revoke_service() -> Response:
     if login is None:
         return redirect(url_for("web.login"), 303)
     client_id = request.form.get("client_id", "")[:128]
-    revoke_consent(db.session(), login.resident_id, client_id, now=dt.datetime.now(dt.UTC))
-    db.session().commit()
+    revoke_consent(db_session(), login.resident_id, client_id, now=dt.datetime.now(dt.UTC))
+    db_session().commit()
     return redirect(url_for("account.services"), 303)

@@ -6,25 +6,24 @@ import datetime as dt
 import uuid
 from collections.abc import Callable
 
-from flask import current_app, g, request, session
+from flask import g, request, session
 from werkzeug.wrappers import Response
 
-from idp import db
 from idp.authn.assurance import AuthEvent
 from idp.authn.carrier import CarrierErrorCode
 from idp.authn.sessions import SessionEndedError, load_session
 from idp.models import LoginSession
-from idp.settings import Settings
+from idp.runtime import current, db_session
 
 
 def cookie_name() -> str:
-    settings: Settings = current_app.extensions["idp.settings"]
+    settings = current().settings
     # __Host- binds the cookie to this exact host over https (RFC 6265bis §4.1.3.2).
     return "__Host-idp_sid" if settings.issuer.startswith("https://") else "idp_sid"
 
 
 def set_session_cookie(response: Response, value: str) -> None:
-    settings: Settings = current_app.extensions["idp.settings"]
+    settings = current().settings
     response.set_cookie(
         cookie_name(),
         value,
@@ -36,7 +35,7 @@ def set_session_cookie(response: Response, value: str) -> None:
 
 
 def clear_session_cookie(response: Response) -> None:
-    settings: Settings = current_app.extensions["idp.settings"]
+    settings = current().settings
     response.delete_cookie(
         cookie_name(), path="/", secure=settings.issuer.startswith("https://"), httponly=True, samesite="Lax"
     )
@@ -51,7 +50,7 @@ def current_login() -> LoginSession | None:
     login: LoginSession | None = None
     if value and len(value) <= 128:
         try:
-            login = load_session(db.session(), value, now=dt.datetime.now(dt.UTC))
+            login = load_session(db_session(), value, now=dt.datetime.now(dt.UTC))
         except SessionEndedError:
             login = None
     g.login_session = login

@@ -7,12 +7,11 @@ import secrets
 from typing import Any
 from urllib.parse import parse_qsl, urlsplit
 
-from flask import Blueprint, Response, current_app, redirect, render_template, request, session, url_for
+from flask import Blueprint, Response, redirect, render_template, request, session, url_for
 from flask_babel import gettext as _
 from sqlalchemy.orm import Session
 from werkzeug.wrappers import Response as BaseResponse
 
-from idp import db
 from idp.authn.assurance import AuthEvent
 from idp.authn.carrier import (
     CarrierErrorCode,
@@ -39,6 +38,7 @@ from idp.logs import mask_phone
 from idp.models import Resident
 from idp.oidc.clients import find_client
 from idp.oidc.consent import hold_raw_ci
+from idp.runtime import current, db_session
 from idp.web import page_settings, render_error
 from idp.web.cookies import current_login, set_session_cookie
 from idp.web.forms import CARRIER_LABELS, ActionForm, CarrierStartForm, CodeForm
@@ -54,8 +54,7 @@ MAX_NEXT = 8192  # an /authorize request with all its parameters fits (the flow 
 
 
 def _service() -> CarrierSignIn:
-    service: CarrierSignIn = current_app.extensions["idp.carrier"]
-    return service
+    return current().carrier
 
 
 def _now() -> dt.datetime:
@@ -172,9 +171,9 @@ def carrier_start() -> str | BaseResponse | tuple[str, int]:
         client_ip=_client_ip(),
     )
     try:
-        transaction = start_verification(db.session(), _service(), verification, now=_now())
+        transaction = start_verification(db_session(), _service(), verification, now=_now())
     except CarrierVerificationError as error:
-        db.session().commit()
+        db_session().commit()
         status = 503 if _agency_down(error) else 429 if error.retry_after else 400
         return (
             render_template(
@@ -187,7 +186,7 @@ def carrier_start() -> str | BaseResponse | tuple[str, int]:
             ),
             status,
         )
-    db.session().commit()
+    db_session().commit()
     session[FLOW_KEY] = {
         "txn": transaction.txn_id,
         "method": transaction.method.value,
@@ -242,11 +241,11 @@ def carrier_verify_post() -> tuple[str, int] | BaseResponse | Response:
         if not ActionForm().validate():
             return _render_verify(flow, 400, failure=_("This form has expired. Please try again."))
         try:
-            transaction = resend_code(db.session(), service, flow["txn"], phone=flow["phone"], client_ip=ip, now=now)
+            transaction = resend_code(db_session(), service, flow["txn"], phone=flow["phone"], client_ip=ip, now=now)
         except CarrierVerificationError as error:
-            db.session().commit()
+            db_session().commit()
             return _verify_failed(flow, error)
-        db.session().commit()
+        db_session().commit()
         flow["expires_at"] = transaction.expires_at.isoformat()
         session[FLOW_KEY] = flow
         return _see_other("web.carrier_verify", sent="1")
@@ -255,16 +254,16 @@ def carrier_verify_post() -> tuple[str, int] | BaseResponse | Response:
         if flow["method"] == VerificationMethod.APP.value:
             if not ActionForm().validate():
                 return _render_verify(flow, 400, failure=_("This form has expired. Please try again."))
-            outcome = check_approval(db.session(), service, flow["txn"], binding_secret=flow["binding"], client_ip=ip)
+            outcome = check_approval(db_session(), service, flow["txn"], binding_secret=flow["binding"], client_ip=ip)
             if isinstance(outcome, Pending):
-                db.session().commit()
+                db_session().commit()
                 return _render_verify(flow, 200, pending=True)
         else:
             form = CodeForm()
             if not form.validate():
                 return _render_verify(flow, 400, code_form=form)
             outcome = confirm_code(
-                db.session(),
+                db_session(),
                 service,
                 flow["txn"],
                 form.code.data or "",
@@ -273,7 +272,7 @@ def carrier_verify_post() -> tuple[str, int] | BaseResponse | Response:
                 now=now,
             )
     except CarrierVerificationError as error:
-        db.session().commit()
+        db_session().commit()
         return _verify_failed(flow, error)
     return _finish_sign_in(outcome)
 
@@ -299,10 +298,10 @@ def _verify_failed(flow: dict[str, Any], error: CarrierVerificationError) -> tup
 
 def _finish_sign_in(identity: VerifiedIdentity) -> BaseResponse | Response:
     now = _now()
-    ci_client = raw_ci_client(db.session(), session.get("next"))
+    ci_client = raw_ci_client(db_session(), session.get("next"))
     try:
         signed_in = sign_in(
-            db.session(),
+            db_session(),
             _service(),
             identity,
             current=current_login(),
@@ -311,10 +310,10 @@ def _finish_sign_in(identity: VerifiedIdentity) -> BaseResponse | Response:
             now=now,
         )
     except ResidentLockedError:
-        db.session().commit()
+        db_session().commit()
         session.pop(FLOW_KEY, None)
         return render_error(403, _("This account is locked. Contact the help desk to unlock it."))
-    db.session().commit()
+    db_session().commit()
     session.pop(FLOW_KEY, None)
     if ci_client is not None:
         # The raw CI waits (encrypted, in this browser's flow) for the resident to allow kr_ci to that service.
@@ -360,7 +359,7 @@ def open_or_step_up(resident: Resident, events: list[AuthEvent], *, now: dt.date
     """Sign `resident` in after `events` in this browser (step-up when it is the same resident's session); the
     new session's cookie value, or None."""
     _, cookie_value = sign_in_resident(
-        db.session(),
+        db_session(),
         resident,
         events,
         current=current_login(),

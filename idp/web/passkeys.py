@@ -5,11 +5,10 @@ from __future__ import annotations
 import datetime as dt
 import json
 
-from flask import Blueprint, Response, current_app, redirect, render_template, request, session, url_for
+from flask import Blueprint, Response, redirect, render_template, request, session, url_for
 from flask_babel import gettext as _
 from werkzeug.wrappers import Response as BaseResponse
 
-from idp import db
 from idp.audit import FAILURE, record_event
 from idp.authn.assurance import AuthEvent
 from idp.authn.attestation import AttestationPolicy
@@ -30,6 +29,7 @@ from idp.authn.passkeys import (
 )
 from idp.authn.sessions import recently_signed_in
 from idp.models import Passkey, Resident
+from idp.runtime import current, db_session
 from idp.settings import Settings
 from idp.web import render_error
 from idp.web.cookies import current_login
@@ -41,13 +41,11 @@ BINDING = "webauthn"
 
 
 def _settings() -> Settings:
-    settings: Settings = current_app.extensions["idp.settings"]
-    return settings
+    return current().settings
 
 
 def _policy() -> AttestationPolicy:
-    policy: AttestationPolicy = current_app.extensions["idp.attestation_policy"]
-    return policy
+    return current().attestation
 
 
 def _binding() -> str:
@@ -73,14 +71,14 @@ def _refused(error: PasskeyRejectedError, *, resident_id: object = None) -> Resp
     # Committed with the failure event: the consumed challenge (single use) and a clone mark must stick; the
     # services store nothing else from a failed ceremony.
     record_event(
-        db.session(),
+        db_session(),
         "passkey.signin" if resident_id is None else "passkey.register",
         result=FAILURE,
         resident_id=resident_id,  # type: ignore[arg-type]  # a UUID or None
         client_ip=request.remote_addr,
         reason=error.reason,
     )
-    db.session().commit()
+    db_session().commit()
     if isinstance(error, PasskeyClonedError):
         message = _("This passkey can no longer be used. Sign in another way and remove it from My account.")
     else:
@@ -94,8 +92,8 @@ def passkey_event(passkey: Passkey, issuer: str, now: dt.datetime) -> AuthEvent:
 
 @bp.post("/login/passkey/options")
 def sign_in_options() -> Response:
-    options = authentication_options(db.session(), rp_id=_settings().rp_id, binding=_binding(), now=_now())
-    db.session().commit()
+    options = authentication_options(db_session(), rp_id=_settings().rp_id, binding=_binding(), now=_now())
+    db_session().commit()
     return _json(json.loads(options))
 
 
@@ -104,7 +102,7 @@ def sign_in_verify() -> Response:
     settings, now = _settings(), _now()
     try:
         passkey = authenticate_passkey(
-            db.session(),
+            db_session(),
             request.get_data(as_text=True),
             rp_id=settings.rp_id,
             origin=settings.origin,
@@ -114,14 +112,14 @@ def sign_in_verify() -> Response:
         )
     except PasskeyRejectedError as error:
         return _refused(error)
-    resident = db.session().get(Resident, passkey.resident_id)
+    resident = db_session().get(Resident, passkey.resident_id)
     if resident is None or resident.is_locked:
-        db.session().rollback()
+        db_session().rollback()
         return _json(
             {"error": "locked", "message": _("This account is locked. Contact the help desk to unlock it.")}, 403
         )
     cookie_value = open_or_step_up(resident, [passkey_event(passkey, settings.issuer, now)], now=now)
-    db.session().commit()
+    db_session().commit()
     response = _json({"redirect": safe_next(session.get("next")) or url_for("account.overview")})
     carry_over_flow(response, cookie_value)
     return response
@@ -133,11 +131,11 @@ def manage() -> str | BaseResponse:
     if login is None:
         return redirect(url_for("web.login", next=request.path), 303)
     now = _now()
-    passkeys = list_passkeys(db.session(), login.resident_id)
+    passkeys = list_passkeys(db_session(), login.resident_id)
     sign_in_again = not recently_signed_in(login, now=now)
     # Said before the resident adds one: a passkey added now would wait out the recovery period.
-    would_wait = not sign_in_again and recovery_wait_until(db.session(), login, wait=_recovery_wait(), now=now)
-    db.session().commit()
+    would_wait = not sign_in_again and recovery_wait_until(db_session(), login, wait=_recovery_wait(), now=now)
+    db_session().commit()
     return render_template(
         "passkeys.html",
         passkeys=passkeys,
@@ -174,7 +172,7 @@ def register_options() -> Response:
         return _sign_in_again()
     settings = _settings()
     options = registration_options(
-        db.session(),
+        db_session(),
         login.resident,
         rp_id=settings.rp_id,
         rp_name=_("Gyeonggi-do sign-in"),
@@ -182,7 +180,7 @@ def register_options() -> Response:
         policy=_policy(),
         now=_now(),
     )
-    db.session().commit()
+    db_session().commit()
     return _json(json.loads(options))
 
 
@@ -197,7 +195,7 @@ def register_verify() -> Response:
     name = request.args.get("name") or _("Passkey")
     try:
         register_passkey(
-            db.session(),
+            db_session(),
             login.resident,
             request.get_data(as_text=True),
             rp_id=settings.rp_id,
@@ -206,11 +204,11 @@ def register_verify() -> Response:
             policy=_policy(),
             name=name,
             now=now,
-            provisional_until=recovery_wait_until(db.session(), login, wait=_recovery_wait(), now=now),
+            provisional_until=recovery_wait_until(db_session(), login, wait=_recovery_wait(), now=now),
         )
     except PasskeyRejectedError as error:
         return _refused(error, resident_id=login.resident_id)
-    db.session().commit()
+    db_session().commit()
     return _json({"redirect": url_for("passkeys.manage")})
 
 
@@ -224,7 +222,7 @@ def _own_passkey(passkey_id: str, *, recent_sign_in: bool) -> Passkey | BaseResp
     login = current_login()
     if login is None:
         return redirect(url_for("web.login"), 303)
-    passkey = find_passkey(db.session(), login.resident_id, passkey_id)
+    passkey = find_passkey(db_session(), login.resident_id, passkey_id)
     if passkey is None:
         return render_error(404)
     now = _now()
@@ -238,8 +236,8 @@ def rename(passkey_id: str) -> BaseResponse | Response:
     passkey = _own_passkey(passkey_id, recent_sign_in=False)
     if not isinstance(passkey, Passkey):
         return passkey
-    rename_passkey(db.session(), passkey, request.form.get("name", ""))
-    db.session().commit()
+    rename_passkey(db_session(), passkey, request.form.get("name", ""))
+    db_session().commit()
     return redirect(url_for("passkeys.manage"), 303)
 
 
@@ -249,14 +247,14 @@ def remove(passkey_id: str) -> BaseResponse | Response:
     if not isinstance(passkey, Passkey):
         return passkey
     now = _now()
-    others = [p for p in list_passkeys(db.session(), passkey.resident_id) if p.id != passkey.id]
+    others = [p for p in list_passkeys(db_session(), passkey.resident_id) if p.id != passkey.id]
     if not others and not passkey.is_provisional(now) and request.form.get("confirm") != "yes":
         # The last passkey: carrier verification still signs the resident in, but they must say they know.
         return render_error(
             400, _("This is your last passkey. Tick the box to confirm that you will sign in with your mobile phone.")
         )
-    remove_passkey(db.session(), passkey, now=now)
-    db.session().commit()
+    remove_passkey(db_session(), passkey, now=now)
+    db_session().commit()
     # The warning on My account sends the resident back there.
     back = "account.overview" if request.form.get("back") == "account" else "passkeys.manage"
     return redirect(url_for(back), 303)

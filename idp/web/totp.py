@@ -9,13 +9,12 @@ import uuid
 from typing import Any
 
 import segno
-from flask import Blueprint, current_app, redirect, render_template, request, session, url_for
+from flask import Blueprint, redirect, render_template, request, session, url_for
 from flask_babel import gettext as _
 from markupsafe import Markup
 from sqlalchemy import select
 from werkzeug.wrappers import Response as BaseResponse
 
-from idp import db
 from idp.audit import FAILURE, record_event
 from idp.authn.assurance import AuthEvent, Method
 from idp.authn.lockout import LockedOutError, RateLimiter
@@ -43,6 +42,7 @@ from idp.authn.totp import (
     totp_check,
 )
 from idp.models import LoginSession, Resident, TotpDevice
+from idp.runtime import current, db_session
 from idp.settings import data_fernet, recovery_code_key
 from idp.web import page_settings, render_error
 from idp.web.cookies import current_login
@@ -68,8 +68,7 @@ def _client_ip() -> str:
 
 
 def _limiter() -> RateLimiter:
-    limiter: RateLimiter = current_app.extensions["idp.limiter"]
-    return limiter
+    return current().limiter
 
 
 def _issuer_name() -> str:
@@ -95,7 +94,7 @@ def _second_factor(now: dt.datetime) -> dict[str, Any] | None:
 def _resident_by_phone(phone: str) -> Resident | None:
     # A number may be stored on more than one resident (a line passed on); the one who set up TOTP is meant,
     # the most recently verified first.
-    return db.session().scalar(
+    return db_session().scalar(
         select(Resident)
         .join(TotpDevice, TotpDevice.resident_id == Resident.id)
         .where(Resident.phone == phone, TotpDevice.confirmed_at.is_not(None))
@@ -123,11 +122,11 @@ def sign_in() -> Answer:
         return _render_sign_in(form, second=pending is not None)
     if not form.validate():
         # Not a code at all: nothing is checked or counted, but the attempt is on record.
-        record_event(db.session(), "totp.verify", result=FAILURE, client_ip=_client_ip(), reason="malformed")
-        db.session().commit()
+        record_event(db_session(), "totp.verify", result=FAILURE, client_ip=_client_ip(), reason="malformed")
+        db_session().commit()
         return _render_sign_in(form, second=pending is not None, status=400)
     if pending:
-        resident = db.session().get(Resident, uuid.UUID(pending["resident"]))
+        resident = db_session().get(Resident, uuid.UUID(pending["resident"]))
         subject = pending["resident"]
     else:
         phone = form.phone_number()
@@ -138,31 +137,31 @@ def sign_in() -> Answer:
     settings = page_settings()
 
     if recovery:
-        check = recovery_check(db.session(), code, key=recovery_code_key(settings), now=now)
+        check = recovery_check(db_session(), code, key=recovery_code_key(settings), now=now)
     else:
-        check = totp_check(db.session(), code, cipher=data_fernet(settings), now=now)
+        check = totp_check(db_session(), code, cipher=data_fernet(settings), now=now)
     try:
         authenticate(
-            db.session(), _limiter(), resident, check, code=code, subject=subject, client_ip=_client_ip(), now=now
+            db_session(), _limiter(), resident, check, code=code, subject=subject, client_ip=_client_ip(), now=now
         )
     except LockedOutError as error:
-        db.session().commit()
+        db_session().commit()
         return render_error(
             429, _("Too many wrong codes. Wait a while before you try again."), retry_after=error.retry_after
         )
     except ResidentLockedError:
-        db.session().commit()
+        db_session().commit()
         session.pop(SECOND_FACTOR, None)
         return render_error(403, _("This account is locked. Contact the help desk to unlock it."))
     except TotpError as error:
-        db.session().commit()
+        db_session().commit()
         return _render_sign_in(form, second=pending is not None, status=400, failure=_failure_message(error, pending))
     assert resident is not None  # authenticate refuses every code when there is nobody to check it against
     event = AuthEvent.of(Method.RECOVERY_CODE if recovery else Method.TOTP, issuer=settings.issuer, at=now)
     events = [AuthEvent.from_json(pending["event"]), event] if pending else [event]
     session.pop(SECOND_FACTOR, None)
     cookie_value = open_or_step_up(resident, events, now=now)
-    db.session().commit()
+    db_session().commit()
     target = safe_next(session.get("next"))
     if recovery and not target:
         # A recovery code was used up: the account page says how many are left and how to set up a new app.
@@ -220,7 +219,7 @@ def _render_manage(
             device=device,
             enrolment=enrolment,
             qr=_qr_svg(enrolment) if enrolment else None,
-            remaining=remaining_recovery_codes(db.session(), resident.id) if device and device.is_confirmed else 0,
+            remaining=remaining_recovery_codes(db_session(), resident.id) if device and device.is_confirmed else 0,
             sign_in_again=not recent,
             form=form or TotpCodeForm(),
             action_form=ActionForm(),
@@ -235,9 +234,9 @@ def manage() -> Answer:
     login = current_login()
     if login is None:
         return redirect(url_for("web.login", next=request.path), 303)
-    device = find_device(db.session(), login.resident_id)
+    device = find_device(db_session(), login.resident_id)
     response = _render_manage(device, login)
-    db.session().commit()
+    db_session().commit()
     return response
 
 
@@ -264,9 +263,9 @@ def setup() -> Answer:
     # Already confirmed (a second tab): the page shows the authenticator that counts.
     with contextlib.suppress(TotpAlreadyEnrolledError):
         begin_enrolment(
-            db.session(), login.resident, cipher=data_fernet(page_settings()), issuer_name=_issuer_name(), now=_now()
+            db_session(), login.resident, cipher=data_fernet(page_settings()), issuer_name=_issuer_name(), now=_now()
         )
-    db.session().commit()
+    db_session().commit()
     return redirect(url_for("totp.manage"), 303)
 
 
@@ -275,7 +274,7 @@ def confirm() -> Answer:
     login = _signed_in_form_post()
     if isinstance(login, BaseResponse):
         return login
-    device = find_device(db.session(), login.resident_id)
+    device = find_device(db_session(), login.resident_id)
     if device is None or device.is_confirmed:
         return redirect(url_for("totp.manage"), 303)
     form = TotpCodeForm()
@@ -285,7 +284,7 @@ def confirm() -> Answer:
     now = _now()
     try:
         confirm_enrolment(
-            db.session(),
+            db_session(),
             device,
             form.code.data or "",
             cipher=data_fernet(page_settings()),
@@ -293,17 +292,17 @@ def confirm() -> Answer:
             now=now,
         )
     except TotpEnrolmentExpiredError:
-        db.session().commit()
+        db_session().commit()
         expired = _("This set-up has expired. Start again to get a new QR code.")
         return _render_manage(device, login, status=400, failure=str(expired))
     except TotpError:
-        db.session().commit()
+        db_session().commit()
         form.code.errors = [_wrong_code_message()]
         return _render_manage(device, login, status=400, form=form)
     codes = generate_recovery_codes(
-        db.session(), login.resident_id, key=recovery_code_key(page_settings()), client_ip=_client_ip(), now=now
+        db_session(), login.resident_id, key=recovery_code_key(page_settings()), client_ip=_client_ip(), now=now
     )
-    db.session().commit()
+    db_session().commit()
     return _show_recovery_codes(codes, first=True)
 
 
@@ -312,13 +311,13 @@ def new_recovery_codes() -> Answer:
     login = _signed_in_form_post()
     if isinstance(login, BaseResponse):
         return login
-    device = find_device(db.session(), login.resident_id)
+    device = find_device(db_session(), login.resident_id)
     if device is None or not device.is_confirmed:
         return redirect(url_for("totp.manage"), 303)
     codes = generate_recovery_codes(
-        db.session(), login.resident_id, key=recovery_code_key(page_settings()), client_ip=_client_ip(), now=_now()
+        db_session(), login.resident_id, key=recovery_code_key(page_settings()), client_ip=_client_ip(), now=_now()
     )
-    db.session().commit()
+    db_session().commit()
     return _show_recovery_codes(codes, first=False)
 
 
@@ -332,6 +331,6 @@ def remove() -> Answer:
     login = _signed_in_form_post()
     if isinstance(login, BaseResponse):
         return login
-    remove_totp(db.session(), login.resident_id, actor="resident", client_ip=_client_ip(), now=_now())
-    db.session().commit()
+    remove_totp(db_session(), login.resident_id, actor="resident", client_ip=_client_ip(), now=_now())
+    db_session().commit()
     return redirect(url_for("totp.manage"), 303)

@@ -31,6 +31,7 @@ from werkzeug.test import TestResponse
 from idp.models import AuthorizationCode
 from idp.oidc.clients import CreatedClient
 from idp.oidc.tokens import digest
+from idp.runtime import of as runtime_of
 
 ISSUER = "http://localhost:8000"
 STATE = "st-8f3a"
@@ -151,7 +152,7 @@ def tokens_for(w: World, client: CreatedClient | None = None, **extra: str) -> d
 def active_key_signed(w: World, **changes: Any) -> str:
     """A real access token's claims, changed, signed again with the keyring's active ES256 key."""
     claims = payload_of(tokens_for(w)["access_token"]) | changes
-    keys = w.app.extensions["idp.keyring"].current()
+    keys = runtime_of(w.app).keyring.current()
     token: str = keys.active("ES256").sign(claims, typ="at+jwt")
     return token
 
@@ -159,7 +160,7 @@ def active_key_signed(w: World, **changes: Any) -> str:
 def forged(w: World) -> str:
     """A real access token's claims signed with a key that is not in the keyring (under the active key's kid)."""
     claims = payload_of(tokens_for(w)["access_token"])
-    kid = w.app.extensions["idp.keyring"].current().active("ES256").kid
+    kid = runtime_of(w.app).keyring.current().active("ES256").kid
     return jwt.encode({"alg": "ES256", "kid": kid, "typ": "at+jwt"}, claims, ECKey.generate_key("P-256"))
 
 
@@ -176,7 +177,7 @@ def alg_none(w: World) -> str:
 def hs256_with_public_key(w: World) -> str:
     """The key-confusion attack: HS256 with the published ES256 public key (PEM) as the HMAC secret."""
     claims = payload_of(tokens_for(w)["access_token"])
-    key = w.app.extensions["idp.keyring"].current().active("ES256")
+    key = runtime_of(w.app).keyring.current().active("ES256")
     secret = key.jwk.as_pem(private=False)
     signing_input = f"{b64({'alg': 'HS256', 'kid': key.kid, 'typ': 'at+jwt'})}.{b64(claims)}"
     signature = hmac.new(secret, signing_input.encode(), hashlib.sha256).digest()
@@ -235,7 +236,7 @@ def basic_of(created: CreatedClient) -> dict[str, str]:
 
 def expire_code(w: World, code: str) -> None:
     """Put the code's expiry in the past, in the database."""
-    factory = w.app.extensions["idp.db"][1]
+    factory = runtime_of(w.app).sessions
     with factory() as db:
         db.execute(
             update(AuthorizationCode)

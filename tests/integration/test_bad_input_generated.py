@@ -74,6 +74,7 @@ from idp.models import (
     TotpDevice,
 )
 from idp.oidc.clients import mint_initial_access_token
+from idp.runtime import of as runtime_of
 
 ISSUER = "http://localhost:8000"
 PARK = {"carrier": "LGU", "name": "박용인", "birthdate": "2001-07-21", "rrn_digit7": "3", "phone": "010-0000-0003"}
@@ -184,7 +185,7 @@ def corpus(world: World, sandbox_url: str) -> Corpus:  # noqa: F811  (world is t
     assert add_passkey(park, authenticator, name="박용인 휴대폰").status_code == 200
     start_enrolment(park)
     authorize(park, world.rp.client.id)
-    with app.extensions["idp.db"][1]() as db:
+    with runtime_of(app).sessions() as db:
         passkey_id = str(db.scalar(select(Passkey.id)))
         initial = mint_initial_access_token(db, uses=1000, expires_in=86400, note="fuzz", now=dt.datetime.now(dt.UTC))
         db.commit()
@@ -248,7 +249,7 @@ def corpus(world: World, sandbox_url: str) -> Corpus:  # noqa: F811  (world is t
 def rows(app: Flask) -> dict[str, list[str]]:
     """Every protected row, as text, column by column."""
     snapshot: dict[str, list[str]] = {}
-    with app.extensions["idp.db"][1]() as db:
+    with runtime_of(app).sessions() as db:
         for model, skipped in PROTECTED.items():
             columns = [column for column in model.__table__.columns if column.name not in skipped]
             snapshot[model.__tablename__] = sorted(repr(tuple(row)) for row in db.execute(select(*columns)))
@@ -1157,7 +1158,7 @@ def test_pages_and_forms_refuse_generated_requests(corpus: Corpus, endpoint: str
         request = replace(request, body=data.draw(json_text(members)))
     response = check(corpus, request, judge_for(endpoint))
     if endpoint.endswith("/rename") and response.status_code == 303:
-        with corpus.app.extensions["idp.db"][1]() as db:
+        with runtime_of(corpus.app).sessions() as db:
             names = db.scalars(select(Passkey.name)).all()
         assert all(name.isprintable() and 0 < len(name) <= NAME_MAX for name in names), names
 

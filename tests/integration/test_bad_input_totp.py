@@ -40,6 +40,7 @@ from werkzeug.test import TestResponse
 
 from idp.authn.lockout import TOTP_FAILURES_PER_IP, counter_key
 from idp.models import AuditEvent, LoginSession, RateLimitCounter, RecoveryCode, Resident, TotpDevice
+from idp.runtime import of as runtime_of
 
 ISSUER = "http://localhost:8000"
 KIM = {"carrier": "SKT", "name": "김경기", "birthdate": "1985-03-14", "rrn_digit7": "1", "phone": "010-0000-0001"}
@@ -76,7 +77,7 @@ class World:
         return browser
 
     def db(self) -> Any:
-        return self.app.extensions["idp.db"][1]()
+        return runtime_of(self.app).sessions()
 
 
 def ip_of(browser: FlaskClient) -> str:
@@ -114,7 +115,7 @@ def world(module_app: Flask, sandbox_url: str) -> Iterator[World]:
     carrier_sign_in(choi, sandbox, CHOI)
     choi_secret, choi_recovery = enrol(app, choi)
     sign_out(choi)
-    with app.extensions["idp.db"][1]() as db:
+    with runtime_of(app).sessions() as db:
         db.execute(update(Resident).where(Resident.name == CHOI["name"]).values(locked_at=dt.datetime.now(dt.UTC)))
         db.commit()
 
@@ -194,7 +195,7 @@ def counters(w: World) -> dict[str, int]:
 
 def ip_failures(w: World, ip: str) -> int:
     """The failures counted against the address (the per-IP TOTP lockout)."""
-    secret: bytes = w.app.extensions["idp.limiter"].secret
+    secret: bytes = runtime_of(w.app).limiter.secret
     return counters(w).get(counter_key(TOTP_FAILURES_PER_IP, ip, secret), 0)
 
 

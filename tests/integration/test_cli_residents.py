@@ -26,6 +26,7 @@ from werkzeug.test import TestResponse
 from idp.authn.lockout import TOTP_FAILURES_PER_RESIDENT, make_rate_limiter
 from idp.authn.residents import lock_resident
 from idp.models import AuditEvent, LoginSession, Resident
+from idp.runtime import of as runtime_of
 from idp.settings import Settings
 
 IDP = Path(sys.executable).with_name("idp")
@@ -61,7 +62,7 @@ def app(
 @pytest.fixture
 def read(app: Flask) -> Callable[[], Session]:
     """A new session per check, so that each sees what the `idp` subprocess committed."""
-    factory: sessionmaker[Session] = app.extensions["idp.db"][1]
+    factory: sessionmaker[Session] = runtime_of(app).sessions
     return factory
 
 
@@ -99,7 +100,7 @@ def signed_in_resident(app: Flask, sandbox: SandboxAgency, person: dict[str, str
     phone = E164[person["name"]]
     done = sign_in(browser, sandbox, person, phone)
     assert done.headers["Location"] == "/login/welcome", done.status_code
-    factory: sessionmaker[Session] = app.extensions["idp.db"][1]
+    factory: sessionmaker[Session] = runtime_of(app).sessions
     with factory() as db:
         resident = db.scalar(select(Resident).where(Resident.phone == phone).order_by(Resident.created_at.desc()))
     assert resident is not None
@@ -279,7 +280,7 @@ def test_unlock_also_lifts_a_totp_lockout(
 ) -> None:
     _, kim = signed_in_resident(app, sandbox, KIM)
     # Someone typed wrong codes for Kim's number until the per-resident lock set in.
-    limiter = make_rate_limiter("database", app.extensions["idp.db"][0], secret=settings.secret_key)
+    limiter = make_rate_limiter("database", runtime_of(app).engine, secret=settings.secret_key)
     now = dt.datetime.now(dt.UTC)
     for _ in range(TOTP_FAILURES_PER_RESIDENT.free + 1):
         limiter.fail(TOTP_FAILURES_PER_RESIDENT, str(kim.id), now=now)

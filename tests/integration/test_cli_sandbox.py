@@ -32,6 +32,7 @@ from idp.authn.carrier import (
     session_binding_for,
 )
 from idp.models import Carrier, Resident
+from idp.runtime import of as runtime_of
 from idp.settings import Settings
 
 IDP = Path(sys.executable).with_name("idp")
@@ -285,7 +286,7 @@ def test_added_synthetic_resident_can_sign_in_through_the_app(
     account = browser.get("/account")
     assert account.status_code == 200
     assert "홍길동" in account.get_data(as_text=True)
-    factory: sessionmaker[Session] = app.extensions["idp.db"][1]
+    factory: sessionmaker[Session] = runtime_of(app).sessions
     with factory() as db:
         resident = db.scalar(select(Resident).where(Resident.phone == e164))
     assert resident is not None

@@ -14,6 +14,7 @@ from sandbox_agency import SandboxAgency
 from sqlalchemy import select
 
 from idp.models import LoginSession, Resident
+from idp.runtime import of as runtime_of
 from idp.settings import Settings
 
 
@@ -199,7 +200,7 @@ def test_raw_ci_only_for_a_client_allowed_kr_ci(app: Flask, sandbox: SandboxAgen
     sign_in(browser, sandbox)
     plain = decode(app, exchange(browser, ordinary, authorize(browser, ordinary.client.id)).get_json()["id_token"])
     assert "kr_ci" not in plain.claims
-    with app.extensions["idp.db"][1]() as db:
+    with runtime_of(app).sessions() as db:
         assert db.scalars(select(Resident.ci_encrypted)).one() is None
     # Asking for kr_ci sends the resident through a fresh carrier verification, whose CI is then kept.
     response = browser.get(
@@ -225,7 +226,7 @@ def test_raw_ci_only_for_a_client_allowed_kr_ci(app: Flask, sandbox: SandboxAgen
     authorization = authorize(browser, allowed.client.id, scope="openid kr_ci")
     claims = decode(app, exchange(browser, allowed, authorization).get_json()["id_token"]).claims
     assert len(claims["kr_ci"]) == 88
-    with app.extensions["idp.db"][1]() as db:
+    with runtime_of(app).sessions() as db:
         stored = db.scalars(select(Resident.ci_encrypted)).one()
     assert stored is not None
     assert claims["kr_ci"].encode() not in stored
@@ -249,7 +250,7 @@ def test_prompt_login_signs_in_again_and_moves_auth_time(app: Flask, sandbox: Sa
     browser = app.test_client()
     sign_in(browser, sandbox)
     # The first sign-in happened a minute ago (auth_time has one-second resolution; no sleeping in tests).
-    with app.extensions["idp.db"][1]() as db:
+    with runtime_of(app).sessions() as db:
         for login in db.scalars(select(LoginSession)):
             login.auth_time -= dt.timedelta(minutes=1)
         db.commit()

@@ -14,6 +14,7 @@ from sandbox_agency import SandboxAgency
 from sqlalchemy import select
 
 from idp.models import Consent, Resident
+from idp.runtime import of as runtime_of
 from idp.settings import Settings
 
 LEE = {"carrier": "KT", "name": "이수원", "birthdate": "1992-11-02", "rrn_digit7": "2", "phone": "010-0000-0002"}
@@ -63,7 +64,7 @@ def answer(browser: FlaskClient, html: str, decision: str) -> str:
 
 
 def granted_scopes(app: Flask, phone: str) -> set[str]:
-    with app.extensions["idp.db"][1]() as db:
+    with runtime_of(app).sessions() as db:
         consent = db.scalar(
             select(Consent).join(Resident, Resident.id == Consent.resident_id).where(Resident.phone == phone)
         )
@@ -149,12 +150,12 @@ def test_raw_ci_is_kept_only_once_the_resident_allows_kr_ci(app: Flask, sandbox:
     sign_in(browser, sandbox)
 
     page = consent_page(browser, url)
-    with app.extensions["idp.db"][1]() as db:
+    with runtime_of(app).sessions() as db:
         assert db.scalars(select(Resident.ci_encrypted)).one() is None
     denied = browser.get(answer(browser, page, "deny"))
 
     assert "error=access_denied" in denied.headers["Location"]
-    with app.extensions["idp.db"][1]() as db:
+    with runtime_of(app).sessions() as db:
         assert db.scalars(select(Resident.ci_encrypted)).one() is None
 
     # Asked again, the resident verifies afresh and allows: now the CI is kept and released.
@@ -172,7 +173,7 @@ def test_raw_ci_is_kept_only_once_the_resident_allows_kr_ci(app: Flask, sandbox:
         headers=basic(welfare.client.id, welfare.secret or ""),
     )
     assert len(decode(app, tokens.get_json()["id_token"]).claims["kr_ci"]) == 88
-    with app.extensions["idp.db"][1]() as db:
+    with runtime_of(app).sessions() as db:
         assert db.scalars(select(Resident.ci_encrypted)).one() is not None
 
 
@@ -184,7 +185,7 @@ def test_withdrawing_the_last_kr_ci_consent_drops_the_raw_ci(app: Flask, sandbox
     browser.get(browser.get(url).headers["Location"])
     sign_in(browser, sandbox)
     assert browser.get(answer(browser, consent_page(browser, url), "allow")).status_code == 302
-    with app.extensions["idp.db"][1]() as db:
+    with runtime_of(app).sessions() as db:
         assert db.scalars(select(Resident.ci_encrypted)).one() is not None
 
     services = browser.get("/account/services").get_data(as_text=True)
@@ -193,7 +194,7 @@ def test_withdrawing_the_last_kr_ci_consent_drops_the_raw_ci(app: Flask, sandbox
     )
 
     assert withdrawn.status_code == 303
-    with app.extensions["idp.db"][1]() as db:
+    with runtime_of(app).sessions() as db:
         assert db.scalars(select(Resident.ci_encrypted)).one() is None
 
 

@@ -20,6 +20,7 @@ from werkzeug.test import TestResponse
 from idp.authn.lockout import CARRIER_CODES_PER_TXN, CARRIER_SENDS_PER_PHONE
 from idp.authn.residents import lock_resident
 from idp.models import AuditEvent, LoginSession, Resident
+from idp.runtime import of as runtime_of
 from idp.settings import Settings
 
 KIM = {"carrier": "SKT", "name": "김경기", "birthdate": "1985-03-14", "rrn_digit7": "1", "phone": "010-0000-0001"}
@@ -41,7 +42,7 @@ def app(
 
 @pytest.fixture
 def db_session(app: Flask) -> Iterator[Session]:
-    with app.extensions["idp.db"][1]() as session:
+    with runtime_of(app).sessions() as session:
         yield session
 
 
@@ -413,7 +414,7 @@ def test_an_agency_outage_uses_up_neither_the_phone_nor_the_code_attempts(
     sandbox.fault("down", 3)
     for _ in range(3):
         assert start(client, KIM).status_code == 503
-    limiter = app.extensions["idp.carrier"].limiter
+    limiter = runtime_of(app).carrier.limiter
     assert limiter.peek(CARRIER_SENDS_PER_PHONE, KIM_E164, now=dt.datetime.now(dt.UTC)) == 0
     assert start(client, KIM).status_code == 303
     right = sandbox.last_code(KIM_E164)
@@ -421,7 +422,7 @@ def test_an_agency_outage_uses_up_neither_the_phone_nor_the_code_attempts(
     sandbox.fault("down", 4)
     for _ in range(4):
         assert confirm(client, right).status_code == 503
-    limiter = app.extensions["idp.carrier"].limiter
+    limiter = runtime_of(app).carrier.limiter
     with client.session_transaction() as flow:
         txn_id = flow["carrier"]["txn"]
     assert limiter.peek(CARRIER_CODES_PER_TXN, txn_id, now=dt.datetime.now(dt.UTC)) == 0

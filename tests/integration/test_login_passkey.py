@@ -27,6 +27,7 @@ from webauthn_authenticator import SoftAuthenticator, b64url
 from werkzeug.test import TestResponse
 
 from idp.models import AuditEvent, LoginSession, Passkey, Resident, WebAuthnChallenge
+from idp.runtime import of as runtime_of
 from idp.settings import Settings
 
 RP_ID = "localhost"
@@ -69,7 +70,7 @@ def authenticator() -> SoftAuthenticator:
 
 @contextmanager
 def database(app: Flask) -> Iterator[Session]:
-    with app.extensions["idp.db"][1]() as db:
+    with runtime_of(app).sessions() as db:
         yield db
 
 

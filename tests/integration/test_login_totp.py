@@ -31,6 +31,7 @@ from sqlalchemy.orm import Session
 from werkzeug.test import TestResponse
 
 from idp.models import AuditEvent, LoginSession, RateLimitCounter, RecoveryCode, Resident, TotpDevice
+from idp.runtime import of as runtime_of
 from idp.settings import Settings, recovery_code_key
 
 ISSUER = "http://localhost:8000"
@@ -75,7 +76,7 @@ def browser(app: Flask) -> FlaskClient:
 
 @contextmanager
 def database(app: Flask) -> Iterator[Session]:
-    with app.extensions["idp.db"][1]() as db:
+    with runtime_of(app).sessions() as db:
         yield db
 
 
@@ -326,7 +327,7 @@ def test_confirming_shows_the_recovery_codes_once_and_stores_only_their_digests(
     assert enrolled is not None
     assert enrolled.confirmed_at is not None
     rows = recovery_rows(app)
-    key = recovery_code_key(app.extensions["idp.settings"])
+    key = recovery_code_key(runtime_of(app).settings)
     digests = {hmac.new(key, code.replace("-", "").encode(), hashlib.sha256).digest() for code in codes}
     assert {row.digest for row in rows} == digests
     assert all(row.used_at is None and row.resident_id == resident_id(app) for row in rows)

@@ -18,6 +18,7 @@ from sqlalchemy import select
 
 from idp.models import AuditEvent, LoginSession, LogoutDelivery
 from idp.oidc.logout import LOGOUT_EVENT, deliver_due
+from idp.runtime import of as runtime_of
 from idp.settings import Settings
 
 AFTER_LOGOUT = "https://rp.example.kr/signed-out"
@@ -98,7 +99,7 @@ def test_rp_initiated_logout_ends_the_session_and_returns_with_state(app: Flask,
     assert response.status_code == 303
     assert response.headers["Location"] == f"{AFTER_LOGOUT}?state=s1"
     assert browser.get("/account").status_code == 303
-    with app.extensions["idp.db"][1]() as db:
+    with runtime_of(app).sessions() as db:
         assert db.scalars(select(LoginSession.ended_at)).all()[0] is not None
 
 
@@ -154,7 +155,7 @@ def test_failed_delivery_is_retried_from_the_table(app: Flask, sandbox: SandboxA
     receiver.fail_next = 1
     _, browser, tokens = signed_in_with_tokens(app, sandbox, backchannel_logout_uri=receiver.url)
     browser.get("/logout?" + urlencode({"id_token_hint": tokens["id_token"]}))
-    factory = app.extensions["idp.db"][1]
+    factory = runtime_of(app).sessions
     deadline = time.monotonic() + 10
     while time.monotonic() < deadline:
         with factory() as db:
@@ -166,7 +167,7 @@ def test_failed_delivery_is_retried_from_the_table(app: Flask, sandbox: SandboxA
     assert delivery.last_error == "HTTP 503"
     assert delivery.delivered_at is None
     later = dt.datetime.now(dt.UTC) + dt.timedelta(minutes=1)
-    assert deliver_due(factory, app.extensions["idp.keyring"], app.extensions["idp.settings"], now=later) == 1
+    assert deliver_due(factory, runtime_of(app).keyring, runtime_of(app).settings, now=later) == 1
     assert len(receiver.wait(1)) == 1
     with factory() as db:
         outcomes = db.scalars(
@@ -179,13 +180,13 @@ def test_failed_delivery_is_retried_from_the_table(app: Flask, sandbox: SandboxA
 def test_outside_development_a_loopback_uri_is_never_connected_to(app: Flask, receiver: Receiver, scheme: str) -> None:
     # Registered in development (or before the rule), delivered by a production server: refused at connection time.
     created = register(app, backchannel_logout_uri=receiver.url.replace("http:", f"{scheme}:"))
-    factory = app.extensions["idp.db"][1]
+    factory = runtime_of(app).sessions
     now = dt.datetime.now(dt.UTC)
     with factory() as db:
         db.add(LogoutDelivery(client_id=created.client.id, sid="sid-1", sub="sub-1", next_attempt_at=now))
         db.commit()
-    production = replace(app.extensions["idp.settings"], env="production")
-    assert deliver_due(factory, app.extensions["idp.keyring"], production, now=now) == 0
+    production = replace(runtime_of(app).settings, env="production")
+    assert deliver_due(factory, runtime_of(app).keyring, production, now=now) == 0
     assert receiver.connections == 0
     with factory() as db:
         delivery = db.scalars(select(LogoutDelivery)).one()

@@ -20,6 +20,7 @@ from idp.authn.carrier import HttpCarrierGateway, VerificationMethod, Verificati
 from idp.db import Base
 from idp.logs import STANDARD_ATTRS
 from idp.models import Carrier
+from idp.runtime import of as runtime_of
 from idp.settings import Settings
 
 PHONE = "+821000000001"
@@ -111,7 +112,7 @@ def test_no_ci_code_digit_or_stray_phone_number_is_kept(app: Flask, sandbox: San
     codes = {message["code"] for message in sandbox.outbox(PHONE)}
     txn_ids = {message["txn_id"] for message in sandbox.outbox(PHONE)}
 
-    with app.extensions["idp.db"][1]() as session:
+    with runtime_of(app).sessions() as session:
         everything = dump(session)
         outside_resident = "\n".join(line for line in everything.splitlines() if not line.startswith("resident:"))
         assert "resident:" in everything

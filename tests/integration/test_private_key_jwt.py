@@ -16,6 +16,7 @@ from joserfc.jwk import ECKey
 from local_server import Answer, LocalServer
 from oidc_flow import register
 
+from idp.runtime import of as runtime_of
 from idp.settings import Settings
 
 ASSERTION_TYPE = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"  # RFC 7523 §2.2
@@ -42,7 +43,7 @@ def development_app(make_app: Callable[[Settings], Flask], settings: Settings, f
 
 
 def client_credentials(app: Flask, client_id: str, key: ECKey) -> tuple[int, dict[str, object]]:
-    issuer = app.extensions["idp.settings"].issuer
+    issuer = runtime_of(app).settings.issuer
     now = int(dt.datetime.now(dt.UTC).timestamp())
     claims = {
         "iss": client_id,
@@ -97,7 +98,7 @@ def test_outside_development_a_loopback_jwks_uri_is_never_connected_to(
 ) -> None:
     # Registered in development (or before the rule); a production server on the same database refuses to fetch.
     client_id = register_signer(development_app, f"{scheme}://127.0.0.1:{jwks_server.port}/jwks.json")
-    production = make_app(replace(development_app.extensions["idp.settings"], env="production"))
+    production = make_app(replace(runtime_of(development_app).settings, env="production"))
     production.config["TESTING"] = True
     status, body = client_credentials(production, client_id, key)
     assert (status, body["error"]) == (401, "invalid_client")

@@ -13,6 +13,7 @@ from sqlalchemy import func, select
 
 from idp.models import Client
 from idp.oidc.clients import mint_initial_access_token
+from idp.runtime import of as runtime_of
 from idp.settings import Settings
 
 METADATA = {
@@ -31,7 +32,7 @@ def app(make_app: Callable[[Settings], Flask], settings: Settings, fresh_databas
 
 
 def mint(app: Flask, uses: int = 1) -> str:
-    with app.extensions["idp.db"][1]() as db:
+    with runtime_of(app).sessions() as db:
         token = mint_initial_access_token(db, uses=uses, expires_in=600, note="test", now=dt.datetime.now(dt.UTC))
         db.commit()
     return token
@@ -181,7 +182,7 @@ def test_outside_development_urls_the_idp_calls_must_be_https_on_public_hosts(
     body = response.get_json()
     assert body["error"] == "invalid_client_metadata"  # RFC 7591 §3.2.2: a metadata value is invalid
     assert DESCRIBED[field] in body["error_description"]
-    with production_app.extensions["idp.db"][1]() as db:
+    with runtime_of(production_app).sessions() as db:
         assert db.scalar(select(func.count()).select_from(Client)) == 0
 
 
