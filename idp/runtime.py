@@ -75,7 +75,7 @@ def db_session() -> Session:
     return opened
 
 
-def now() -> dt.datetime:
+def request_time() -> dt.datetime:
     """The time of the current request: the clock is read once, so every rule of a request sees the same time."""
     if "now" not in g:
         g.now = current().clock.now()

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import datetime as dt
 from dataclasses import dataclass
 from typing import Any
 
@@ -14,7 +13,7 @@ from idp.models import AccessToken, Client, RefreshToken, Resident
 from idp.oidc import tokens
 from idp.oidc.claims import resident_claims
 from idp.oidc.server import IdpAuthorizationServer, OAuthClient
-from idp.runtime import db_session
+from idp.runtime import db_session, request_time
 
 AUTH_METHODS = ["client_secret_basic", "client_secret_post", "private_key_jwt"]
 
@@ -34,19 +33,15 @@ class KnownToken:
         return self.row.scope
 
     def get_expires_in(self) -> int:
-        return int((self.row.expires_at - _now()).total_seconds())
+        return int((self.row.expires_at - request_time()).total_seconds())
 
     def is_expired(self) -> bool:
-        return self.row.expires_at <= _now()
+        return self.row.expires_at <= request_time()
 
     def is_revoked(self) -> bool:
         if self.row.revoked_at is not None:
             return True
         return isinstance(self.row, RefreshToken) and self.row.rotated_at is not None
-
-
-def _now() -> dt.datetime:
-    return dt.datetime.now(dt.UTC)
 
 
 def find_token(server: IdpAuthorizationServer, value: str, hint: str | None) -> KnownToken | None:
@@ -55,7 +50,9 @@ def find_token(server: IdpAuthorizationServer, value: str, hint: str | None) -> 
     for kind in order:
         if kind == "access_token" and value.count(".") == 2:
             try:
-                claims = tokens.verify_access_token(value, server.keyring.current(), server.settings, now=_now())
+                claims = tokens.verify_access_token(
+                    value, server.keyring.current(), server.settings, now=request_time()
+                )
             except tokens.TokenInvalidError:
                 continue
             row = tokens.find_access_token(db_session(), claims["jti"])
@@ -107,7 +104,7 @@ class Revocation(RevocationEndpoint):
         return find_token(self.server, token_string, token_type_hint)
 
     def revoke_token(self, token: KnownToken, request: Any) -> None:
-        now = _now()
+        now = request_time()
         row = token.row
         if isinstance(row, RefreshToken):
             # RFC 7009 §2.1: revoking a refresh token revokes the access tokens of its grant too.
@@ -143,7 +140,7 @@ def userinfo(server: IdpAuthorizationServer, bearer: str | None) -> dict[str, An
     """
     if not bearer:
         raise UserInfoError("invalid_request", "A bearer access token is required.")
-    now = _now()
+    now = request_time()
     try:
         claims = tokens.verify_access_token(bearer, server.keyring.current(), server.settings, now=now)
     except tokens.TokenInvalidError:

@@ -18,7 +18,7 @@ from idp.models import AuthorizationCode, LoginSession, RefreshToken, Resident
 from idp.oidc import tokens
 from idp.oidc.claims import AUTH_METHODS, id_token_claims
 from idp.oidc.server import IdpAuthorizationServer, OAuthClient
-from idp.runtime import current, db_session
+from idp.runtime import current, db_session, request_time
 
 
 @dataclass(frozen=True, slots=True)
@@ -80,10 +80,6 @@ def _server(grant: grants.BaseGrant) -> IdpAuthorizationServer:
     return server
 
 
-def _now() -> dt.datetime:
-    return dt.datetime.now(dt.UTC)
-
-
 def _issue(
     grant: grants.BaseGrant,
     *,
@@ -97,7 +93,7 @@ def _issue(
     """The token response of any grant: a JWT access token, and a refresh token when the grant may have one."""
     server = _server(grant)
     client: OAuthClient = grant.request.client
-    now = _now()
+    now = request_time()
     session = db_session()
     access_token, expires_in = tokens.issue_access_token(
         session,
@@ -142,7 +138,7 @@ class AuthorizationCodeGrant(grants.AuthorizationCodeGrant):
     def save_authorization_code(self, code: str, request: Any) -> None:
         user: AuthorizedResident = request.user
         payload = request.payload.data
-        now = _now()
+        now = request_time()
         session = user.session
         max_age = payload.get("max_age")
         acr, amr = session_assurance(
@@ -173,13 +169,13 @@ class AuthorizationCodeGrant(grants.AuthorizationCodeGrant):
         )
 
     def query_authorization_code(self, code: str, client: OAuthClient) -> CodeRecord | None:
-        row = tokens.find_code(db_session(), code, client.get_client_id(), now=_now())
+        row = tokens.find_code(db_session(), code, client.get_client_id(), now=request_time())
         return CodeRecord(row) if row is not None else None
 
     def create_token_response(self) -> Any:
         # The code is spent only now, after the client, its redirect URI and the PKCE verifier were checked
         # (validate_token_request and its hooks): whoever saw a code without the verifier cannot burn it.
-        if not tokens.spend_code(db_session(), self.request.authorization_code.row, now=_now()):
+        if not tokens.spend_code(db_session(), self.request.authorization_code.row, now=request_time()):
             raise InvalidGrantError("Invalid 'code' in request.")
         return super().create_token_response()
 
@@ -198,11 +194,17 @@ class AuthorizationCodeGrant(grants.AuthorizationCodeGrant):
         include_refresh_token: bool = True,
     ) -> dict[str, Any]:
         row = self.request.authorization_code.row
+        client = self.request.client.model
         authentication = tokens.Authentication(
-            resident=user, sid=row.sid, acr=row.acr, amr=list(row.amr), auth_time=row.auth_time
+            resident=user,
+            sub=tokens.subject_for(client, user.id, _server(self).settings),
+            sid=row.sid,
+            acr=row.acr,
+            amr=list(row.amr),
+            auth_time=row.auth_time,
         )
         self.request.authentication = authentication
-        _server(self).remember_session_client(row.sid, self.request.client.model, user)
+        _server(self).remember_session_client(row.sid, client, authentication.sub)
         return _issue(
             self,
             scope=row.scope,
@@ -231,7 +233,7 @@ class RefreshTokenGrant(grants.RefreshTokenGrant):
                 raise InvalidGrantError("The resident can no longer be signed in.")
             # Kept for authenticate_user: the session's identity map holds objects weakly, and would query again.
             self.checked_resident = resident
-        row = tokens.rotate_refresh_token(db_session(), presented, client.get_client_id(), now=_now())
+        row = tokens.rotate_refresh_token(db_session(), presented, client.get_client_id(), now=request_time())
         if row is None:
             raise InvalidGrantError()
         return RefreshRecord(row)
@@ -258,7 +260,12 @@ class RefreshTokenGrant(grants.RefreshTokenGrant):
     ) -> dict[str, Any]:
         old: RefreshToken = self.request.refresh_token.row
         authentication = tokens.Authentication(
-            resident=user, sid=old.sid, acr=old.acr, amr=list(old.amr), auth_time=old.auth_time
+            resident=user,
+            sub=tokens.subject_for(self.request.client.model, user.id, _server(self).settings),
+            sid=old.sid,
+            acr=old.acr,
+            amr=list(old.amr),
+            auth_time=old.auth_time,
         )
         granted = scope or old.scope
         token = _issue(
@@ -279,7 +286,7 @@ class RefreshTokenGrant(grants.RefreshTokenGrant):
             scope=old.scope,
             grant_id=old.grant_id,
             claims=old.claims,
-            now=_now(),
+            now=request_time(),
             family_expires_at=old.family_expires_at,
         )
         if "openid" in granted.split():
@@ -291,7 +298,7 @@ class RefreshTokenGrant(grants.RefreshTokenGrant):
                 client=self.request.client.model,
                 authentication=authentication,
                 claims=id_token_claims(user, granted, old.claims, self.request.client.model, server.settings),
-                now=_now(),
+                now=request_time(),
                 access_token=token["access_token"],
             )
         return token
@@ -345,7 +352,7 @@ class OpenIDCodeFlow(OpenIDCode):
             client=client,
             authentication=request.authentication,
             claims=id_token_claims(request.user, row.scope, row.claims, client, server.settings),
-            now=_now(),
+            now=request_time(),
             nonce=row.nonce,
             access_token=token.get("access_token"),
         )

@@ -24,11 +24,11 @@ from sqlalchemy import and_, insert, select
 from sqlalchemy.exc import IntegrityError
 
 from idp.keyring import Keyring
-from idp.models import Client, LoginSession, Resident, SessionClient, UsedAssertion
+from idp.models import Client, LoginSession, SessionClient, UsedAssertion
 from idp.oidc.claims import SCOPES
 from idp.oidc.clients import find_client, verify_client_secret
 from idp.oidc.outbound import allows_local_destinations, outbound_client
-from idp.runtime import current, db_session
+from idp.runtime import current, db_session, request_time
 from idp.settings import Settings
 
 MAX_ASSERTION_LIFETIME = 3600
@@ -112,7 +112,7 @@ class PrivateKeyJwt(JWTBearerClientAssertion):
         if not isinstance(jti, str) or not jti or len(jti) > 255:
             return False
         exp = claims.get("exp")
-        now = dt.datetime.now(dt.UTC)
+        now = request_time()
         # An assertion lives minutes; its jti is remembered until it expires, and an exp far ahead is refused.
         if not isinstance(exp, int) or exp > now.timestamp() + MAX_ASSERTION_LIFETIME:
             return False
@@ -245,8 +245,8 @@ class IdpAuthorizationServer(AuthorizationServer):
             raise InvalidRequestError("The 'claims' parameter must be a JSON object of objects.")
         return {member: parsed[member] for member in ("id_token", "userinfo") if member in parsed}
 
-    def remember_session_client(self, sid: str | None, client: Client, resident: Resident) -> None:
-        """Record that the client took part in the login session, so that logout reaches it."""
+    def remember_session_client(self, sid: str | None, client: Client, sub: str) -> None:
+        """Record that the client took part in the login session (as `sub`), so that logout reaches it."""
         if sid is None:
             return
         session = db_session()
@@ -263,8 +263,6 @@ class IdpAuthorizationServer(AuthorizationServer):
             return
         login_id, exists = found
         if exists is None:
-            from idp.oidc.tokens import subject_for
-
             try:
                 # Two token requests of one session may race here; the unique constraint keeps one row.
                 with session.begin_nested():
@@ -272,7 +270,7 @@ class IdpAuthorizationServer(AuthorizationServer):
                         SessionClient(
                             session_id=login_id,
                             client_id=client.id,
-                            sub=subject_for(client, resident.id, self.settings),
+                            sub=sub,
                         )
                     )
             except IntegrityError:

@@ -36,6 +36,7 @@ class Authentication:
     """How the resident signed in, carried from the code to every token of the grant."""
 
     resident: Resident
+    sub: str  # the subject the grant's client sees (`subject_for`), computed once per request
     sid: str | None
     acr: str
     amr: list[str]
@@ -100,7 +101,7 @@ def issue_access_token(
         "scope": scope,
     }
     if authentication is not None:
-        claims["sub"] = subject_for(client, authentication.resident.id, settings)
+        claims["sub"] = authentication.sub
         claims["auth_time"] = _epoch(authentication.auth_time)
         claims["acr"] = authentication.acr
         claims["amr"] = authentication.amr
@@ -170,7 +171,7 @@ def issue_id_token(
     key = keys.active(client.id_token_signed_response_alg)
     payload: dict[str, Any] = {
         "iss": settings.issuer,
-        "sub": subject_for(client, authentication.resident.id, settings),
+        "sub": authentication.sub,
         "aud": client.id,
         "iat": _epoch(now),
         "exp": _epoch(now) + settings.id_token_ttl,

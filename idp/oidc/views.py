@@ -48,7 +48,7 @@ from idp.oidc.registration import (
 )
 from idp.oidc.server import IdpAuthorizationServer
 from idp.oidc.tokens import subject_for
-from idp.runtime import current, db_session
+from idp.runtime import current, db_session, request_time
 from idp.web.cookies import clear_session_cookie, current_login
 from idp.web.forms import ActionForm
 from idp.web.login import HELD_CI, PENDING_AUTHORIZATIONS
@@ -64,10 +64,6 @@ PARAMETER_NAME = re.compile(r"[A-Za-z0-9_.\-]{1,64}")
 
 def _server() -> IdpAuthorizationServer:
     return current().oidc
-
-
-def _now() -> dt.datetime:
-    return dt.datetime.now(dt.UTC)
 
 
 def _authorization_params() -> dict[str, str]:
@@ -215,7 +211,7 @@ def authorize() -> BaseResponse | tuple[str, int]:
             _protocol_error("unmet_authentication_requirements", grant.redirect_uri, "Unknown acr requested."),
         )
     max_age = int(params["max_age"]) if params.get("max_age") else None
-    now = _now()
+    now = request_time()
     # The level the session vouches for is the best reached within max_age (DESIGN section 10).
     session_acr = (
         session_assurance(login, max_age=max_age, issuer=server.settings.issuer, now=now)[0] if login else None
@@ -393,7 +389,7 @@ def _remember_pending(params: dict[str, str], **fields: Any) -> None:
     pending = dict(session.get(PENDING, {}))
     key = _request_key(params)
     entry = dict(pending.pop(key, {}))
-    entry.setdefault("since", _now().isoformat())
+    entry.setdefault("since", request_time().isoformat())
     entry["params"] = params
     entry.update(fields)
     # Keep only a few pending requests per browser: the cookie must stay small.
@@ -451,7 +447,7 @@ def consent() -> BaseResponse | Response:
     allow = request.form.get("decision") == "allow"
     if allow:
         # Exactly what the page listed; the rest of the request was allowed before (or it is asked again).
-        grant_consent(db_session(), login.resident_id, params.get("client_id", ""), asked["scopes"], now=_now())
+        grant_consent(db_session(), login.resident_id, params.get("client_id", ""), asked["scopes"], now=request_time())
         db_session().commit()
     requested = sorted(s for s in params.get("scope", "").split() if s)
     entry["consent"] = {
@@ -612,7 +608,7 @@ def end_session_endpoint() -> BaseResponse | tuple[str, int]:
     if login is not None and not (same_session or confirmed):
         return render_template("logout_confirm.html", params=params, client=client, form=ActionForm()), 200
     if login is not None:
-        queued = end_login_session(db_session(), login, now=_now(), client_ip=request.remote_addr)
+        queued = end_login_session(db_session(), login, now=request_time(), client_ip=request.remote_addr)
         db_session().commit()
         current().logout.deliver_now(queued)
     if target:
@@ -655,7 +651,7 @@ def register() -> Response:
             metadata,
             secret_key=server.secret_key,
             issuer=server.settings.issuer,
-            now=_now(),
+            now=request_time(),
             signing_algorithms=server.keyring.current().signing_algorithms,
             allow_local_server_uris=allows_local_destinations(server.settings),
         )

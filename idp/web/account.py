@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import datetime as dt
-
 from flask import Blueprint, redirect, render_template, request, url_for
 from flask_babel import gettext as _
 from sqlalchemy import select
@@ -16,7 +14,7 @@ from idp.logs import mask_phone
 from idp.models import AuditEvent
 from idp.oidc.consent import list_consents, revoke_consent
 from idp.oidc.logout import end_login_session
-from idp.runtime import current, db_session
+from idp.runtime import current, db_session, request_time
 from idp.web import render_error
 from idp.web.cookies import clear_session_cookie, current_login
 from idp.web.forms import ActionForm
@@ -32,7 +30,7 @@ def overview() -> str | Response:
     login = current_login()
     if login is None:
         return redirect(url_for("web.login", next=request.path), 303)
-    now = dt.datetime.now(dt.UTC)
+    now = request_time()
     resident = login.resident
     recent = db_session().scalars(
         select(AuditEvent)
@@ -60,7 +58,7 @@ def sign_out() -> Response:
         return render_error(400, _("This form has expired. Please try again."))
     login = current_login()
     if login is not None:
-        queued = end_login_session(db_session(), login, now=dt.datetime.now(dt.UTC), client_ip=request.remote_addr)
+        queued = end_login_session(db_session(), login, now=request_time(), client_ip=request.remote_addr)
         db_session().commit()
         current().logout.deliver_now(queued)
     response = redirect(url_for("web.login"), 303)
@@ -75,7 +73,7 @@ def sign_out_everywhere() -> Response:
     login = current_login()
     if login is None:
         return redirect(url_for("web.login"), 303)
-    now = dt.datetime.now(dt.UTC)
+    now = request_time()
     queued: list[str] = []
     # Each session's services hear of it through back-channel logout, as with a single sign-out.
     sessions = live_sessions(db_session(), login.resident_id, now=now)
@@ -116,6 +114,6 @@ def revoke_service() -> Response:
     if login is None:
         return redirect(url_for("web.login"), 303)
     client_id = request.form.get("client_id", "")[:128]
-    revoke_consent(db_session(), login.resident_id, client_id, now=dt.datetime.now(dt.UTC))
+    revoke_consent(db_session(), login.resident_id, client_id, now=request_time())
     db_session().commit()
     return redirect(url_for("account.services"), 303)

@@ -13,7 +13,7 @@ from idp.authn.assurance import AuthEvent
 from idp.authn.carrier import CarrierErrorCode
 from idp.authn.sessions import SessionEndedError, load_session
 from idp.models import LoginSession
-from idp.runtime import current, db_session
+from idp.runtime import current, db_session, request_time
 
 
 def cookie_name() -> str:
@@ -50,7 +50,7 @@ def current_login() -> LoginSession | None:
     login: LoginSession | None = None
     if value and len(value) <= 128:
         try:
-            login = load_session(db_session(), value, now=dt.datetime.now(dt.UTC))
+            login = load_session(db_session(), value, now=request_time())
         except SessionEndedError:
             login = None
     g.login_session = login

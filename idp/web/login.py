@@ -38,7 +38,7 @@ from idp.logs import mask_phone
 from idp.models import Resident
 from idp.oidc.clients import find_client
 from idp.oidc.consent import hold_raw_ci
-from idp.runtime import current, db_session
+from idp.runtime import current, db_session, request_time
 from idp.web import page_settings, render_error
 from idp.web.cookies import current_login, set_session_cookie
 from idp.web.forms import CARRIER_LABELS, ActionForm, CarrierStartForm, CodeForm
@@ -55,10 +55,6 @@ MAX_NEXT = 8192  # an /authorize request with all its parameters fits (the flow 
 
 def _service() -> CarrierSignIn:
     return current().carrier
-
-
-def _now() -> dt.datetime:
-    return dt.datetime.now(dt.UTC)
 
 
 def _client_ip() -> str:
@@ -171,7 +167,7 @@ def carrier_start() -> str | BaseResponse | tuple[str, int]:
         client_ip=_client_ip(),
     )
     try:
-        transaction = start_verification(db_session(), _service(), verification, now=_now())
+        transaction = start_verification(db_session(), _service(), verification, now=request_time())
     except CarrierVerificationError as error:
         db_session().commit()
         status = 503 if _agency_down(error) else 429 if error.retry_after else 400
@@ -231,7 +227,7 @@ def carrier_verify_post() -> tuple[str, int] | BaseResponse | Response:
     if flow is None:
         return render_error(400, _("This verification has ended. Please start again."))
     action = request.form.get("action", "confirm")
-    service, now, ip = _service(), _now(), _client_ip()
+    service, now, ip = _service(), request_time(), _client_ip()
     if action == "cancel":
         if ActionForm().validate():
             cancel_verification(service, flow["txn"])
@@ -297,7 +293,7 @@ def _verify_failed(flow: dict[str, Any], error: CarrierVerificationError) -> tup
 
 
 def _finish_sign_in(identity: VerifiedIdentity) -> BaseResponse | Response:
-    now = _now()
+    now = request_time()
     ci_client = raw_ci_client(db_session(), session.get("next"))
     try:
         signed_in = sign_in(

@@ -29,7 +29,7 @@ from idp.authn.passkeys import (
 )
 from idp.authn.sessions import recently_signed_in
 from idp.models import Passkey, Resident
-from idp.runtime import current, db_session
+from idp.runtime import current, db_session, request_time
 from idp.settings import Settings
 from idp.web import render_error
 from idp.web.cookies import current_login
@@ -55,10 +55,6 @@ def _binding() -> str:
         value = new_binding()
         session[BINDING] = value
     return value
-
-
-def _now() -> dt.datetime:
-    return dt.datetime.now(dt.UTC)
 
 
 def _json(body: object, status: int = 200) -> Response:
@@ -92,14 +88,14 @@ def passkey_event(passkey: Passkey, issuer: str, now: dt.datetime) -> AuthEvent:
 
 @bp.post("/login/passkey/options")
 def sign_in_options() -> Response:
-    options = authentication_options(db_session(), rp_id=_settings().rp_id, binding=_binding(), now=_now())
+    options = authentication_options(db_session(), rp_id=_settings().rp_id, binding=_binding(), now=request_time())
     db_session().commit()
     return _json(json.loads(options))
 
 
 @bp.post("/login/passkey/verify")
 def sign_in_verify() -> Response:
-    settings, now = _settings(), _now()
+    settings, now = _settings(), request_time()
     try:
         passkey = authenticate_passkey(
             db_session(),
@@ -130,7 +126,7 @@ def manage() -> str | BaseResponse:
     login = current_login()
     if login is None:
         return redirect(url_for("web.login", next=request.path), 303)
-    now = _now()
+    now = request_time()
     passkeys = list_passkeys(db_session(), login.resident_id)
     sign_in_again = not recently_signed_in(login, now=now)
     # Said before the resident adds one: a passkey added now would wait out the recovery period.
@@ -168,7 +164,7 @@ def register_options() -> Response:
     login = current_login()
     if login is None:
         return _json({"error": "login_required"}, 401)
-    if not recently_signed_in(login, now=_now()):
+    if not recently_signed_in(login, now=request_time()):
         return _sign_in_again()
     settings = _settings()
     options = registration_options(
@@ -178,7 +174,7 @@ def register_options() -> Response:
         rp_name=_("Gyeonggi-do sign-in"),
         binding=_binding(),
         policy=_policy(),
-        now=_now(),
+        now=request_time(),
     )
     db_session().commit()
     return _json(json.loads(options))
@@ -189,9 +185,9 @@ def register_verify() -> Response:
     login = current_login()
     if login is None:
         return _json({"error": "login_required"}, 401)
-    if not recently_signed_in(login, now=_now()):
+    if not recently_signed_in(login, now=request_time()):
         return _sign_in_again()
-    settings, now = _settings(), _now()
+    settings, now = _settings(), request_time()
     name = request.args.get("name") or _("Passkey")
     try:
         register_passkey(
@@ -225,7 +221,7 @@ def _own_passkey(passkey_id: str, *, recent_sign_in: bool) -> Passkey | BaseResp
     passkey = find_passkey(db_session(), login.resident_id, passkey_id)
     if passkey is None:
         return render_error(404)
-    now = _now()
+    now = request_time()
     if recent_sign_in and not passkey.is_provisional(now) and not recently_signed_in(login, now=now):
         return redirect(url_for("web.login", next=url_for("passkeys.manage")), 303)
     return passkey
@@ -246,7 +242,7 @@ def remove(passkey_id: str) -> BaseResponse | Response:
     passkey = _own_passkey(passkey_id, recent_sign_in=True)
     if not isinstance(passkey, Passkey):
         return passkey
-    now = _now()
+    now = request_time()
     others = [p for p in list_passkeys(db_session(), passkey.resident_id) if p.id != passkey.id]
     if not others and not passkey.is_provisional(now) and request.form.get("confirm") != "yes":
         # The last passkey: carrier verification still signs the resident in, but they must say they know.

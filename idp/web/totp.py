@@ -42,7 +42,7 @@ from idp.authn.totp import (
     totp_check,
 )
 from idp.models import LoginSession, Resident, TotpDevice
-from idp.runtime import current, db_session
+from idp.runtime import current, db_session, request_time
 from idp.settings import data_fernet, recovery_code_key
 from idp.web import page_settings, render_error
 from idp.web.cookies import current_login
@@ -57,10 +57,6 @@ Answer = BaseResponse | tuple[str, int]
 
 def _wrong_code_message() -> str:
     return str(_("The code is not right. Check the time on your phone and try the code your app shows now."))
-
-
-def _now() -> dt.datetime:
-    return dt.datetime.now(dt.UTC)
 
 
 def _client_ip() -> str:
@@ -112,7 +108,7 @@ def _render_sign_in(
 @bp.route("/login/totp", methods=["GET", "POST"])
 def sign_in() -> Answer:
     """Sign in with a code from the authenticator app (or a recovery code), or finish a carrier sign-in with it."""
-    now = _now()
+    now = request_time()
     pending = _second_factor(now)
     form = TotpCodeForm() if pending else TotpSignInForm()
     if request.method == "GET":
@@ -202,7 +198,7 @@ def _render_manage(
     failure: str | None = None,
 ) -> tuple[str, int]:
     resident = login.resident
-    now = _now()
+    now = request_time()
     recent = recently_signed_in(login, now=now)
     enrolment = None
     if device is not None and not device.is_confirmed:
@@ -250,7 +246,7 @@ def _signed_in_form_post() -> LoginSession | BaseResponse:
     login = current_login()
     if login is None:
         return redirect(url_for("web.login"), 303)
-    if not recently_signed_in(login, now=_now()):
+    if not recently_signed_in(login, now=request_time()):
         return redirect(url_for("web.login", next=url_for("totp.manage")), 303)
     return login
 
@@ -263,7 +259,11 @@ def setup() -> Answer:
     # Already confirmed (a second tab): the page shows the authenticator that counts.
     with contextlib.suppress(TotpAlreadyEnrolledError):
         begin_enrolment(
-            db_session(), login.resident, cipher=data_fernet(page_settings()), issuer_name=_issuer_name(), now=_now()
+            db_session(),
+            login.resident,
+            cipher=data_fernet(page_settings()),
+            issuer_name=_issuer_name(),
+            now=request_time(),
         )
     db_session().commit()
     return redirect(url_for("totp.manage"), 303)
@@ -281,7 +281,7 @@ def confirm() -> Answer:
     form.kind.data = "totp"
     if not form.validate():
         return _render_manage(device, login, status=400, form=form)
-    now = _now()
+    now = request_time()
     try:
         confirm_enrolment(
             db_session(),
@@ -315,7 +315,11 @@ def new_recovery_codes() -> Answer:
     if device is None or not device.is_confirmed:
         return redirect(url_for("totp.manage"), 303)
     codes = generate_recovery_codes(
-        db_session(), login.resident_id, key=recovery_code_key(page_settings()), client_ip=_client_ip(), now=_now()
+        db_session(),
+        login.resident_id,
+        key=recovery_code_key(page_settings()),
+        client_ip=_client_ip(),
+        now=request_time(),
     )
     db_session().commit()
     return _show_recovery_codes(codes, first=False)
@@ -331,6 +335,6 @@ def remove() -> Answer:
     login = _signed_in_form_post()
     if isinstance(login, BaseResponse):
         return login
-    remove_totp(db_session(), login.resident_id, actor="resident", client_ip=_client_ip(), now=_now())
+    remove_totp(db_session(), login.resident_id, actor="resident", client_ip=_client_ip(), now=request_time())
     db_session().commit()
     return redirect(url_for("totp.manage"), 303)
