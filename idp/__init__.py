@@ -22,6 +22,7 @@ from idp.oidc.published import PublishedDocuments
 from idp.oidc.server import IdpAuthorizationServer
 from idp.runtime import Runtime, SystemClock
 from idp.settings import Settings, SettingsError
+from idp.web.interaction import WebPages
 
 log = logging.getLogger("idp")
 
@@ -110,6 +111,7 @@ def build_runtime(settings: Settings) -> Runtime:
         oidc=IdpAuthorizationServer(settings, keyring, secret_digest_key(settings.secret_key)),
         published=PublishedDocuments(keyring, MetadataCache(settings), settings),
         logout=DeliveryWorker(sessions, keyring, settings),
+        pages=WebPages(),
     )
 
 

@@ -19,6 +19,7 @@ from idp.keyring import Keyring
 from idp.settings import Settings
 
 if TYPE_CHECKING:  # the provider's parts are built from this module's inputs; typing them needs no import cycle
+    from idp.oidc.interaction import InteractionPages
     from idp.oidc.logout import DeliveryWorker
     from idp.oidc.published import PublishedDocuments
     from idp.oidc.server import IdpAuthorizationServer
@@ -53,6 +54,7 @@ class Runtime:
     oidc: IdpAuthorizationServer
     published: PublishedDocuments
     logout: DeliveryWorker
+    pages: InteractionPages
 
 
 def of(app: Flask) -> Runtime:

@@ -24,8 +24,6 @@ class Issuer(IssuerParameter):
 
 
 def init_app(app: Flask, runtime: Runtime) -> None:
-    from idp.web import csrf
-
     server = runtime.oidc
     server.register_grant(grants.AuthorizationCodeGrant, [grants.S256CodeChallenge(), grants.OpenIDCodeFlow()])
     server.register_grant(grants.RefreshTokenGrant)
@@ -33,8 +31,6 @@ def init_app(app: Flask, runtime: Runtime) -> None:
     server.register_extension(Issuer)
     server.register_endpoint(Introspection)
     server.register_endpoint(Revocation)
-    # Protocol endpoints authenticate clients, not browsers: no CSRF token (the consent form checks its own).
-    csrf.exempt(views.bp)
     app.register_blueprint(views.bp)
     # JWKS and discovery are answered before Flask's request handling (see idp.oidc.published). Back-channel
     # logout deliveries are tried at once; `idp serve` also starts the retry loop (idp/server.py).

@@ -12,6 +12,7 @@ from sqlalchemy import bindparam, select
 from idp.models import AccessToken, Client, RefreshToken, Resident
 from idp.oidc import tokens
 from idp.oidc.claims import resident_claims
+from idp.oidc.errors import BearerTokenInvalidError, BearerTokenMissingError, InsufficientScopeError
 from idp.oidc.server import IdpAuthorizationServer, OAuthClient
 from idp.runtime import db_session, request_time
 
@@ -113,16 +114,6 @@ class Revocation(RevocationEndpoint):
             row.revoked_at = now
 
 
-class UserInfoError(Exception):
-    """The bearer token is missing, invalid, revoked, or lacks the openid scope (RFC 6750 §3.1 codes)."""
-
-    def __init__(self, error: str, description: str, status: int = 401) -> None:
-        super().__init__(description)
-        self.error = error
-        self.description = description
-        self.status = status
-
-
 # One statement, built once, for the token, its resident and its client: UserInfo is on every service's hot path.
 USERINFO_ROWS = (
     select(AccessToken, Resident, Client)
@@ -136,23 +127,23 @@ def userinfo(server: IdpAuthorizationServer, bearer: str | None) -> dict[str, An
     """The resident's claims for a valid access token with the openid scope.
 
     Raises:
-        UserInfoError: with the RFC 6750 error to answer.
+        BearerTokenMissingError, BearerTokenInvalidError, InsufficientScopeError: the RFC 6750 §3.1 answers.
     """
     if not bearer:
-        raise UserInfoError("invalid_request", "A bearer access token is required.")
+        raise BearerTokenMissingError
     now = request_time()
     try:
         claims = tokens.verify_access_token(bearer, server.keyring.current(), server.settings, now=now)
     except tokens.TokenInvalidError:
-        raise UserInfoError("invalid_token", "The access token is invalid or expired.") from None
+        raise BearerTokenInvalidError("The access token is invalid or expired.") from None
     found = db_session().execute(USERINFO_ROWS, {"jti": claims["jti"]}).first()
     if found is None or found[0].revoked_at is not None:
-        raise UserInfoError("invalid_token", "The access token is revoked or not for a resident.")
+        raise BearerTokenInvalidError("The access token is revoked or not for a resident.")
     row, resident, client = found
     if "openid" not in row.scope.split():
-        raise UserInfoError("insufficient_scope", "The access token lacks the openid scope.", 403)
+        raise InsufficientScopeError("The access token lacks the openid scope.")
     if resident.is_locked:
-        raise UserInfoError("invalid_token", "The resident is locked.")
+        raise BearerTokenInvalidError("The resident is locked.")
     body = {"sub": claims["sub"]}
     body.update(
         resident_claims(

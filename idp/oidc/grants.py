@@ -159,7 +159,8 @@ class AuthorizationCodeGrant(grants.AuthorizationCodeGrant):
                 nonce=payload.get("nonce"),
                 code_challenge=payload.get("code_challenge"),
                 code_challenge_method=payload.get("code_challenge_method"),
-                claims=_server(self).requested_claims(request),
+                # Parsed once, when /authorize checked the request (oidc/authorization.py).
+                claims=request.claims_requested,
                 acr=acr,
                 amr=amr,
                 auth_time=session.auth_time,

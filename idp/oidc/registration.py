@@ -9,6 +9,7 @@ import hmac
 import secrets
 from typing import Any
 
+from authlib.oauth2.rfc7591 import InvalidClientMetadataError, InvalidRedirectURIError
 from sqlalchemy.orm import Session
 
 from idp.audit import SUCCESS, record_event
@@ -23,31 +24,22 @@ from idp.oidc.clients import (
     delete_client,
     find_client,
 )
+from idp.oidc.errors import BearerTokenInvalidError, error_description
 
 MAX_METADATA_FIELDS = 40
-
-
-class RegistrationError(Exception):
-    """An RFC 7591 §3.2.2 error (or RFC 6750 for the bearer token), with its HTTP status."""
-
-    def __init__(self, error: str, description: str, status: int = 400) -> None:
-        super().__init__(description)
-        self.error = error
-        self.description = description
-        self.status = status
 
 
 def _list(metadata: dict[str, Any], name: str) -> tuple[str, ...]:
     value = metadata.get(name, [])
     if not isinstance(value, list) or not all(isinstance(item, str) for item in value):
-        raise RegistrationError("invalid_client_metadata", f"'{name}' must be a list of strings.")
+        raise InvalidClientMetadataError(error_description(f"'{name}' must be a list of strings."))
     return tuple(value)
 
 
 def _text(metadata: dict[str, Any], name: str) -> str | None:
     value = metadata.get(name)
     if value is not None and not isinstance(value, str):
-        raise RegistrationError("invalid_client_metadata", f"'{name}' must be a string.")
+        raise InvalidClientMetadataError(error_description(f"'{name}' must be a string."))
     return value
 
 
@@ -55,15 +47,15 @@ def spec_from_metadata(metadata: dict[str, Any]) -> ClientSpec:
     """RFC 7591 §2 metadata to a ClientSpec; what a service may not choose (first-party, public subjects,
     restricted scopes) is not read from it."""
     if not isinstance(metadata, dict) or len(metadata) > MAX_METADATA_FIELDS:
-        raise RegistrationError("invalid_client_metadata", "The body must be a JSON object of client metadata.")
+        raise InvalidClientMetadataError("The body must be a JSON object of client metadata.")
     response_types = _list(metadata, "response_types") or ("code",)
     if set(response_types) != {"code"}:
-        raise RegistrationError("invalid_client_metadata", "Only response_type 'code' is supported.")
+        raise InvalidClientMetadataError("Only response_type 'code' is supported.")
     auth_method = _text(metadata, "token_endpoint_auth_method")
     scope = _text(metadata, "scope")
     jwks = metadata.get("jwks")
     if jwks is not None and not isinstance(jwks, dict):
-        raise RegistrationError("invalid_client_metadata", "'jwks' must be a JWK Set object.")
+        raise InvalidClientMetadataError("'jwks' must be a JWK Set object.")
     return ClientSpec(
         name=_text(metadata, "client_name") or "",
         redirect_uris=_list(metadata, "redirect_uris"),
@@ -100,22 +92,25 @@ def register_client(
     (development).
 
     Raises:
-        RegistrationError: no or a spent token (401), or metadata that does not validate (400).
+        BearerTokenInvalidError: no or a spent initial access token (401).
+        InvalidClientMetadataError, InvalidRedirectURIError: metadata that does not validate (400).
     """
     if not initial_token or not consume_initial_access_token(db, initial_token, now=now):
-        raise RegistrationError("invalid_token", "A valid initial access token is required.", 401)
+        raise BearerTokenInvalidError("A valid initial access token is required.")
     spec = spec_from_metadata(metadata)
     if spec.id_token_alg and spec.id_token_alg not in signing_algorithms:
         # Every token request would fail for want of a key: refuse now (RFC 7591 §3.2.2).
-        raise RegistrationError("invalid_client_metadata", f"ID tokens cannot be signed with {spec.id_token_alg} here.")
+        raise InvalidClientMetadataError(
+            error_description(f"ID tokens cannot be signed with {spec.id_token_alg} here.")
+        )
     try:
         created = create_client(
             db, spec, secret_key=secret_key, issuer=issuer, now=now, allow_local_server_uris=allow_local_server_uris
         )
     except ClientRedirectUriInvalidError as exc:
-        raise RegistrationError("invalid_redirect_uri", str(exc)) from None
+        raise InvalidRedirectURIError(error_description(str(exc))) from None
     except ClientInvalidError as exc:
-        raise RegistrationError("invalid_client_metadata", str(exc)) from None
+        raise InvalidClientMetadataError(error_description(str(exc))) from None
     registration_token = secrets.token_urlsafe(32)
     created.client.registration_token_digest = _digest(registration_token)
     record_event(db, "client.registered", result=SUCCESS, client_id=created.client.id)
@@ -134,12 +129,12 @@ def client_for_registration_token(db: Session, client_id: str, token: str | None
     """The client an RFC 7592 request manages, if the registration access token is its own.
 
     Raises:
-        RegistrationError: 401 invalid_token otherwise (never saying whether the client exists).
+        BearerTokenInvalidError: otherwise (401, never saying whether the client exists).
     """
     client = find_client(db, client_id) if client_id and len(client_id) <= 128 else None
     expected = client.registration_token_digest if client is not None else None
     if not token or expected is None or not hmac.compare_digest(_digest(token), expected):
-        raise RegistrationError("invalid_token", "The registration access token is not valid.", 401)
+        raise BearerTokenInvalidError("The registration access token is not valid.")
     assert client is not None
     return client
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import base64
 import datetime as dt
-import json
 import time
 from collections.abc import Callable
 from typing import Any
@@ -13,7 +12,7 @@ from urllib.parse import unquote
 import httpx
 from authlib.integrations.flask_oauth2 import AuthorizationServer
 from authlib.integrations.flask_oauth2.requests import FlaskOAuth2Payload, FlaskOAuth2Request
-from authlib.oauth2.rfc6749 import ClientMixin, InvalidRequestError, OAuth2Error, OAuth2Request
+from authlib.oauth2.rfc6749 import ClientMixin, OAuth2Error, OAuth2Request
 from authlib.oauth2.rfc6749.errors import InvalidClientError, UnsupportedTokenTypeError
 from authlib.oauth2.rfc7523 import JWTBearerClientAssertion
 from flask import Request
@@ -34,7 +33,6 @@ from idp.settings import Settings
 MAX_ASSERTION_LIFETIME = 3600
 # Endpoints other than /token that authenticate clients, and may be an assertion's audience when it is sent there.
 ASSERTION_ENDPOINTS = frozenset({"/introspect", "/revoke"})
-MAX_CLAIMS_PARAMETER = 4096
 
 
 class OAuthClient(ClientMixin):
@@ -223,27 +221,6 @@ class IdpAuthorizationServer(AuthorizationServer):
         if isinstance(error, InvalidClientError):
             response.headers["WWW-Authenticate"] = 'Basic realm="idp", error="invalid_client"'
         return response
-
-    def requested_claims(self, request: Any) -> dict[str, Any] | None:
-        """The `claims` request parameter (OIDC Core §5.5), parsed.
-
-        Raises:
-            InvalidRequestError: it is not a JSON object of objects.
-        """
-        raw = request.payload.data.get("claims")
-        if not raw:
-            return None
-        if len(raw) > MAX_CLAIMS_PARAMETER:
-            raise InvalidRequestError("The 'claims' parameter is too large.")
-        try:
-            parsed = json.loads(raw)
-        except ValueError:
-            raise InvalidRequestError("The 'claims' parameter is not JSON.") from None
-        if not isinstance(parsed, dict) or any(
-            not isinstance(parsed.get(member, {}), dict) for member in ("id_token", "userinfo")
-        ):
-            raise InvalidRequestError("The 'claims' parameter must be a JSON object of objects.")
-        return {member: parsed[member] for member in ("id_token", "userinfo") if member in parsed}
 
     def remember_session_client(self, sid: str | None, client: Client, sub: str) -> None:
         """Record that the client took part in the login session (as `sub`), so that logout reaches it."""

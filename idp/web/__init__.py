@@ -16,6 +16,9 @@ from sqlalchemy.exc import InterfaceError, OperationalError
 from sqlalchemy.exc import TimeoutError as SQLAlchemyTimeoutError
 from werkzeug.exceptions import HTTPException, InternalServerError
 
+from idp.oidc import views as oidc_views
+from idp.oidc.errors import TemporarilyUnavailableError, json_error
+from idp.oidc.views import json_http_error
 from idp.runtime import Runtime, current, db_session
 from idp.settings import Settings
 from idp.web.cookies import drop_malformed_flow_members
@@ -54,7 +57,7 @@ def select_locale() -> str:
 
 
 def wants_html() -> bool:
-    if request.blueprint in ("web", "account", "passkeys", "totp"):
+    if request.blueprint in ("web", "account", "passkeys", "totp", "interaction"):
         return True
     best = request.accept_mimetypes.best_match(["application/json", "text/html"])
     return best == "text/html" and request.accept_mimetypes[best] > request.accept_mimetypes["application/json"]
@@ -82,10 +85,13 @@ UNAVAILABLE_ERRORS: tuple[type[Exception], ...] = (
 UNAVAILABLE_RETRY_AFTER = 5
 
 
-def render_error(status: int, message: str | None = None, *, retry_after: int | None = None) -> Response:
+def render_error(
+    status: int, message: str | None = None, *, retry_after: int | None = None, detail: str | None = None
+) -> Response:
+    """The resident-facing error page (every HTML error goes through here), in the resident's language."""
     try:
         sentence = message or ERROR_SENTENCES.get(status, ERROR_SENTENCES[500])()
-        body = render_template("error.html", status=status, message=sentence, retry_after=retry_after)
+        body = render_template("error.html", status=status, message=sentence, retry_after=retry_after, detail=detail)
     except Exception:
         # The error page itself failed (a broken template or catalogue): still answer without a traceback.
         log.exception("error page failed to render")
@@ -106,7 +112,7 @@ def _page_headers(response: Response) -> Response:
 
 
 def init_app(app: Flask, runtime: Runtime) -> None:
-    from idp.web import account, login, passkeys, totp
+    from idp.web import account, interaction, login, passkeys, totp
 
     settings = runtime.settings
 
@@ -128,10 +134,14 @@ def init_app(app: Flask, runtime: Runtime) -> None:
     # Before CSRFProtect reads the flow cookie's token, so a token of another shape is a missing one, not a 500.
     app.before_request(drop_malformed_flow_members)
     csrf.init_app(app)
+    # Protocol endpoints authenticate clients, not browsers: no CSRF token. The resident's answers to the pages
+    # the protocol shows (consent, sign out) go to this package's blueprints, which CSRFProtect covers.
+    csrf.exempt(oidc_views.bp)
     app.register_blueprint(login.bp)
     app.register_blueprint(account.bp)
     app.register_blueprint(passkeys.bp)
     app.register_blueprint(totp.bp)
+    app.register_blueprint(interaction.bp)
     app.after_request(_page_headers)
 
     @app.errorhandler(CSRFError)
@@ -142,8 +152,6 @@ def init_app(app: Flask, runtime: Runtime) -> None:
     def http_error(error: HTTPException) -> Response:
         if wants_html():
             return render_error(error.code or 500)
-        from idp.oidc.views import json_http_error
-
         return json_http_error(error)
 
     def backend_unavailable(error: Exception) -> Response:
@@ -157,9 +165,7 @@ def init_app(app: Flask, runtime: Runtime) -> None:
             db_session().rollback()
         if wants_html():
             return render_error(503, retry_after=UNAVAILABLE_RETRY_AFTER)
-        from idp.oidc.views import temporarily_unavailable
-
-        return temporarily_unavailable(UNAVAILABLE_RETRY_AFTER)
+        return json_error(TemporarilyUnavailableError(UNAVAILABLE_RETRY_AFTER))
 
     for unavailable in UNAVAILABLE_ERRORS:
         app.register_error_handler(unavailable, backend_unavailable)
@@ -170,8 +176,6 @@ def init_app(app: Flask, runtime: Runtime) -> None:
         db_session().rollback()
         if wants_html():
             return render_error(500)
-        from idp.oidc.views import json_http_error
-
         return json_http_error(InternalServerError())
 
 

@@ -13,10 +13,10 @@ from idp.authn.sessions import live_sessions
 from idp.logs import mask_phone
 from idp.models import AuditEvent
 from idp.oidc.consent import list_consents, revoke_consent
+from idp.oidc.interaction import clear_session_cookie, current_login
 from idp.oidc.logout import end_login_session
 from idp.runtime import current, db_session, request_time
 from idp.web import render_error
-from idp.web.cookies import clear_session_cookie, current_login
 from idp.web.forms import ActionForm
 
 bp = Blueprint("account", __name__)

@@ -1,4 +1,5 @@
-"""The cookies: the login session (set, cleared, read into the current LoginSession) and the flow cookie's shape."""
+"""The flow cookie's shape: what each member the views read must look like (the login-session cookie belongs to
+idp.oidc.interaction)."""
 
 from __future__ import annotations
 
@@ -6,56 +7,11 @@ import datetime as dt
 import uuid
 from collections.abc import Callable
 
-from flask import g, request, session
-from werkzeug.wrappers import Response
+from flask import session
 
 from idp.authn.assurance import AuthEvent
 from idp.authn.carrier import CarrierErrorCode
-from idp.authn.sessions import SessionEndedError, load_session
-from idp.models import LoginSession
-from idp.runtime import current, db_session, request_time
-
-
-def cookie_name() -> str:
-    settings = current().settings
-    # __Host- binds the cookie to this exact host over https (RFC 6265bis §4.1.3.2).
-    return "__Host-idp_sid" if settings.issuer.startswith("https://") else "idp_sid"
-
-
-def set_session_cookie(response: Response, value: str) -> None:
-    settings = current().settings
-    response.set_cookie(
-        cookie_name(),
-        value,
-        httponly=True,
-        secure=settings.issuer.startswith("https://"),
-        samesite="Lax",
-        path="/",
-    )
-
-
-def clear_session_cookie(response: Response) -> None:
-    settings = current().settings
-    response.delete_cookie(
-        cookie_name(), path="/", secure=settings.issuer.startswith("https://"), httponly=True, samesite="Lax"
-    )
-
-
-def current_login() -> LoginSession | None:
-    """The live login session of this browser, loaded once per request."""
-    if "login_session" in g:
-        cached: LoginSession | None = g.login_session
-        return cached
-    value = request.cookies.get(cookie_name())
-    login: LoginSession | None = None
-    if value and len(value) <= 128:
-        try:
-            login = load_session(db_session(), value, now=request_time())
-        except SessionEndedError:
-            login = None
-    g.login_session = login
-    return login
-
+from idp.oidc.interaction import FLOW_MEMBERS as INTERACTION_MEMBERS
 
 # -- the flow cookie ------------------------------------------------------------------------------------------------
 # Flask's signed session carries a browser's flow between pages. Only the app writes it, but an older release wrote
@@ -105,23 +61,6 @@ def _uuid(value: object) -> bool:
     return isinstance(value, str)
 
 
-def _pending_request(entry: object) -> bool:
-    params = entry.get("params") if isinstance(entry, dict) else None
-    if not isinstance(params, dict) or not all(_text(k) and _text(v) for k, v in params.items()):
-        return False
-    assert isinstance(entry, dict)
-    ask = entry.get("ask")
-    if ask is not None and not (
-        _record(ask, id=_text, resident=_text, scopes=lambda s: isinstance(s, list) and all(map(_text, s)))
-    ):
-        return False
-    return _moment(entry.get("since")) and (entry.get("consent") is None or isinstance(entry.get("consent"), dict))
-
-
-def _pending_requests(value: object) -> bool:
-    return isinstance(value, dict) and all(_text(key) and _pending_request(entry) for key, entry in value.items())
-
-
 CARRIER_ERROR_CODES = frozenset(code.value for code in CarrierErrorCode)
 FLOW_MEMBERS: dict[str, Callable[[object], bool]] = {
     # Flask-WTF's raw token (hex), compared with hmac.compare_digest, which refuses non-ASCII text.
@@ -134,8 +73,8 @@ FLOW_MEMBERS: dict[str, Callable[[object], bool]] = {
     "carrier_failure": lambda value: isinstance(value, str) and value in CARRIER_ERROR_CODES,
     "carrier_retry": lambda value: isinstance(value, int) and not isinstance(value, bool) and value >= 0,
     "second_factor": lambda value: _record(value, resident=_uuid, event=_auth_event, expires_at=_moment),
-    "held_ci": lambda value: _record(value, resident=_text, client=_text, ci=_text),
-    "authz_pending": _pending_requests,  # kept by idp.oidc.views between /authorize and the sign-in
+    # What idp.oidc.interaction keeps here (the authorization requests waiting, a raw CI waiting for consent).
+    **INTERACTION_MEMBERS,
 }
 
 

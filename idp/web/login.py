@@ -38,9 +38,9 @@ from idp.logs import mask_phone
 from idp.models import Resident
 from idp.oidc.clients import find_client
 from idp.oidc.consent import hold_raw_ci
+from idp.oidc.interaction import carry_over, current_login, hold_ci
 from idp.runtime import current, db_session, request_time
 from idp.web import page_settings, render_error
-from idp.web.cookies import current_login, set_session_cookie
 from idp.web.forms import CARRIER_LABELS, ActionForm, CarrierStartForm, CodeForm
 
 bp = Blueprint("web", __name__, template_folder="templates", static_folder="static", static_url_path="/static")
@@ -48,8 +48,6 @@ bp = Blueprint("web", __name__, template_folder="templates", static_folder="stat
 FLOW_KEY = "carrier"
 SECOND_FACTOR = "second_factor"  # a carrier sign-in waiting for the resident's TOTP code
 SECOND_FACTOR_TTL = dt.timedelta(minutes=5)
-PENDING_AUTHORIZATIONS = "authz_pending"  # kept by idp.oidc.views between /authorize and the sign-in
-HELD_CI = "held_ci"  # a fresh carrier verification's CI, until the resident answers a kr_ci consent question
 MAX_NEXT = 8192  # an /authorize request with all its parameters fits (the flow cookie caps it lower)
 
 
@@ -314,8 +312,7 @@ def _finish_sign_in(identity: VerifiedIdentity) -> BaseResponse | Response:
     if ci_client is not None:
         # The raw CI waits (encrypted, in this browser's flow) for the resident to allow kr_ci to that service.
         resident_id = signed_in.account.resident.id
-        held = hold_raw_ci(identity.ci, resident_id=resident_id, client_id=ci_client, settings=page_settings())
-        session[HELD_CI] = held
+        hold_ci(hold_raw_ci(identity.ci, resident_id=resident_id, client_id=ci_client, settings=page_settings()))
     if signed_in.session is None:
         # The resident set up TOTP: the carrier verification is the first factor, the code finishes it.
         session[SECOND_FACTOR] = {
@@ -327,28 +324,14 @@ def _finish_sign_in(identity: VerifiedIdentity) -> BaseResponse | Response:
     target = safe_next(session.get("next"))
     if signed_in.account.outcome is AccountOutcome.CREATED:
         response = _see_other("web.welcome")
-        carry_over_flow(response, signed_in.cookie_value)
+        carry_over(response, signed_in.cookie_value)
         session["welcome"] = True
         if target:
             session["next"] = target
         return response
     response = redirect(target or url_for("account.overview"), 303)
-    carry_over_flow(response, signed_in.cookie_value)
+    carry_over(response, signed_in.cookie_value)
     return response
-
-
-def carry_over_flow(response: BaseResponse, cookie_value: str | None) -> None:
-    """After a sign-in that opened a new session: its cookie, and a new flow cookie as well as a new session id.
-
-    Nothing from before the sign-in carries over but the language, the authorization requests waiting for it
-    (prompt=login, max_age, step-up) and a raw CI waiting for the resident's consent (bound to its resident).
-    """
-    if cookie_value is None:
-        return
-    kept = {key: session[key] for key in ("locale", PENDING_AUTHORIZATIONS, HELD_CI) if session.get(key)}
-    session.clear()
-    session.update(kept)
-    set_session_cookie(response, cookie_value)
 
 
 def open_or_step_up(resident: Resident, events: list[AuthEvent], *, now: dt.datetime) -> str | None:

@@ -29,12 +29,12 @@ from idp.authn.passkeys import (
 )
 from idp.authn.sessions import recently_signed_in
 from idp.models import Passkey, Resident
+from idp.oidc.interaction import carry_over, current_login
 from idp.runtime import current, db_session, request_time
 from idp.settings import Settings
 from idp.web import render_error
-from idp.web.cookies import current_login
 from idp.web.forms import ActionForm
-from idp.web.login import carry_over_flow, open_or_step_up, safe_next
+from idp.web.login import open_or_step_up, safe_next
 
 bp = Blueprint("passkeys", __name__)
 BINDING = "webauthn"
@@ -117,7 +117,7 @@ def sign_in_verify() -> Response:
     cookie_value = open_or_step_up(resident, [passkey_event(passkey, settings.issuer, now)], now=now)
     db_session().commit()
     response = _json({"redirect": safe_next(session.get("next")) or url_for("account.overview")})
-    carry_over_flow(response, cookie_value)
+    carry_over(response, cookie_value)
     return response
 
 

@@ -42,12 +42,12 @@ from idp.authn.totp import (
     totp_check,
 )
 from idp.models import LoginSession, Resident, TotpDevice
+from idp.oidc.interaction import carry_over, current_login
 from idp.runtime import current, db_session, request_time
 from idp.settings import data_fernet, recovery_code_key
 from idp.web import page_settings, render_error
-from idp.web.cookies import current_login
 from idp.web.forms import ActionForm, TotpCodeForm, TotpSignInForm
-from idp.web.login import SECOND_FACTOR, carry_over_flow, open_or_step_up, safe_next
+from idp.web.login import SECOND_FACTOR, open_or_step_up, safe_next
 
 bp = Blueprint("totp", __name__)
 
@@ -163,7 +163,7 @@ def sign_in() -> Answer:
         # A recovery code was used up: the account page says how many are left and how to set up a new app.
         target = url_for("totp.manage")
     response = redirect(target or url_for("account.overview"), 303)
-    carry_over_flow(response, cookie_value)
+    carry_over(response, cookie_value)
     return response
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import re
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -130,7 +131,11 @@ def test_logout_without_a_hint_asks_first(app: Flask, sandbox: SandboxAgency) ->
     assert page.status_code == 200
     assert browser.get("/account").status_code == 200
 
-    done = browser.post("/logout", data={"csrf_token": csrf_of(page.get_data(as_text=True)), "confirm": "yes"})
+    html = page.get_data(as_text=True)
+    # The confirmation goes to the page's own form action (a CSRF-protected page of idp.web).
+    action = re.search(r'<form method="post" action="([^"]+)"', html)
+    assert action
+    done = browser.post(action.group(1), data={"csrf_token": csrf_of(html), "confirm": "yes"})
     assert done.status_code == 200
     assert browser.get("/account").status_code == 303
 
