@@ -42,7 +42,7 @@ JoseKey: TypeAlias = ECKey | RSAKey | OKPKey
 
 
 class _QuietEdDSA(EdDSAAlgorithm):
-    # RFC 9864 deprecates the name EdDSA in favour of Ed25519; DESIGN section 5 keeps EdDSA because every
+    # RFC 9864 deprecates the name EdDSA in favour of Ed25519; docs/admin.md section 4 keeps EdDSA because every
     # certified relying-party library verifies it. The choice is deliberate, so it need not warn at each signature.
     security_warning = None  # type: ignore[assignment]  # the base declares str; its registry accepts None
 
@@ -491,7 +491,7 @@ class Keyring:
             raise self.last_error
 
     def _without_withdrawn(self, loaded: LoadedKeys) -> LoadedKeys:
-        """The keys held, less those the stored records withdraw or no longer list (DESIGN section 5).
+        """The keys held, less those the stored records withdraw or no longer list (docs/admin.md section 4).
 
         A key withdrawn as compromised must stop verifying even when the rest of the change cannot be loaded (a new
         key under another passphrase, a damaged file). The records alone say which: they need no private key. The

@@ -14,7 +14,7 @@ from idp.db import Base, bool_false, created_at, utcnow, uuid_pk
 
 
 class Carrier(enum.StrEnum):
-    """Korean mobile carriers as the verification agencies name them (DESIGN section 8)."""
+    """Korean mobile carriers as the verification agencies name them (docs/carrier.md)."""
 
     SKT = "SKT"
     KT = "KT"
@@ -30,7 +30,7 @@ class Resident(Base):
     __tablename__ = "resident"
 
     id: Mapped[uuid_pk]
-    # HMAC-SHA256(pepper, CI): finds the resident again without storing the CI (DESIGN section 8).
+    # HMAC-SHA256(pepper, CI): finds the resident again without storing the CI (docs/carrier.md).
     ci_index: Mapped[bytes | None] = mapped_column(LargeBinary(32), unique=True)
     ci_pepper_version: Mapped[int] = mapped_column(default=1)
     # The raw CI, encrypted with IDP_DATA_KEY, kept only when a client is allowed the `kr_ci` scope.
@@ -59,7 +59,7 @@ class Client(Base):
 
     id: Mapped[str] = mapped_column(String(64), primary_key=True)
     name: Mapped[str] = mapped_column(String(200))
-    # Keyed SHA-256 of the secret (DESIGN section 6); None for public and private_key_jwt clients.
+    # Keyed SHA-256 of the secret (docs/integration.md section 1); None for public and private_key_jwt clients.
     secret_digest: Mapped[bytes | None] = mapped_column(LargeBinary(32))
     token_endpoint_auth_method: Mapped[str] = mapped_column(String(32), default="client_secret_basic")
     redirect_uris: Mapped[list[str]] = mapped_column(default=list)
@@ -98,7 +98,7 @@ class LoginSession(Base):
     auth_time: Mapped[dt.datetime]
     acr: Mapped[str] = mapped_column(String(200))
     amr: Mapped[list[str]] = mapped_column(default=list)
-    # Every authentication event of the session: {"method", "amr", "acr", "at"} (DESIGN section 10).
+    # Every authentication event of the session: {"method", "amr", "acr", "at"} (docs/integration.md section 5).
     events: Mapped[list[dict[str, Any]]] = mapped_column(default=list)
     client_ip: Mapped[str | None] = mapped_column(String(45))
     user_agent: Mapped[str | None] = mapped_column(String(300))
@@ -194,7 +194,7 @@ class RefreshToken(Base):
     auth_time: Mapped[dt.datetime]
     created_at: Mapped[created_at]
     expires_at: Mapped[dt.datetime]
-    # The family's absolute end: sliding renewals never pass it (DESIGN section 3).
+    # The family's absolute end: sliding renewals never pass it (docs/admin.md section 2).
     family_expires_at: Mapped[dt.datetime]
     rotated_at: Mapped[dt.datetime | None]
     revoked_at: Mapped[dt.datetime | None]
@@ -299,7 +299,7 @@ class Passkey(Base):
     # WebAuthn §6.1.3: backup eligibility says synced (multi-device) or device-bound; backup state may change.
     backup_eligible: Mapped[bool_false]
     backed_up: Mapped[bool_false]
-    # Registered with verified attestation from an allowed authenticator model (DESIGN section 10: phrh).
+    # Registered with verified attestation from an allowed authenticator model (docs/integration.md section 5: phrh).
     attested: Mapped[bool_false]
     name: Mapped[str] = mapped_column(String(100))
     created_at: Mapped[created_at]
@@ -342,7 +342,7 @@ class TotpDevice(Base):
 
     id: Mapped[uuid_pk]
     resident_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("resident.id", ondelete="CASCADE"), unique=True)
-    # The shared secret, encrypted with IDP_DATA_KEY (DESIGN section 3).
+    # The shared secret, encrypted with IDP_DATA_KEY (docs/admin.md section 2).
     secret_encrypted: Mapped[bytes] = mapped_column(LargeBinary)
     confirmed_at: Mapped[dt.datetime | None]
     # The last time step a code was accepted for: later codes must be for a later step (replay guard).

@@ -1,4 +1,4 @@
-"""Assurance: sign-in methods mapped to RFC 8176 `amr` values and `acr` levels (DESIGN section 10)."""
+"""Assurance: sign-in methods mapped to RFC 8176 `amr` values and `acr` levels (docs/integration.md section 5)."""
 
 from __future__ import annotations
 
@@ -57,7 +57,8 @@ def acr_order(issuer: str) -> list[str]:
 def acr_for_method(method: Method, issuer: str) -> str:
     # A passkey with user verification is phishing-resistant multi-factor (NIST SP 800-63B-4: phr); an
     # attested, device-bound one is also hardware-backed (phrh). Carrier verification, TOTP and recovery codes
-    # are each one factor (something you have): AAL1, and two of them together are still AAL1 (DESIGN section 10).
+    # are each one factor (something you have): AAL1, and two of them together are still AAL1
+    # (docs/integration.md section 5).
     # A provisional passkey is worth the carrier verification that added it: AAL1.
     if method is Method.PASSKEY_HARDWARE:
         return PHRH
@@ -93,7 +94,7 @@ class AuthEvent:
 
 
 def best_acr(acrs: Sequence[str], issuer: str) -> str:
-    """The strongest of `acrs` in the order of DESIGN section 10."""
+    """The strongest of `acrs` in the order of docs/integration.md section 5."""
     order = acr_order(issuer)
     return max(acrs, key=lambda acr: order.index(acr) if acr in order else -1)
 
@@ -102,8 +103,9 @@ def assurance_within(
     events: Sequence[AuthEvent], *, max_age: int | None, issuer: str, now: dt.datetime
 ) -> tuple[str, list[str]]:
     """The acr and amr a session vouches for: the best level and every method among the authentications
-    within `max_age` seconds (all of them when None). DESIGN section 10: "acr is the best level reached within
-    max_age". With none that recent, the last authentication's (the caller asks for a new one anyway)."""
+    within `max_age` seconds (all of them when None): "acr is the best level reached within max_age"
+    (docs/integration.md section 5.1). With none that recent, the last authentication's (the caller asks for a new
+    one anyway)."""
     recent = [e for e in events if max_age is None or (now - e.at).total_seconds() <= max_age] or list(events[-1:])
     if not recent:
         return aal1(issuer), []
@@ -137,39 +139,6 @@ def best_acceptable(requested: list[str], issuer: str) -> list[str]:
     """The requested acr values this provider knows, in the client's order of preference."""
     known = set(acr_order(issuer))
     return [value for value in requested if value in known]
-
-
-def login_reason(
-    *,
-    has_session: bool,
-    auth_time: dt.datetime | None,
-    session_acr: str | None,
-    prompt: set[str],
-    max_age: int | None,
-    wanted_acr: list[str],
-    authenticated_since: dt.datetime | None,
-    issuer: str,
-    now: dt.datetime,
-) -> LoginReason | None:
-    """The first reason the resident must sign in (again), or None when the session will do.
-
-    `authenticated_since` is when this authorization request last sent the resident to sign in: an
-    authentication after it answers `prompt=login` and `max_age` (OIDC Core §3.1.2.1), or the request would loop.
-    """
-    # No session: nothing to issue a code for.
-    if not has_session or auth_time is None or session_acr is None:
-        return LoginReason.NO_SESSION
-    fresh = authenticated_since is not None and auth_time >= authenticated_since
-    # prompt=login: a new authentication, whatever the session.
-    if "login" in prompt and not fresh:
-        return LoginReason.PROMPT_LOGIN
-    # max_age: the last active authentication must be recent enough.
-    if max_age is not None and (now - auth_time).total_seconds() > max_age and not fresh:
-        return LoginReason.MAX_AGE
-    # acr_values: step up when the session's level meets none of the acceptable ones.
-    if wanted_acr and not any(acr_satisfies(session_acr, acr, issuer) for acr in wanted_acr) and not fresh:
-        return LoginReason.ACR_TOO_LOW
-    return None
 
 
 def reachable_acr(methods: set[Method], issuer: str) -> str:

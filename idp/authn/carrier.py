@@ -27,7 +27,7 @@ from sqlalchemy.orm import Session
 from idp.models import Carrier, CarrierResult
 
 RESULT_TYPE = "carrier-result+jwt"
-RESULT_LIFETIME = 600  # DESIGN section 8: results carry a 10-minute exp
+RESULT_LIFETIME = 600  # docs/carrier.md: results carry a 10-minute exp
 CLOCK_LEEWAY = 60
 CODE_LENGTH = 6
 SANDBOX_AGENCY = "sandbox"
@@ -145,7 +145,7 @@ class VerifiedIdentity:
 
 
 class CarrierGateway(Protocol):
-    """A verification agency (DESIGN section 8); the sandbox and a real agency's adapter implement it."""
+    """A verification agency (docs/carrier.md); the sandbox and a real agency's adapter implement it."""
 
     def start(self, request: VerificationRequest) -> Transaction: ...
 
@@ -231,7 +231,7 @@ class CircuitBreaker:
 
 
 class HttpCarrierGateway:
-    """The agency protocol of DESIGN section 8 over HTTP, with timeouts and a circuit breaker."""
+    """The agency protocol of docs/carrier.md over HTTP, with timeouts and a circuit breaker."""
 
     def __init__(
         self,

@@ -28,7 +28,7 @@ class Limit:
     window: dt.timedelta
 
 
-# DESIGN section 8: 10 starts per IP per minute, 10 sends per phone per day, 5 wrong codes per transaction.
+# docs/carrier.md: 10 starts per IP per minute, 10 sends per phone per day, 5 wrong codes per transaction.
 CARRIER_STARTS_PER_IP = Limit("carrier-start-ip", 10, dt.timedelta(minutes=1))
 CARRIER_SENDS_PER_PHONE = Limit("carrier-send-phone", 10, dt.timedelta(days=1))
 CARRIER_CODES_PER_TXN = Limit("carrier-code-txn", 5, dt.timedelta(minutes=10))

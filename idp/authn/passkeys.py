@@ -44,7 +44,7 @@ from idp.authn.sessions import RECENT_SIGN_IN
 from idp.authn.totp import has_totp
 from idp.models import LoginSession, Passkey, Resident, WebAuthnChallenge
 
-CHALLENGE_TTL = dt.timedelta(minutes=5)  # DESIGN section 7 / issue: challenges expire after 5 minutes
+CHALLENGE_TTL = dt.timedelta(minutes=5)  # WebAuthn Level 3 recommends 5-10 minute ceremonies with user verification
 CEREMONY_TIMEOUT_MS = 120_000
 MAX_RESPONSE_BYTES = 64 * 1024
 REGISTER = "register"
@@ -285,7 +285,7 @@ def has_vouching_method(db: Session, resident_id: uuid.UUID, *, now: dt.datetime
 
 
 def sign_in_method(passkey: Passkey, *, now: dt.datetime) -> Method:
-    """What a sign-in with this passkey is worth (DESIGN section 10)."""
+    """What a sign-in with this passkey is worth (docs/integration.md section 5)."""
     if passkey.is_provisional(now):
         return Method.PASSKEY_PROVISIONAL
     return Method.PASSKEY_HARDWARE if passkey.is_hardware_bound else Method.PASSKEY

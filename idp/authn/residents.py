@@ -39,7 +39,7 @@ class AccountResult:
 
 
 def ci_index(ci: str, pepper: str) -> bytes:
-    """The blind index of a CI: finds the resident again without storing the CI (DESIGN section 8)."""
+    """The blind index of a CI: finds the resident again without storing the CI (docs/carrier.md)."""
     return hmac.new(pepper.encode(), ci.encode(), hashlib.sha256).digest()
 
 

@@ -25,7 +25,7 @@ class Issuer(IssuerParameter):
 
 def init_app(app: Flask, runtime: Runtime) -> None:
     server = runtime.oidc
-    server.register_grant(grants.AuthorizationCodeGrant, [grants.S256CodeChallenge(), grants.OpenIDCodeFlow()])
+    server.register_grant(grants.AuthorizationCodeGrant, [grants.S256CodeChallenge(), grants.OpenIDCodeFlow(server)])
     server.register_grant(grants.RefreshTokenGrant)
     server.register_grant(grants.ClientCredentialsGrant)
     server.register_extension(Issuer)

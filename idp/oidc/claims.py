@@ -34,7 +34,7 @@ def pairwise_sub(sector: str, resident_id: str, secret: str) -> str:
 
 # -- the claims a token carries ------------------------------------------------------------------------------------
 
-IDENTITY_TRUST_FRAMEWORK = "kr_mobile_identity_verification"  # DESIGN section 10, OpenID Connect for IDA
+IDENTITY_TRUST_FRAMEWORK = "kr_mobile_identity_verification"  # docs/integration.md section 5, OpenID Connect for IDA
 
 
 def _requested(claims_request: dict[str, Any] | None, member: str) -> dict[str, Any]:

@@ -18,7 +18,7 @@ from idp.models import AuthorizationCode, LoginSession, RefreshToken, Resident
 from idp.oidc import tokens
 from idp.oidc.claims import AUTH_METHODS, id_token_claims
 from idp.oidc.server import IdpAuthorizationServer, OAuthClient
-from idp.runtime import current, db_session, request_time
+from idp.runtime import db_session, request_time
 
 
 @dataclass(frozen=True, slots=True)
@@ -339,12 +339,17 @@ class ClientCredentialsGrant(grants.ClientCredentialsGrant):
 class OpenIDCodeFlow(OpenIDCode):
     """The OIDC half of the code grant: the ID token, signed by the keyring with the client's algorithm."""
 
+    def __init__(self, server: IdpAuthorizationServer) -> None:
+        super().__init__(require_nonce=False)
+        # Authlib calls encode_id_token without the grant: the server it belongs to is given here, once.
+        self.server = server
+
     def exists_nonce(self, nonce: str, request: Any) -> bool:
         # Codes are single use, so a nonce cannot be replayed through this server; the client checks its own.
         return False
 
     def encode_id_token(self, token: dict[str, Any], request: Any) -> str:
-        server: IdpAuthorizationServer = request_server(request)
+        server = self.server
         row = request.authorization_code.row
         client = request.client.model
         return tokens.issue_id_token(
@@ -357,11 +362,6 @@ class OpenIDCodeFlow(OpenIDCode):
             nonce=row.nonce,
             access_token=token.get("access_token"),
         )
-
-
-def request_server(request: Any) -> IdpAuthorizationServer:
-
-    return current().oidc
 
 
 class S256CodeChallenge(CodeChallenge):

@@ -39,7 +39,7 @@ class PublishedDocuments:
     def __init__(self, keyring: Keyring, metadata: MetadataCache, settings: Settings) -> None:
         self.keyring = keyring
         self.metadata = metadata
-        # Shorter than the time a `next` key is published before it signs (DESIGN section 5).
+        # Shorter than the time a `next` key is published before it signs (docs/admin.md section 4).
         self.cache_control = f"public, max-age={settings.jwks_max_age}"
         self._for: LoadedKeys | None = None
         self._documents: dict[str, Document] = {}

@@ -74,12 +74,8 @@ def authorize() -> BaseResponse:
         return _refuse(received, error, redirect_uri=grant.redirect_uri)
     if isinstance(outcome, SignIn):
         return _send_to_sign_in(received.params, outcome, signed_in=login is not None)
-    assert login is not None
     if isinstance(outcome, AskConsent):
-        question = ask_consent(
-            received.params, client=situation.request.client, resident_id=login.resident_id, shown=outcome.shown
-        )
-        return current().pages.consent(question)
+        return _ask_consent(received.params, situation, outcome)
     return _issue(received.params, grant, situation, allowed=outcome.allowed)
 
 
@@ -149,6 +145,14 @@ def _send_to_sign_in(params: dict[str, str], outcome: SignIn, *, signed_in: bool
         if params.get(name):
             query[name] = params[name]
     return redirect(url_for("web.login") + "?" + urlencode(query), 303)
+
+
+def _ask_consent(params: dict[str, str], situation: Situation, outcome: AskConsent) -> BaseResponse:
+    login = situation.login
+    assert login is not None
+    client = situation.request.client
+    question = ask_consent(params, client=client, resident_id=login.resident_id, shown=outcome.shown)
+    return current().pages.consent(question)
 
 
 def _issue(params: dict[str, str], grant: object, situation: Situation, *, allowed: bool) -> BaseResponse:

@@ -1,6 +1,6 @@
 """The sandbox carrier verification agency: a stand-in for NICE, KCB or PASS in development and tests.
 
-It is its own WSGI app (served by `idp sandbox serve`), speaking the agency protocol of DESIGN.md section 8 to
+It is its own WSGI app (served by `idp sandbox serve`), speaking the agency protocol of docs/carrier.md to
 the IdP, plus sandbox-only endpoints (outbox, residents, faults, clock) and a virtual phone page per number.
 """
 

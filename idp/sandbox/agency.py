@@ -281,7 +281,7 @@ class Agency:
                 raise _rate_limited(
                     "Too many verifications from this address; wait a minute.", starts, now, START_WINDOW
                 )
-            # Every push to the phone counts, a text message or an app approval alike (DESIGN section 8).
+            # Every push to the phone counts, a text message or an app approval alike (docs/carrier.md).
             self._check_phone_sends(request.phone, now)
             starts.append(now)
 

@@ -1,4 +1,5 @@
-"""Input parsing and validation for the resident-facing forms (DESIGN section 7), with CSRF from Flask-WTF."""
+"""Input parsing and validation for the resident-facing forms (their field names and autocomplete values are a
+contract: docs/architecture.md), with CSRF from Flask-WTF."""
 
 from __future__ import annotations
 
@@ -180,7 +181,7 @@ class TotpCodeForm(PageForm):
 
 
 class TotpSignInForm(TotpCodeForm):
-    """Sign-in with a phone number and a code from the authenticator app (DESIGN section 2)."""
+    """Sign-in with a phone number and a code from the authenticator app (docs/architecture.md section 5)."""
 
     phone = StringField(_l("Mobile phone number"), filters=[_strip], validators=[_validate_phone])
 

@@ -13,7 +13,6 @@ from idp.authn.assurance import (
     PHR,
     PHRH,
     AuthEvent,
-    LoginReason,
     Method,
     aal1,
     aal2,
@@ -23,7 +22,6 @@ from idp.authn.assurance import (
     available_methods,
     best_acceptable,
     best_acr,
-    login_reason,
     merge_amr,
     reachable_acr,
 )
@@ -34,7 +32,6 @@ ISSUER = "http://localhost:8000"
 NOW = dt.datetime(2026, 11, 26, 6, 0, tzinfo=dt.UTC)
 AAL1 = f"{ISSUER}/acr/aal1"
 AAL2 = f"{ISSUER}/acr/aal2"
-HALF_AN_HOUR_AGO = NOW - dt.timedelta(minutes=30)  # when the session in the login_reason cases signed in
 # RFC 8176 §2 and the IANA "Authentication Method Reference Values" registry.
 REGISTERED_AMR = {
     "face", "fpt", "geo", "hwk", "iris", "kba", "mca", "mfa", "otp", "pin", "pwd", "rba", "retina", "sc", "sms", "swk",
@@ -254,86 +251,6 @@ def test_with_no_event_within_max_age_the_last_one_answers() -> None:
 def test_assurance_of_no_events_is_aal1_without_amr() -> None:
     assert assurance_within([], max_age=None, issuer=ISSUER, now=NOW) == (AAL1, [])
     assert assurance_within([], max_age=60, issuer=ISSUER, now=NOW) == (AAL1, [])
-
-
-# -- login_reason ----------------------------------------------------------------------------------------------------
-
-
-def reason(
-    *,
-    has_session: bool = True,
-    auth_time: dt.datetime | None = HALF_AN_HOUR_AGO,
-    session_acr: str | None = AAL1,
-    prompt: frozenset[str] = frozenset(),
-    max_age: int | None = None,
-    wanted_acr: tuple[str, ...] = (),
-    authenticated_since: dt.datetime | None = None,
-) -> LoginReason | None:
-    return login_reason(
-        has_session=has_session,
-        auth_time=auth_time,
-        session_acr=session_acr,
-        prompt=set(prompt),
-        max_age=max_age,
-        wanted_acr=list(wanted_acr),
-        authenticated_since=authenticated_since,
-        issuer=ISSUER,
-        now=NOW,
-    )
-
-
-def test_session_that_meets_the_request_needs_no_login() -> None:
-    assert reason() is None
-    assert reason(max_age=3600, wanted_acr=(AAL1,)) is None
-
-
-@pytest.mark.parametrize(
-    ("has_session", "auth_time", "session_acr"),
-    [(False, NOW, AAL1), (True, None, AAL1), (True, NOW, None)],
-    ids=["none", "no_time", "no_acr"],
-)
-def test_no_session_needs_a_login(has_session: bool, auth_time: dt.datetime | None, session_acr: str | None) -> None:
-    assert reason(has_session=has_session, auth_time=auth_time, session_acr=session_acr) is LoginReason.NO_SESSION
-
-
-def test_prompt_login_needs_a_new_login() -> None:
-    assert reason(prompt=frozenset({"login"})) is LoginReason.PROMPT_LOGIN
-    assert reason(prompt=frozenset({"consent"})) is None
-
-
-def test_prompt_login_is_answered_by_a_login_since_the_request() -> None:
-    since = NOW - minutes(2)
-    assert reason(prompt=frozenset({"login"}), auth_time=NOW - minutes(1), authenticated_since=since) is None
-    assert reason(prompt=frozenset({"login"}), auth_time=since, authenticated_since=since) is None
-    earlier = since - dt.timedelta(seconds=1)
-    assert reason(prompt=frozenset({"login"}), auth_time=earlier, authenticated_since=since) is LoginReason.PROMPT_LOGIN
-
-
-def test_max_age_exceeded_needs_a_login() -> None:
-    assert reason(max_age=1799) is LoginReason.MAX_AGE
-    assert reason(max_age=1800) is None
-    assert reason(max_age=0) is LoginReason.MAX_AGE
-    assert reason(max_age=0, authenticated_since=NOW - minutes(31)) is None
-
-
-def test_acr_too_low_needs_a_step_up() -> None:
-    assert reason(wanted_acr=(PHR,)) is LoginReason.ACR_TOO_LOW
-    assert reason(wanted_acr=("urn:unknown",)) is LoginReason.ACR_TOO_LOW
-    # Any acceptable level will do, and a higher level meets a lower request.
-    assert reason(wanted_acr=(PHR, AAL1)) is None
-    assert reason(session_acr=PHRH, wanted_acr=(PHR,)) is None
-
-
-def test_a_login_since_the_request_ends_the_step_up_even_below_the_level() -> None:
-    # The resident signed in again and could not reach the level: asking again would loop.
-    assert reason(wanted_acr=(PHR,), authenticated_since=NOW - minutes(31)) is None
-
-
-def test_reasons_are_checked_in_order() -> None:
-    login = frozenset({"login"})
-    assert reason(has_session=False, prompt=login, max_age=60, wanted_acr=(PHRH,)) is LoginReason.NO_SESSION
-    assert reason(prompt=login, max_age=60, wanted_acr=(PHRH,)) is LoginReason.PROMPT_LOGIN
-    assert reason(max_age=60, wanted_acr=(PHRH,)) is LoginReason.MAX_AGE
 
 
 # -- session_assurance -----------------------------------------------------------------------------------------------
