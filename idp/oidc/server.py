@@ -26,6 +26,7 @@ from idp.keyring import Keyring
 from idp.models import Client, LoginSession, SessionClient, UsedAssertion
 from idp.oidc.claims import SCOPES
 from idp.oidc.clients import find_client, verify_client_secret
+from idp.oidc.errors import json_error
 from idp.oidc.outbound import allows_local_destinations, outbound_client
 from idp.runtime import current, db_session, request_time
 from idp.settings import Settings
@@ -217,7 +218,10 @@ class IdpAuthorizationServer(AuthorizationServer):
         elif isinstance(error, UnsupportedTokenTypeError):
             # Authlib inherits 401 here; the client authenticated fine, the request is what is wrong.
             error.status_code = 400
-        response = super().handle_error_response(request, error)
+        if error.redirect_uri:
+            # An authorization response (access_denied): Authlib's redirect to the client.
+            return super().handle_error_response(request, error)
+        response = json_error(error)
         if isinstance(error, InvalidClientError):
             response.headers["WWW-Authenticate"] = 'Basic realm="idp", error="invalid_client"'
         return response
