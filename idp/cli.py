@@ -455,8 +455,8 @@ def _iso(value: dt.datetime | None) -> str | None:
 
 
 def _find(db: Any, reference: str) -> Any:
-    from idp.authn.carrier import normalize_phone
     from idp.authn.residents import AmbiguousResidentError, find_resident
+    from idp.phones import normalize_phone
 
     with contextlib.suppress(ValueError):
         reference = normalize_phone(reference)

@@ -18,7 +18,7 @@ from typing import Any
 
 import click
 
-from idp.authn.carrier import normalize_phone
+from idp.phones import normalize_phone
 from idp.sandbox.residents import Carrier, ResidentInvalidError
 
 DEFAULT_HOST = "127.0.0.1"

@@ -21,7 +21,6 @@ from idp.authn.carrier import (
     VerificationMethod,
     VerificationRequest,
     VerifiedIdentity,
-    normalize_phone,
     session_binding_for,
 )
 from idp.authn.residents import AccountOutcome, ResidentLockedError
@@ -39,6 +38,7 @@ from idp.logs import mask_phone
 from idp.models import Resident
 from idp.oidc.clients import find_client
 from idp.oidc.consent import hold_raw_ci
+from idp.phones import normalize_phone
 from idp.web import page_settings, render_error
 from idp.web.cookies import current_login, set_session_cookie
 from idp.web.forms import CARRIER_LABELS, ActionForm, CarrierStartForm, CodeForm
