@@ -29,8 +29,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from strategies import corpus_lines
 
 from idp import create_app
-from idp.cli import upgrade_database
-from idp.db import make_engine
+from idp.db import make_engine, upgrade_database
 from idp.keyring import Keyring
 from idp.settings import Settings
 
