@@ -20,9 +20,11 @@ run: $(STAMP)
 
 test: lint typecheck migrations-check pytest
 
+# lint-imports checks the import arrows: the contracts in pyproject.toml's [tool.importlinter].
 lint: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+	$(BIN)/lint-imports --no-cache --no-logo
 
 typecheck: $(STAMP)
 	$(BIN)/mypy

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import os
 import threading
 import uuid
 from collections.abc import Iterator
@@ -198,3 +199,43 @@ def head_revision() -> str | None:
     from alembic.script import ScriptDirectory
 
     return ScriptDirectory(str(migrations_dir())).get_current_head()
+
+
+def upgrade_database(url: str) -> tuple[str | None, str | None]:
+    """Migrate the database to the newest revision; the revisions before and after."""
+    from alembic import command
+    from alembic.config import Config
+    from alembic.runtime.migration import MigrationContext
+
+    config = Config()
+    config.set_main_option("script_location", str(migrations_dir()))
+    config.attributes["url"] = url
+    config.attributes["configure_logger"] = False
+    if url.startswith("sqlite:///"):
+        path = Path(url.removeprefix("sqlite:///"))
+        path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        # The database holds residents' personal data: readable by the IdP's user only.
+        if not path.exists():
+            os.close(os.open(path, os.O_WRONLY | os.O_CREAT, 0o600))
+    engine = make_engine(url)
+    try:
+        with engine.connect() as connection:
+            before = MigrationContext.configure(connection).get_current_revision()
+        command.upgrade(config, "head")
+        with engine.connect() as connection:
+            after = MigrationContext.configure(connection).get_current_revision()
+    finally:
+        engine.dispose()
+    return before, after
+
+
+def database_is_current(url: str) -> bool:
+    """Whether the database is at the newest migration (servers refuse an old schema)."""
+    from alembic.runtime.migration import MigrationContext
+
+    engine = make_engine(url)
+    try:
+        with engine.connect() as connection:
+            return MigrationContext.configure(connection).get_current_revision() == head_revision()
+    finally:
+        engine.dispose()

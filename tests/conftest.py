@@ -30,8 +30,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from strategies import corpus_lines
 
 from idp import create_app
-from idp.cli import upgrade_database
-from idp.db import make_engine
+from idp.db import make_engine, upgrade_database
 from idp.keyring import Keyring
 from idp.runtime import EXTENSION as RUNTIME
 from idp.runtime import of as runtime_of

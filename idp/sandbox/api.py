@@ -13,7 +13,7 @@ from typing import Any
 from flask import Blueprint, Flask, Response, jsonify, request
 from werkzeug.exceptions import HTTPException
 
-from idp.authn.carrier import normalize_phone
+from idp.phones import normalize_phone
 from idp.sandbox.agency import AgencyError, ErrorCode, Method, StartRequest, Verified
 from idp.sandbox.faults import SLOW_DELAY, TIMEOUT_DELAY, FaultMode
 from idp.sandbox.residents import NAME_MAX_LENGTH, Carrier, ResidentInvalidError, normalize_name, parse_birthdate

@@ -12,7 +12,7 @@ from typing import Any
 
 from flask import Blueprint, Flask, Response, jsonify, request
 
-from idp.authn.carrier import normalize_phone
+from idp.phones import normalize_phone
 from idp.sandbox.agency import AgencyError, ErrorCode, SentMessage
 from idp.sandbox.faults import FaultMode
 from idp.sandbox.residents import Line, ResidentInvalidError, UnknownPersonError

@@ -15,7 +15,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from idp.authn.carrier import normalize_phone
+from idp.phones import normalize_phone
 from idp.sandbox.state import write_private_file
 
 SHIPPED_FIXTURE = "residents.json"

@@ -10,7 +10,7 @@ import datetime as dt
 from flask import Blueprint, Flask, Response, abort, redirect, render_template, request, url_for
 from werkzeug.wrappers import Response as BaseResponse
 
-from idp.authn.carrier import normalize_phone
+from idp.phones import normalize_phone
 from idp.sandbox.agency import ApprovalClosedError
 from idp.sandbox.runtime import current_sandbox
 

@@ -17,9 +17,10 @@ from wtforms import BooleanField, Field, HiddenField, RadioField, SelectField, S
 from wtforms.fields.choices import SelectChoice  # type: ignore[attr-defined]  # new in WTForms 3.3; stubs lag
 from wtforms.validators import InputRequired, ValidationError
 
-from idp.authn.carrier import CODE_LENGTH, VerificationMethod, normalize_phone
+from idp.authn.carrier import CODE_LENGTH, VerificationMethod
 from idp.authn.recovery import normalize_recovery_code
 from idp.models import Carrier
+from idp.phones import normalize_phone
 
 NAME_MAX = 50  # 실명: Korean names are 2–5 syllables; foreign residents' registered names stay well under 50
 OLDEST = 130  # years; anything older is a typing mistake

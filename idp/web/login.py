@@ -20,7 +20,6 @@ from idp.authn.carrier import (
     VerificationMethod,
     VerificationRequest,
     VerifiedIdentity,
-    normalize_phone,
     session_binding_for,
 )
 from idp.authn.residents import AccountOutcome, ResidentLockedError
@@ -39,6 +38,7 @@ from idp.models import Resident
 from idp.oidc.clients import find_client
 from idp.oidc.consent import hold_raw_ci
 from idp.oidc.interaction import carry_over, current_login, hold_ci
+from idp.phones import normalize_phone
 from idp.runtime import current, db_session, request_time
 from idp.web import page_settings, render_error
 from idp.web.forms import CARRIER_LABELS, ActionForm, CarrierStartForm, CodeForm

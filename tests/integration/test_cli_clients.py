@@ -18,10 +18,10 @@ from joserfc.jwk import ECKey
 from sqlalchemy import Engine, func, select
 from sqlalchemy.orm import Session
 
+from idp.cli.clients import clients
 from idp.db import make_engine
 from idp.models import Client, InitialAccessToken
 from idp.oidc.clients import consume_initial_access_token, secret_digest_key, verify_client_secret
-from idp.oidc.commands import clients
 
 IDP = Path(sys.executable).with_name("idp")
 TIMEOUT = 60

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from idp.authn.carrier import normalize_phone
+from idp.phones import normalize_phone
 
 
 @pytest.mark.parametrize(

@@ -19,10 +19,10 @@ from click.testing import CliRunner
 from sandbox_support import AUTH, KIM, SITE_CODE, SITE_SECRET
 from werkzeug.serving import make_server
 
+from idp.cli.sandbox import sandbox
 from idp.sandbox import create_app
-from idp.sandbox.commands import sandbox
 
-SERVE = "from idp.sandbox.commands import sandbox; sandbox.main(['serve', '--port', '0'], prog_name='idp sandbox')"
+SERVE = "from idp.cli.sandbox import sandbox; sandbox.main(['serve', '--port', '0'], prog_name='idp sandbox')"
 
 
 @pytest.fixture

@@ -18,7 +18,8 @@ from typing import Any
 
 import click
 
-from idp.authn.carrier import normalize_phone
+from idp.cli.context import echo_json, json_option
+from idp.phones import normalize_phone
 from idp.sandbox.residents import Carrier, ResidentInvalidError
 
 DEFAULT_HOST = "127.0.0.1"
@@ -27,8 +28,6 @@ DEFAULT_SITE_CODE = "GG-IDP-SANDBOX"
 DEFAULT_SITE_SECRET = "sandbox-site-secret"  # noqa: S105  (the sandbox's well-known development secret)
 URL_FILE = "sandbox.url"  # in IDP_INSTANCE_DIR: where a running sandbox says where it listens
 HTTP_TIMEOUT = 5.0  # seconds; the sandbox answers its own endpoints at once
-
-json_option = click.option("--json", "as_json", is_flag=True, help="Print JSON for scripts.")
 
 
 @click.group()
@@ -128,7 +127,7 @@ def outbox(phone: str | None, as_json: bool) -> None:
         path += "?" + urllib.parse.urlencode({"phone": _phone(phone)})
     messages = _call("GET", path)
     if as_json:
-        _echo_json(messages)
+        echo_json(messages)
         return
     if not messages:
         click.echo("no messages")
@@ -147,7 +146,7 @@ def residents_list(as_json: bool) -> None:
     """Every line the sandbox knows: shipped and added."""
     lines = _call("GET", "/sandbox/residents")
     if as_json:
-        _echo_json(lines)
+        echo_json(lines)
         return
     for line in lines:
         click.echo(
@@ -179,7 +178,7 @@ def residents_add(
     as_json: bool,
 ) -> None:
     """Add a synthetic resident (kept across sandbox restarts)."""
-    body: dict[str, Any] = {
+    body: dict[str, str | bool] = {
         "name": name,
         "birthdate": birthdate,
         "rrn_digit7": rrn_digit7,
@@ -193,7 +192,7 @@ def residents_add(
         body["person_id"] = person_id
     line = _call("POST", "/sandbox/residents", body)
     if as_json:
-        _echo_json(line)
+        echo_json(line)
     else:
         click.echo(f"added {line['person_id']}: {line['name']} {line['phone']} {line['carrier']}")
 
@@ -208,6 +207,7 @@ def agency_url() -> str:
 
 
 def _call(method: str, path: str, body: object = None) -> Any:
+    """The agency's JSON answer to METHOD PATH (its shapes are the console's, idp/sandbox/console.py)."""
     base = agency_url()
     if urllib.parse.urlsplit(base).scheme not in ("http", "https"):
         raise click.ClickException(f"the sandbox agency URL must be http(s), not {base!r}")
@@ -244,7 +244,3 @@ def _phone(value: str) -> str:
 
 def _instance_dir() -> Path:
     return Path(os.environ.get("IDP_INSTANCE_DIR", "").strip() or "instance")
-
-
-def _echo_json(data: object) -> None:
-    click.echo(json.dumps(data, ensure_ascii=False, indent=2))

@@ -12,6 +12,7 @@ from typing import Any
 import click
 from sqlalchemy.orm import Session
 
+from idp.cli.context import database, echo_json, json_option, now, rfc3339, settings
 from idp.keyring import ALGORITHMS
 from idp.models import Client
 from idp.oidc.claims import AUTH_METHODS, GRANT_TYPES, SCOPES, SUBJECT_TYPES
@@ -30,39 +31,19 @@ from idp.oidc.clients import (
     secret_digest_key,
 )
 from idp.oidc.outbound import allows_local_destinations
-from idp.settings import Settings
 
 MAX_JWKS_FILE_BYTES = 64 * 1024  # a JWKS of a few public keys is a few kilobytes
 SHOWN_ONCE = "shown only once: store it now, the IdP keeps only a digest"
 
-json_option = click.option("--json", "as_json", is_flag=True, help="Print JSON for scripts.")
-
 
 @contextmanager
 def _database() -> Iterator[Session]:
-    """A committed-on-success session from IDP_* settings; client errors become one line and exit status 1."""
-    # idp.cli imports this module to register the group, so its helpers are looked up only when a command runs.
-    from idp import cli
-
-    with cli._database() as db:
+    """The shared committed-on-success session, where a refused client or token is one line and exit status 1."""
+    with database() as db:
         try:
             yield db
         except (ClientInvalidError, InitialAccessTokenInvalidError) as exc:
             raise click.ClickException(str(exc)) from None
-
-
-def _settings() -> Settings:
-    from idp import cli
-
-    return cli._settings()
-
-
-def _echo_json(data: object) -> None:
-    click.echo(json.dumps(data, ensure_ascii=False, indent=2))
-
-
-def _now() -> dt.datetime:
-    return dt.datetime.now(dt.UTC)
 
 
 def _find(db: Session, client_id: str) -> Client:
@@ -148,22 +129,22 @@ def clients_create(
         id_token_alg=id_token_alg,
         default_acr=default_acr,
     )
-    settings = _settings()
+    current = settings()
     with _database() as db:
         created = create_client(
             db,
             spec,
-            secret_key=secret_digest_key(settings.secret_key),
-            issuer=settings.issuer,
-            now=_now(),
+            secret_key=secret_digest_key(current.secret_key),
+            issuer=current.issuer,
+            now=now(),
             allow_restricted_scopes=True,
             # The admin is held to the same rule as dynamic registration: outside development, the IdP calls
             # only https URLs on public hosts.
-            allow_local_server_uris=allows_local_destinations(settings),
+            allow_local_server_uris=allows_local_destinations(current),
         )
         data = client_to_json(created.client)
     if as_json:
-        _echo_json({**data, "client_secret": created.secret})
+        echo_json({**data, "client_secret": created.secret})
         return
     _print_client(data)
     if created.secret is not None:
@@ -195,7 +176,7 @@ def clients_list(as_json: bool) -> None:
     with _database() as db:
         rows = [client_to_json(client) for client in list_clients(db)]
     if as_json:
-        _echo_json(rows)
+        echo_json(rows)
         return
     if not rows:
         click.echo("no clients")
@@ -216,7 +197,7 @@ def clients_show(client_id: str, as_json: bool) -> None:
     """Show one client's registration."""
     with _database() as db:
         data = client_to_json(_find(db, client_id))
-    _echo_json(data) if as_json else _print_client(data)
+    echo_json(data) if as_json else _print_client(data)
 
 
 @clients.command("delete")
@@ -230,7 +211,7 @@ def clients_delete(client_id: str, yes: bool, as_json: bool) -> None:
         if not yes and not click.confirm(f"Delete client {client.id} ({client.name}) and its tokens?", err=True):
             raise click.Abort
         delete_client(db, client)
-    _echo_json({"client_id": client_id, "deleted": True}) if as_json else click.echo(f"{client_id}: deleted")
+    echo_json({"client_id": client_id, "deleted": True}) if as_json else click.echo(f"{client_id}: deleted")
 
 
 @clients.command("rotate-secret")
@@ -238,14 +219,13 @@ def clients_delete(client_id: str, yes: bool, as_json: bool) -> None:
 @json_option
 def clients_rotate_secret(client_id: str, as_json: bool) -> None:
     """Give a client a new secret; the old one stops working at once."""
-    settings = _settings()
+    current = settings()
     with _database() as db:
         client = _find(db, client_id)
-        now = _now()
-        secret = rotate_client_secret(db, client, key=secret_digest_key(settings.secret_key), now=now)
+        rotated_at = now()
+        secret = rotate_client_secret(db, client, key=secret_digest_key(current.secret_key), now=rotated_at)
     if as_json:
-        rotated_at = now.isoformat().replace("+00:00", "Z")
-        _echo_json({"client_id": client_id, "client_secret": secret, "secret_rotated_at": rotated_at})
+        echo_json({"client_id": client_id, "client_secret": secret, "secret_rotated_at": rfc3339(rotated_at)})
         return
     click.echo(f"client_secret: {secret}")
     click.echo(f"({SHOWN_ONCE}; the old secret no longer works)")
@@ -258,12 +238,12 @@ def clients_rotate_secret(client_id: str, as_json: bool) -> None:
 @json_option
 def clients_registration_token(uses: int, expires_in: int, note: str | None, as_json: bool) -> None:
     """Mint an initial access token that lets a relying service register itself (RFC 7591 §3)."""
-    now = _now()
+    minted_at = now()
     with _database() as db:
-        token = mint_initial_access_token(db, uses=uses, expires_in=expires_in, note=note, now=now)
-    expires_at = (now + dt.timedelta(seconds=expires_in)).isoformat().replace("+00:00", "Z")
+        token = mint_initial_access_token(db, uses=uses, expires_in=expires_in, note=note, now=minted_at)
+    expires_at = rfc3339(minted_at + dt.timedelta(seconds=expires_in))
     if as_json:
-        _echo_json({"initial_access_token": token, "uses": uses, "expires_at": expires_at, "note": note})
+        echo_json({"initial_access_token": token, "uses": uses, "expires_at": expires_at, "note": note})
         return
     click.echo(f"initial_access_token: {token}")
     click.echo(f"({SHOWN_ONCE}; good for {uses} registration{'s' if uses != 1 else ''} until {expires_at})")
