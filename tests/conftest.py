@@ -7,7 +7,6 @@ import json
 import os
 import shutil
 import subprocess
-import time
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -27,6 +26,7 @@ from sqlalchemy import Engine, create_engine, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.orm import Session, sessionmaker
 from strategies import corpus_lines
+from waiting import wait_until
 
 from idp import create_app
 from idp.cli import upgrade_database
@@ -319,18 +319,24 @@ def sandbox_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         [IDP_COMMAND, "sandbox", "serve", "--port", str(port)], env=env, stdout=log, stderr=subprocess.STDOUT
     )
     url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 20
-    while True:
-        try:
-            with urllib.request.urlopen(f"{url}/v1/jwks", timeout=1):
-                break
-        except OSError:
-            if process.poll() is not None or time.monotonic() > deadline:
-                process.kill()
-                raise RuntimeError(
-                    f"the sandbox agency did not start: {(instance / 'sandbox.log').read_text()}"
-                ) from None
-            time.sleep(0.1)
+
+    def answers() -> bool:
+        if process.poll() is not None:
+            raise AssertionError(f"the sandbox agency exited: {(instance / 'sandbox.log').read_text()}")
+        with urllib.request.urlopen(f"{url}/v1/jwks", timeout=1):
+            return True
+
+    try:
+        wait_until(
+            answers,
+            timeout=20,
+            waiting_for=f"the sandbox agency to answer at {url}",
+            ignoring=(OSError,),
+            detail=(instance / "sandbox.log").read_text,
+        )
+    except AssertionError:
+        process.kill()
+        raise
     yield url
     process.terminate()
     process.wait(timeout=10)
