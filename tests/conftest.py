@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from factories import SignIn, make_login_session, make_resident
 from flask import Flask
 from flask.testing import FlaskClient, FlaskCliRunner
 from hypothesis import HealthCheck, Phase
@@ -29,10 +30,14 @@ from strategies import corpus_lines
 from waiting import wait_until
 
 from idp import create_app
+from idp.authn.assurance import Method
+from idp.authn.sessions import StartedSession
 from idp.cli import upgrade_database
 from idp.db import make_engine
 from idp.keyring import Keyring
+from idp.models import Resident
 from idp.settings import Settings
+from idp.web.cookies import cookie_name
 
 POSTGRES_URL = os.environ.get("IDP_TEST_POSTGRES_URL")
 TERMINATE_OTHER_CONNECTIONS = text(
@@ -364,3 +369,32 @@ def sandbox(sandbox_url: str) -> SandboxAgency:
     agency = SandboxAgency(sandbox_url)
     agency.reset()
     return agency
+
+
+# -- signed in without the sign-in pages ---------------------------------------------------------------------------
+
+
+@pytest.fixture
+def signed_in(app: Flask) -> SignIn:
+    """Sign a browser in without the sign-in pages, for tests about what comes after signing in: a login session
+    made in the app's database (of `resident`, or of a new resident: 김경기 unless `fields` say otherwise, verified
+    by the sandbox agency), and its cookie set on the test client. One sign-in by `method` at `at` (now)."""
+
+    def sign_in(
+        browser: FlaskClient,
+        *,
+        resident: Resident | None = None,
+        method: Method = Method.CARRIER_SMS,
+        at: dt.datetime | None = None,
+        **fields: Any,
+    ) -> StartedSession:
+        settings: Settings = app.extensions["idp.settings"]
+        with app.extensions["idp.db"][1]() as db:
+            person = db.merge(resident) if resident is not None else make_resident(db, **fields)
+            started = make_login_session(db, person, method=method, at=at, issuer=settings.issuer, client_ip=None)
+            db.commit()
+        with app.app_context():
+            browser.set_cookie(cookie_name(), started.cookie_value)
+        return started
+
+    return sign_in

@@ -8,8 +8,9 @@ from __future__ import annotations
 
 import datetime as dt
 import uuid
-from typing import Any
+from typing import Any, Protocol
 
+from flask.testing import FlaskClient
 from sqlalchemy.orm import Session
 
 from idp.authn.assurance import AuthEvent, Method
@@ -76,3 +77,17 @@ def make_login_session(
     opened = now or dt.datetime.now(dt.UTC)
     event = AuthEvent.of(method, issuer=issuer, at=at or opened)
     return start_session(db, resident, event, client_ip=client_ip, user_agent="pytest", now=opened)
+
+
+class SignIn(Protocol):
+    """The `signed_in` fixture (tests/conftest.py): a browser signed in without the sign-in pages."""
+
+    def __call__(
+        self,
+        browser: FlaskClient,
+        *,
+        resident: Resident | None = None,
+        method: Method = Method.CARRIER_SMS,
+        at: dt.datetime | None = None,
+        **fields: Any,
+    ) -> StartedSession: ...
