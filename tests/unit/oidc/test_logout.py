@@ -8,7 +8,7 @@ import datetime as dt
 import logging
 import threading
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 
 import httpx
 import pytest
@@ -18,7 +18,6 @@ from sqlalchemy import Engine, select
 from sqlalchemy.orm import Session, sessionmaker
 
 from idp.authn.sessions import StartedSession
-from idp.db import make_engine
 from idp.keyring import Keyring, KeyringStateError
 from idp.models import AuditEvent, Client, LoginSession, LogoutDelivery, Resident, SessionClient
 from idp.oidc.logout import (
@@ -368,13 +367,6 @@ def test_a_delivery_claimed_by_one_worker_is_not_sent_by_another(
 # -- two workers on their own connections ----------------------------------------------------------------------------
 
 
-@pytest.fixture
-def shared_engine(fresh_database_url: str) -> Iterator[Engine]:
-    engine = make_engine(fresh_database_url)
-    yield engine
-    engine.dispose()
-
-
 class PausingFactory:
     """A session factory for one worker that runs `before(n)` as the worker asks for its n-th session: the first
     session lists the due deliveries, the second claims one."""
@@ -391,9 +383,9 @@ class PausingFactory:
 
 
 def test_two_workers_that_both_saw_a_delivery_due_send_it_once(
-    shared_engine: Engine, keyring: Keyring, settings: Settings
+    fresh_engine: Engine, keyring: Keyring, settings: Settings
 ) -> None:
-    with Session(shared_engine) as setup:
+    with Session(fresh_engine) as setup:
         resident = make_resident(setup, now=NOW)
         client = make_client(setup, now=NOW, backchannel_logout_uri=BACKCHANNEL).client
         login = make_login_session(setup, resident, now=NOW).session
@@ -430,7 +422,7 @@ def test_two_workers_that_both_saw_a_delivery_due_send_it_once(
 
     def run(name: str, before: Callable[[int], None]) -> None:
         try:
-            made = PausingFactory(shared_engine, before)
+            made = PausingFactory(fresh_engine, before)
             results[name] = deliver_due(made, keyring, settings, now=NOW, send=sending)  # type: ignore[arg-type]
         except BaseException as exc:  # reported below
             errors.append(exc)
@@ -449,7 +441,7 @@ def test_two_workers_that_both_saw_a_delivery_due_send_it_once(
     assert errors == []
     assert len(send.sent) == 1
     assert results == {"first": 1, "second": 0}
-    with Session(shared_engine) as check:
+    with Session(fresh_engine) as check:
         delivery = check.scalars(select(LogoutDelivery)).one()
         assert (delivery.attempts, delivery.delivered_at) == (1, NOW)
 

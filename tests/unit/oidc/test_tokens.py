@@ -16,9 +16,8 @@ import pytest
 from factories import make_client, make_login_session, make_resident
 from joserfc import jwt
 from joserfc.errors import SecurityWarning
-from joserfc.jwk import ECKey, OctKey
-from joserfc.jws import JWSRegistry
-from sqlalchemy import select
+from joserfc.jwk import ECKey
+from sqlalchemy import Engine, select
 from sqlalchemy.orm import Session
 
 from idp.authn.assurance import aal1
@@ -350,23 +349,20 @@ def test_access_tokens_the_idp_did_not_issue_as_such_are_refused(
         verify_access_token(token, keys, settings, now=NOW)
 
 
-def test_a_token_of_a_withdrawn_key_is_refused(keyring: Keyring, settings: Settings) -> None:
+def test_tokens_of_a_withdrawn_key_are_refused_and_of_a_retired_one_accepted(
+    keyring: Keyring, settings: Settings
+) -> None:
     keys = keyring.current()
-    token = keys.active("ES256").sign(_claims("client-1"), typ=ACCESS_TOKEN_TYPE)
-    assert verify_access_token(token, keys, settings, now=NOW)["jti"] == "j1"
-    # Only published keys verify: once a key is withdrawn from the JWKS its tokens are worthless here too.
-    withdrawn = LoadedKeys.of([key for key in keys.keys if key.kid != keys.active("ES256").kid])
+    retired, withdrawn = keys.active("ES256"), keys.active("RS256")
+    by_retired = retired.sign(_claims("client-1"), typ=ACCESS_TOKEN_TYPE)
+    by_withdrawn = withdrawn.sign(_claims("client-1"), typ=ACCESS_TOKEN_TYPE)
+    keyring.retire(retired.kid)
+    # `idp keys retire --now` (a compromised key): it leaves the JWKS, and what it signed verifies nowhere.
+    keyring.retire(withdrawn.kid, now=True)
+    after = keyring.current()
+    assert verify_access_token(by_retired, after, settings, now=NOW)["jti"] == "j1"
     with pytest.raises(TokenInvalidError, match="bad token"):
-        verify_access_token(token, withdrawn, settings, now=NOW)
-
-
-def test_hmac_token_keyed_with_the_public_key_is_refused(keys: LoadedKeys, settings: Settings) -> None:
-    # Algorithm confusion: an HS256 token "signed" with the public key as shared secret.
-    public = json.dumps(keys.active("RS256").public_jwk()).encode()
-    header = {"alg": "HS256", "kid": keys.active("RS256").kid, "typ": ACCESS_TOKEN_TYPE}
-    token = jwt.encode(header, _claims("client-1"), OctKey.import_key(public), registry=JWSRegistry())
-    with pytest.raises(TokenInvalidError):
-        verify_access_token(token, keys, settings, now=NOW)
+        verify_access_token(by_withdrawn, after, settings, now=NOW)
 
 
 # -- authorization codes ---------------------------------------------------------------------------------------------
@@ -474,6 +470,54 @@ def test_replayed_code_revokes_what_it_issued_and_nothing_else(
     assert spend_code(db, replayed, now=later) is False
     assert revoked(db, *issued) == (True, True)
     assert revoked(db, *untouched) == (False, False)
+
+
+def test_a_code_found_by_two_token_requests_is_spent_by_one(
+    fresh_engine: Engine, keys: LoadedKeys, settings: Settings
+) -> None:
+    with Session(fresh_engine, expire_on_commit=False) as setup:
+        client = make_client(setup, now=NOW).client
+        make_code(setup, client, make_resident(setup, now=NOW))
+        setup.commit()
+    # Both requests passed their checks with the code unspent; only the compare-and-set decides.
+    with Session(fresh_engine) as first, Session(fresh_engine) as second:
+        seen_first = find_code(first, "the-code", client.id, now=NOW)
+        seen_second = find_code(second, "the-code", client.id, now=NOW)
+        assert seen_first is not None
+        assert seen_second is not None
+        assert spend_code(first, seen_first, now=NOW) is True
+        first.commit()
+        assert spend_code(second, seen_second, now=NOW) is False
+        second.commit()
+
+
+def test_a_refresh_token_presented_twice_at_once_rotates_once(
+    fresh_engine: Engine, keys: LoadedKeys, settings: Settings
+) -> None:
+    with Session(fresh_engine, expire_on_commit=False) as setup:
+        client = make_client(setup, now=NOW).client
+        resident = make_resident(setup, now=NOW)
+        token = issue_refresh_token(
+            setup,
+            settings,
+            client=client,
+            authentication=Authentication(resident=resident, sid=None, acr="aal1", amr=["sms"], auth_time=NOW),
+            scope="openid offline_access",
+            grant_id=uuid.uuid4(),
+            claims=None,
+            now=NOW,
+        )
+        setup.commit()
+    with Session(fresh_engine) as first, Session(fresh_engine) as second:
+        assert rotate_refresh_token(first, token, client.id, now=NOW) is not None
+        first.commit()
+        assert rotate_refresh_token(second, token, client.id, now=NOW) is None
+        second.commit()
+    with Session(fresh_engine) as check:
+        row = find_refresh_token(check, token)
+        assert row is not None
+        # The second presentation is a reuse: the family is revoked (RFC 9700 §4.14.2).
+        assert (row.rotated_at, row.revoked_at) == (NOW, NOW)
 
 
 # -- refresh tokens --------------------------------------------------------------------------------------------------
