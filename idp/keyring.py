@@ -51,8 +51,13 @@ class _SigningRegistry(JWSRegistry):
     algorithms: dict[str, JWSAlgModel] = {**JWSRegistry.algorithms, "EdDSA": _QuietEdDSA()}  # noqa: RUF012  (joserfc reads it per class)
 
 
-# One registry per algorithm, built once: jwt.encode would otherwise build one for every token.
-_REGISTRIES = {alg: _SigningRegistry(algorithms=[alg]) for alg in ALGORITHMS}
+def jws_registry(algorithms: Sequence[str]) -> JWSRegistry:
+    """A registry allowing exactly `algorithms`, that signs and verifies EdDSA without a warning. Build it once and
+    keep it: jwt.encode and jwt.decode would otherwise build one per token."""
+    return _SigningRegistry(algorithms=list(algorithms))
+
+
+_REGISTRIES = {alg: jws_registry([alg]) for alg in ALGORITHMS}
 
 
 class KeyState(enum.StrEnum):
@@ -166,8 +171,10 @@ class LoadedKeys:
     keys: tuple[SigningKey, ...]
     jwks_json: bytes
     etag: str
-    # The published keys, ready to verify this IdP's own tokens (access tokens at /userinfo, hints at /logout).
+    # The published keys, ready to verify this IdP's own tokens (access tokens at /userinfo, hints at /logout),
+    # with the registry of their algorithms: pass both to jwt.decode.
     public_keys: KeySet
+    verifier: JWSRegistry
 
     @classmethod
     def of(cls, keys: Sequence[SigningKey]) -> LoadedKeys:
@@ -178,6 +185,7 @@ class LoadedKeys:
             jwks_json=body,
             etag='"' + hashlib.sha256(body).hexdigest()[:32] + '"',
             public_keys=KeySet.import_key_set(document),  # type: ignore[arg-type]  # our own JWKS document
+            verifier=jws_registry(sorted({key.alg for key in keys}, key=ALGORITHMS.index)),
         )
 
     def active(self, alg: str) -> SigningKey:

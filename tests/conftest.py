@@ -8,7 +8,6 @@ import json
 import os
 import shutil
 import subprocess
-import time
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -18,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from factories import SignIn, make_login_session, make_resident
 from flask import Flask
 from flask.testing import FlaskClient, FlaskCliRunner
 from hypothesis import HealthCheck, Phase
@@ -28,10 +28,15 @@ from sqlalchemy import Engine, create_engine, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.orm import Session, sessionmaker
 from strategies import corpus_lines
+from waiting import wait_until
 
 from idp import create_app
+from idp.authn.assurance import Method
+from idp.authn.sessions import StartedSession
 from idp.db import make_engine, upgrade_database
 from idp.keyring import Keyring
+from idp.models import Resident
+from idp.oidc.interaction import cookie_name
 from idp.runtime import EXTENSION as RUNTIME
 from idp.runtime import of as runtime_of
 from idp.settings import Settings
@@ -321,18 +326,24 @@ def sandbox_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         [IDP_COMMAND, "sandbox", "serve", "--port", str(port)], env=env, stdout=log, stderr=subprocess.STDOUT
     )
     url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 20
-    while True:
-        try:
-            with urllib.request.urlopen(f"{url}/v1/jwks", timeout=1):
-                break
-        except OSError:
-            if process.poll() is not None or time.monotonic() > deadline:
-                process.kill()
-                raise RuntimeError(
-                    f"the sandbox agency did not start: {(instance / 'sandbox.log').read_text()}"
-                ) from None
-            time.sleep(0.1)
+
+    def answers() -> bool:
+        if process.poll() is not None:
+            raise AssertionError(f"the sandbox agency exited: {(instance / 'sandbox.log').read_text()}")
+        with urllib.request.urlopen(f"{url}/v1/jwks", timeout=1):
+            return True
+
+    try:
+        wait_until(
+            answers,
+            timeout=20,
+            waiting_for=f"the sandbox agency to answer at {url}",
+            ignoring=(OSError,),
+            detail=(instance / "sandbox.log").read_text,
+        )
+    except AssertionError:
+        process.kill()
+        raise
     yield url
     process.terminate()
     process.wait(timeout=10)
@@ -360,3 +371,32 @@ def sandbox(sandbox_url: str) -> SandboxAgency:
     agency = SandboxAgency(sandbox_url)
     agency.reset()
     return agency
+
+
+# -- signed in without the sign-in pages ---------------------------------------------------------------------------
+
+
+@pytest.fixture
+def signed_in(app: Flask) -> SignIn:
+    """Sign a browser in without the sign-in pages, for tests about what comes after signing in: a login session
+    made in the app's database (of `resident`, or of a new resident: 김경기 unless `fields` say otherwise, verified
+    by the sandbox agency), and its cookie set on the test client. One sign-in by `method` at `at` (now)."""
+
+    def sign_in(
+        browser: FlaskClient,
+        *,
+        resident: Resident | None = None,
+        method: Method = Method.CARRIER_SMS,
+        at: dt.datetime | None = None,
+        **fields: Any,
+    ) -> StartedSession:
+        settings = runtime_of(app).settings
+        with runtime_of(app).sessions() as db:
+            person = db.merge(resident) if resident is not None else make_resident(db, **fields)
+            started = make_login_session(db, person, method=method, at=at, issuer=settings.issuer, client_ip=None)
+            db.commit()
+        with app.app_context():
+            browser.set_cookie(cookie_name(), started.cookie_value)
+        return started
+
+    return sign_in

@@ -5,12 +5,12 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
-import time
 import urllib.request
 from collections.abc import Sequence
 from pathlib import Path
 
 from sandbox_agency import IDP_COMMAND, free_port
+from waiting import wait_until
 
 
 class IdpServer:
@@ -35,17 +35,18 @@ class IdpServer:
             stderr=subprocess.STDOUT,
             start_new_session=True,
         )
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise AssertionError(f"idp serve exited: {log_path.read_text()}")
-            try:
-                if self.get("/readyz")[0] == 200:
-                    return
-            except OSError:
-                pass
-            time.sleep(0.1)
-        raise AssertionError(f"idp serve did not become ready: {log_path.read_text()}")
+        wait_until(
+            self._ready,
+            timeout=30,
+            waiting_for=f"idp serve on port {self.port} to answer /readyz",
+            ignoring=(OSError,),
+            detail=log_path.read_text,
+        )
+
+    def _ready(self) -> bool:
+        if self.process.poll() is not None:
+            raise AssertionError(f"idp serve exited: {self.log_path.read_text()}")
+        return self.get("/readyz")[0] == 200
 
     def get(self, path: str) -> tuple[int, bytes]:
         with urllib.request.urlopen(self.base + path, timeout=5) as response:

@@ -102,7 +102,7 @@ const ACCOUNT_CLAIMS = {
   phone_number_verified: true,
 };
 
-// The idp's planned feature set (DESIGN.md sections 2, 6, 10), so both discovery documents describe a similar
+// The idp's planned feature set (docs/integration.md: flows, tokens and assurance levels), so both discovery documents describe a similar
 // provider: code flow with PKCE, refresh tokens (rotated at every use, as the idp does), client credentials,
 // userinfo, introspection, revocation, RP-initiated and back-channel logout, pairwise subjects, acr values.
 const provider = new Provider(issuer, {
@@ -118,7 +118,7 @@ const provider = new Provider(issuer, {
       response_types: ['code'],
       scope: SCOPE,
       subject_type: 'pairwise',
-      // RS256 is the OIDC default for ID tokens (DESIGN.md section 5).
+      // RS256 is the OIDC default for ID tokens (docs/admin.md section 4).
       id_token_signed_response_alg: 'RS256',
     },
   ],

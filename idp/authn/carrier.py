@@ -23,12 +23,15 @@ from joserfc.jwk import KeySet
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
+from idp.keyring import jws_registry
 from idp.models import Carrier, CarrierResult
 from idp.phones import normalize_phone
 
 RESULT_TYPE = "carrier-result+jwt"
 RESULT_LIFETIME = 600  # docs/carrier.md: results carry a 10-minute exp
 CLOCK_LEEWAY = 60
+# The algorithms an agency may sign results with (docs/carrier.md), in a registry built once.
+AGENCY_RESULT_REGISTRY = jws_registry(["ES256", "RS256", "PS256", "EdDSA"])
 CODE_LENGTH = 6
 SANDBOX_AGENCY = "sandbox"
 
@@ -341,7 +344,7 @@ class HttpCarrierGateway:
         for refresh in (False, True):
             keys = self._agency_keys(refresh=refresh)
             try:
-                result = jws.deserialize_compact(token, keys, algorithms=["ES256", "RS256", "PS256", "EdDSA"])
+                result = jws.deserialize_compact(token, keys, registry=AGENCY_RESULT_REGISTRY)
             except JoseError as exc:
                 # An unknown kid may be a rotated agency key: fetch the keys once more (at most once a minute).
                 if not refresh and "key" in str(exc).lower():

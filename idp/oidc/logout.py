@@ -21,7 +21,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from idp.audit import FAILURE, SUCCESS, record_event
 from idp.authn.sessions import end_session
-from idp.keyring import Keyring, LoadedKeys
+from idp.keyring import Keyring, KeyringStateError, LoadedKeys
 from idp.models import Client, LoginSession, LogoutDelivery, SessionClient
 from idp.oidc.outbound import allows_local_destinations, outbound_client
 from idp.settings import Settings
@@ -51,7 +51,7 @@ def read_id_token_hint(token: str, keys: LoadedKeys, settings: Settings) -> dict
     if not token or len(token) > 8192 or token.count(".") != 2:
         raise IdTokenHintInvalidError("malformed")
     try:
-        decoded = jwt.decode(token, keys.public_keys, algorithms=sorted({key.alg for key in keys.keys}))
+        decoded = jwt.decode(token, keys.public_keys, registry=keys.verifier)
     except (JoseError, ValueError, TypeError):
         raise IdTokenHintInvalidError("bad signature") from None
     claims = decoded.claims
@@ -173,15 +173,8 @@ def _attempt(
         if delivery is None or client is None or not client.backchannel_logout_uri:
             return False
         delivery.attempts += 1
-        error: str | None = None
-        try:
-            status = send(
-                client.backchannel_logout_uri, logout_token(client, delivery, keyring.current(), settings, now)
-            )
-            if not 200 <= status < 300:
-                error = f"HTTP {status}"
-        except httpx.HTTPError as exc:
-            error = type(exc).__name__
+        token_for = partial(logout_token, client, delivery, settings=settings, now=now)
+        error = _send_once(client.id, client.backchannel_logout_uri, token_for, keyring, send=send)
         if error is None:
             delivery.delivered_at = now
             record_event(db, "logout.backchannel", result=SUCCESS, client_id=client.id, attempts=delivery.attempts)
@@ -199,6 +192,27 @@ def _attempt(
                 record_event(db, "logout.backchannel", result=FAILURE, client_id=client.id, error=error, retry=True)
         db.commit()
         return error is None
+
+
+def _send_once(
+    client_id: str, uri: str, token_for: Callable[[LoadedKeys], str], keyring: Keyring, *, send: Sender
+) -> str | None:
+    """One attempt: None when the client took the token, else the error to record. Whatever goes wrong (no key left
+    for the client's algorithm, no answer, a bug) is a failed attempt of this delivery alone: it is counted, retried
+    and in the end given up, and the round goes on to the other clients."""
+    try:
+        token = token_for(keyring.current())
+    except KeyringStateError as exc:
+        log.warning("back-channel logout to %s cannot be signed: %s", client_id, exc)
+        return "KeyringStateError"
+    try:
+        status = send(uri, token)
+    except httpx.HTTPError as exc:
+        return type(exc).__name__
+    except Exception as exc:  # a delivery must never stop the round; the traceback goes to the log
+        log.exception("back-channel logout to %s failed", client_id)
+        return type(exc).__name__
+    return None if 200 <= status < 300 else f"HTTP {status}"
 
 
 class DeliveryWorker:

@@ -133,7 +133,7 @@ def verify_access_token(token: str, keys: LoadedKeys, settings: Settings, *, now
     if not token or len(token) > MAX_TOKEN_LENGTH or token.count(".") != 2:
         raise TokenInvalidError("malformed token")
     try:
-        decoded = jwt.decode(token, keys.public_keys, algorithms=sorted({key.alg for key in keys.keys}))
+        decoded = jwt.decode(token, keys.public_keys, registry=keys.verifier)
     except (JoseError, ValueError, TypeError) as exc:
         raise TokenInvalidError(f"bad token: {type(exc).__name__}") from None
     if decoded.header.get("typ") != ACCESS_TOKEN_TYPE:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import datetime as dt
 import secrets
-import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
@@ -229,7 +228,7 @@ def test_app_approval_with_the_right_number_verifies(gateway: HttpCarrierGateway
     # Polled again within a second, the agency asks to slow down: still pending for the resident.
     if isinstance(outcome, Pending):
         assert outcome.retry_after == 1
-        time.sleep(1.1)
+        sandbox.wait_poll_interval()
         outcome = gateway.poll(transaction.txn_id)
     assert isinstance(outcome, VerifiedIdentity)
     assert outcome.method is VerificationMethod.APP
@@ -279,7 +278,7 @@ def test_replayed_result_is_refused(gateway: HttpCarrierGateway, sandbox: Sandbo
     first = gateway.poll(transaction.txn_id)
     assert isinstance(first, VerifiedIdentity)
     redeem_identity(db, first, binding_secret="b")
-    time.sleep(1.1)  # the agency's poll interval
+    sandbox.wait_poll_interval()
     again = gateway.poll(transaction.txn_id)
     assert isinstance(again, VerifiedIdentity)
     assert again.jti == first.jti

@@ -1,4 +1,9 @@
-"""The authorization code flow with PKCE through the Flask app, signing in through the sandbox agency."""
+"""The authorization code flow with PKCE through the Flask app.
+
+Tests about what follows a sign-in start signed in directly (the `signed_in` fixture); those where signing in is
+part of the behaviour (a fresh verification for kr_ci, prompt=login, signing in for an id_token_hint) sign in
+through the sandbox agency.
+"""
 
 from __future__ import annotations
 
@@ -8,6 +13,7 @@ from dataclasses import replace
 from urllib.parse import parse_qs, urlencode, urlsplit
 
 import pytest
+from factories import SignIn
 from flask import Flask
 from oidc_flow import KIM_E164, REDIRECT, authorize, basic, decode, exchange, pkce, register, sign_in
 from sandbox_agency import SandboxAgency
@@ -27,10 +33,10 @@ def app(
     return app
 
 
-def test_code_flow_issues_verified_tokens(app: Flask, sandbox: SandboxAgency) -> None:
+def test_code_flow_issues_verified_tokens(app: Flask, signed_in: SignIn) -> None:
     created = register(app)
     browser = app.test_client()
-    sign_in(browser, sandbox)
+    signed_in(browser)
     authorization = authorize(browser, created.client.id)
     assert authorization.params["state"] == [authorization.state]
     assert authorization.params["iss"] == ["http://localhost:8000"]
@@ -61,10 +67,10 @@ def test_code_flow_issues_verified_tokens(app: Flask, sandbox: SandboxAgency) ->
     assert info.get_json()["birthdate"] == "1985-03-14"
 
 
-def test_replayed_code_is_refused_and_revokes_what_it_issued(app: Flask, sandbox: SandboxAgency) -> None:
+def test_replayed_code_is_refused_and_revokes_what_it_issued(app: Flask, signed_in: SignIn) -> None:
     created = register(app)
     browser = app.test_client()
-    sign_in(browser, sandbox)
+    signed_in(browser)
     authorization = authorize(browser, created.client.id)
     first = exchange(browser, created, authorization).get_json()
     replay = exchange(browser, created, authorization)
@@ -89,11 +95,11 @@ def test_replayed_code_is_refused_and_revokes_what_it_issued(app: Flask, sandbox
     ],
 )
 def test_a_code_is_spent_only_by_a_request_that_proves_it_is_the_clients(
-    app: Flask, sandbox: SandboxAgency, wrong: dict[str, str]
+    app: Flask, signed_in: SignIn, wrong: dict[str, str]
 ) -> None:
     created = register(app, public=True)
     browser = app.test_client()
-    sign_in(browser, sandbox)
+    signed_in(browser)
     authorization = authorize(browser, created.client.id)
 
     # Whoever saw the code but holds no verifier can neither use it nor burn it.
@@ -112,10 +118,10 @@ def test_a_code_is_spent_only_by_a_request_that_proves_it_is_the_clients(
     assert browser.get("/userinfo", headers=access).status_code == 401
 
 
-def test_refresh_rotates_and_reuse_revokes_the_family(app: Flask, sandbox: SandboxAgency) -> None:
+def test_refresh_rotates_and_reuse_revokes_the_family(app: Flask, signed_in: SignIn) -> None:
     created = register(app)
     browser = app.test_client()
-    sign_in(browser, sandbox)
+    signed_in(browser)
     tokens = exchange(browser, created, authorize(browser, created.client.id)).get_json()
     auth = basic(created.client.id, created.secret or "")
     second = browser.post(
@@ -135,11 +141,11 @@ def test_refresh_rotates_and_reuse_revokes_the_family(app: Flask, sandbox: Sandb
     assert after.get_json()["error"] == "invalid_grant"
 
 
-def test_introspection_and_revocation(app: Flask, sandbox: SandboxAgency) -> None:
+def test_introspection_and_revocation(app: Flask, signed_in: SignIn) -> None:
     created = register(app)
     other = register(app, name="다른 서비스")
     browser = app.test_client()
-    sign_in(browser, sandbox)
+    signed_in(browser)
     tokens = exchange(browser, created, authorize(browser, created.client.id)).get_json()
     auth = basic(created.client.id, created.secret or "")
     active = browser.post("/introspect", data={"token": tokens["access_token"]}, headers=auth).get_json()
@@ -178,10 +184,10 @@ def test_client_credentials_issue_an_access_token_only(app: Flask) -> None:
     assert foreign.get_json() == {"active": False}
 
 
-def test_public_client_needs_pkce(app: Flask, sandbox: SandboxAgency) -> None:
+def test_public_client_needs_pkce(app: Flask, signed_in: SignIn) -> None:
     created = register(app, public=True)
     browser = app.test_client()
-    sign_in(browser, sandbox)
+    signed_in(browser)
     response = browser.get(
         f"/authorize?response_type=code&client_id={created.client.id}&redirect_uri={REDIRECT}&scope=openid&state=s"
     )
@@ -295,10 +301,10 @@ def test_client_credentials_grant_only_registered_scopes(app: Flask) -> None:
     assert default["scope"] == "profile"
 
 
-def test_claims_parameter_cannot_reach_past_the_granted_scopes(app: Flask, sandbox: SandboxAgency) -> None:
+def test_claims_parameter_cannot_reach_past_the_granted_scopes(app: Flask, signed_in: SignIn) -> None:
     created = register(app)
     browser = app.test_client()
-    sign_in(browser, sandbox)
+    signed_in(browser)
     claims = '{"id_token": {"phone_number": null, "verified_claims": {"claims": {"name": null}}}}'
     authorization = authorize(browser, created.client.id, scope="openid", claims=claims)
     token = decode(app, exchange(browser, created, authorization).get_json()["id_token"]).claims
@@ -310,10 +316,10 @@ def test_claims_parameter_cannot_reach_past_the_granted_scopes(app: Flask, sandb
     assert verified["verification"]["trust_framework"] == "kr_mobile_identity_verification"
 
 
-def test_refresh_with_a_wider_scope_leaves_the_token_usable(app: Flask, sandbox: SandboxAgency) -> None:
+def test_refresh_with_a_wider_scope_leaves_the_token_usable(app: Flask, signed_in: SignIn) -> None:
     created = register(app)
     browser = app.test_client()
-    sign_in(browser, sandbox)
+    signed_in(browser)
     tokens = exchange(browser, created, authorize(browser, created.client.id, scope="openid offline_access")).get_json()
     auth = basic(created.client.id, created.secret or "")
     wider = browser.post(
@@ -335,10 +341,10 @@ def test_refresh_with_a_wider_scope_leaves_the_token_usable(app: Flask, sandbox:
     assert again.get_json()["scope"] == "openid offline_access"
 
 
-def test_essential_acr_that_cannot_be_reached_fails(app: Flask, sandbox: SandboxAgency) -> None:
+def test_essential_acr_that_cannot_be_reached_fails(app: Flask, signed_in: SignIn) -> None:
     created = register(app)
     browser = app.test_client()
-    sign_in(browser, sandbox)
+    signed_in(browser)
     claims = '{"id_token": {"acr": {"essential": true, "values": ["phr"]}}}'
     query = {
         "response_type": "code",
@@ -358,12 +364,12 @@ def test_essential_acr_that_cannot_be_reached_fails(app: Flask, sandbox: Sandbox
     assert location["state"] == ["s"]
 
 
-@pytest.mark.parametrize("signed_in", [True, False], ids=["signed-in", "signed-out"])
-def test_essential_acr_of_only_unknown_levels_fails(app: Flask, sandbox: SandboxAgency, signed_in: bool) -> None:
+@pytest.mark.parametrize("with_session", [True, False], ids=["signed-in", "signed-out"])
+def test_essential_acr_of_only_unknown_levels_fails(app: Flask, signed_in: SignIn, with_session: bool) -> None:
     created = register(app)
     browser = app.test_client()
-    if signed_in:
-        sign_in(browser, sandbox)
+    if with_session:
+        signed_in(browser)
     query = {
         "response_type": "code",
         "client_id": created.client.id,
@@ -382,10 +388,10 @@ def test_essential_acr_of_only_unknown_levels_fails(app: Flask, sandbox: Sandbox
     assert location["state"] == ["s"]
 
 
-def test_voluntary_acr_returns_the_level_reached(app: Flask, sandbox: SandboxAgency) -> None:
+def test_voluntary_acr_returns_the_level_reached(app: Flask, signed_in: SignIn) -> None:
     created = register(app)
     browser = app.test_client()
-    sign_in(browser, sandbox)
+    signed_in(browser)
     authorization = authorize(browser, created.client.id, scope="openid", acr_values="phr")
     claims = decode(app, exchange(browser, created, authorization).get_json()["id_token"]).claims
     assert claims["acr"] == "http://localhost:8000/acr/aal1"
@@ -409,20 +415,13 @@ def test_login_hint_fills_the_phone_field(app: Flask) -> None:
     assert 'value="+821000000001"' in page
 
 
-def test_id_token_hint_of_another_resident_asks_for_sign_in(app: Flask, sandbox: SandboxAgency) -> None:
+def test_id_token_hint_of_another_resident_asks_for_sign_in(app: Flask, signed_in: SignIn) -> None:
     created = register(app)
     kim = app.test_client()
-    sign_in(kim, sandbox)
+    signed_in(kim)
     kims_token = exchange(kim, created, authorize(kim, created.client.id, scope="openid")).get_json()["id_token"]
     lee = app.test_client()
-    lee_person = {
-        "carrier": "KT",
-        "name": "이수원",
-        "birthdate": "1992-11-02",
-        "rrn_digit7": "2",
-        "phone": "010-0000-0002",
-    }
-    sign_in(lee, sandbox, lee_person, "+821000000002")
+    signed_in(lee, name="이수원", birthdate=dt.date(1992, 11, 2), phone="+821000000002", carrier="KT")
     query = {
         "response_type": "code",
         "client_id": created.client.id,

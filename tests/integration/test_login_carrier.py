@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import datetime as dt
 import re
-import time
 from collections.abc import Callable, Iterator
 from dataclasses import replace
 from typing import Any
@@ -131,7 +130,7 @@ def test_every_sign_in_gets_a_new_session_cookie(app: Flask, sandbox: SandboxAge
     second = session_cookie(sign_in(client, sandbox, KIM, KIM_E164))
     assert first != second
     # The same resident signing in again in this browser raises the session: its sid (known to services) stays,
-    # and it keeps both authentications (DESIGN section 10).
+    # and it keeps both authentications (docs/integration.md section 5).
     sessions = db_session.scalars(select(LoginSession)).all()
     assert len(sessions) == 1
     assert [event["method"] for event in sessions[0].events] == ["carrier_sms", "carrier_sms"]
@@ -160,7 +159,7 @@ def test_app_approval_signs_in(client: FlaskClient, sandbox: SandboxAgency) -> N
     approvals = sandbox.call("GET", f"/phone/{KIM_E164}")
     txn_id = re.search(r"/approvals/([A-Za-z0-9_\-]+)", approvals).group(1)  # type: ignore[union-attr]
     sandbox.answer(KIM_E164, txn_id, number=number.group(1))
-    time.sleep(1.1)  # the agency's poll interval
+    sandbox.wait_poll_interval()
     done = client.post("/login/carrier/verify", data={"csrf_token": token, "action": "check"})
     assert done.status_code == 303
     assert client.get("/account").status_code == 200

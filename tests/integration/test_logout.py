@@ -1,21 +1,25 @@
-"""RP-initiated logout and back-channel logout tokens, delivered over real HTTP with retries from the table."""
+"""RP-initiated logout and back-channel logout tokens, delivered over real HTTP with retries from the table.
+
+The tests are about what follows a sign-in, so the resident is signed in directly (the `signed_in` fixture).
+"""
 
 from __future__ import annotations
 
 import datetime as dt
 import re
 import threading
-import time
 from collections.abc import Callable, Iterator
 from dataclasses import replace
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import parse_qs, urlencode
 
 import pytest
+from factories import SignIn
 from flask import Flask
-from oidc_flow import authorize, csrf_of, decode, exchange, register, sign_in
+from oidc_flow import authorize, csrf_of, decode, exchange, register
 from sandbox_agency import SandboxAgency
 from sqlalchemy import select
+from waiting import wait_until
 
 from idp.models import AuditEvent, LoginSession, LogoutDelivery
 from idp.oidc.logout import LOGOUT_EVENT, deliver_due
@@ -59,9 +63,9 @@ class Receiver:
         threading.Thread(target=self.server.serve_forever, daemon=True).start()
 
     def wait(self, count: int, timeout: float = 10) -> list[str]:
-        deadline = time.monotonic() + timeout
-        while len(self.tokens) < count and time.monotonic() < deadline:
-            time.sleep(0.05)
+        wait_until(
+            lambda: len(self.tokens) >= count, timeout=timeout, waiting_for=f"{count} logout token(s) at {self.url}"
+        )
         return self.tokens
 
     def close(self) -> None:
@@ -85,16 +89,16 @@ def app(
     return app
 
 
-def signed_in_with_tokens(app: Flask, sandbox: SandboxAgency, **client: object):  # type: ignore[no-untyped-def]
+def signed_in_with_tokens(app: Flask, signed_in: SignIn, **client: object):  # type: ignore[no-untyped-def]
     created = register(app, post_logout_redirect_uris=(AFTER_LOGOUT,), **client)
     browser = app.test_client()
-    sign_in(browser, sandbox)
+    signed_in(browser)
     tokens = exchange(browser, created, authorize(browser, created.client.id)).get_json()
     return created, browser, tokens
 
 
-def test_rp_initiated_logout_ends_the_session_and_returns_with_state(app: Flask, sandbox: SandboxAgency) -> None:
-    _, browser, tokens = signed_in_with_tokens(app, sandbox)
+def test_rp_initiated_logout_ends_the_session_and_returns_with_state(app: Flask, signed_in: SignIn) -> None:
+    _, browser, tokens = signed_in_with_tokens(app, signed_in)
     query = urlencode({"id_token_hint": tokens["id_token"], "post_logout_redirect_uri": AFTER_LOGOUT, "state": "s1"})
     response = browser.get(f"/logout?{query}")
     assert response.status_code == 303
@@ -115,9 +119,9 @@ def test_rp_initiated_logout_ends_the_session_and_returns_with_state(app: Flask,
     ids=["unregistered-uri", "near-miss-uri", "forged-hint", "hint-of-another-client"],
 )
 def test_bad_logout_requests_get_a_page_and_no_redirect(
-    app: Flask, sandbox: SandboxAgency, change: dict[str, str], expected: int
+    app: Flask, signed_in: SignIn, change: dict[str, str], expected: int
 ) -> None:
-    _, browser, tokens = signed_in_with_tokens(app, sandbox)
+    _, browser, tokens = signed_in_with_tokens(app, signed_in)
     query = {"id_token_hint": tokens["id_token"], "post_logout_redirect_uri": AFTER_LOGOUT, **change}
     response = browser.get("/logout?" + urlencode(query))
     assert response.status_code == expected
@@ -125,8 +129,8 @@ def test_bad_logout_requests_get_a_page_and_no_redirect(
     assert browser.get("/account").status_code == 200
 
 
-def test_logout_without_a_hint_asks_first(app: Flask, sandbox: SandboxAgency) -> None:
-    _, browser, _ = signed_in_with_tokens(app, sandbox)
+def test_logout_without_a_hint_asks_first(app: Flask, signed_in: SignIn) -> None:
+    _, browser, _ = signed_in_with_tokens(app, signed_in)
     page = browser.get("/logout")
     assert page.status_code == 200
     assert browser.get("/account").status_code == 200
@@ -140,8 +144,8 @@ def test_logout_without_a_hint_asks_first(app: Flask, sandbox: SandboxAgency) ->
     assert browser.get("/account").status_code == 303
 
 
-def test_back_channel_logout_token_reaches_the_client(app: Flask, sandbox: SandboxAgency, receiver: Receiver) -> None:
-    created, browser, tokens = signed_in_with_tokens(app, sandbox, backchannel_logout_uri=receiver.url)
+def test_back_channel_logout_token_reaches_the_client(app: Flask, signed_in: SignIn, receiver: Receiver) -> None:
+    created, browser, tokens = signed_in_with_tokens(app, signed_in, backchannel_logout_uri=receiver.url)
     id_token = decode(app, tokens["id_token"]).claims
     browser.get("/logout?" + urlencode({"id_token_hint": tokens["id_token"]}))
     received = receiver.wait(1)
@@ -156,18 +160,19 @@ def test_back_channel_logout_token_reaches_the_client(app: Flask, sandbox: Sandb
     assert "nonce" not in claims
 
 
-def test_failed_delivery_is_retried_from_the_table(app: Flask, sandbox: SandboxAgency, receiver: Receiver) -> None:
+def test_failed_delivery_is_retried_from_the_table(app: Flask, signed_in: SignIn, receiver: Receiver) -> None:
     receiver.fail_next = 1
-    _, browser, tokens = signed_in_with_tokens(app, sandbox, backchannel_logout_uri=receiver.url)
+    _, browser, tokens = signed_in_with_tokens(app, signed_in, backchannel_logout_uri=receiver.url)
     browser.get("/logout?" + urlencode({"id_token_hint": tokens["id_token"]}))
     factory = runtime_of(app).sessions
-    deadline = time.monotonic() + 10
-    while time.monotonic() < deadline:
+
+    def attempted_once() -> LogoutDelivery | None:
         with factory() as db:
-            delivery = db.scalars(select(LogoutDelivery)).one()
-            if delivery.attempts == 1:
-                break
-        time.sleep(0.05)
+            found = db.scalars(select(LogoutDelivery)).one()
+            return found if found.attempts == 1 else None
+
+    # The first attempt runs at once, off the request thread (DeliveryWorker.deliver_now).
+    delivery = wait_until(attempted_once, timeout=10, waiting_for="the first delivery attempt to be recorded")
     assert delivery.attempts == 1
     assert delivery.last_error == "HTTP 503"
     assert delivery.delivered_at is None

@@ -1,6 +1,6 @@
-"""Assurance through a relying service's code flow (DESIGN section 10): the ID token's `acr`, `amr`, `auth_time` and
-`sid` after each way of signing in, and the step-ups `acr_values`, an essential `acr` claim, a client's default acr,
-`max_age` and `prompt=login` ask for.
+"""Assurance through a relying service's code flow (docs/integration.md section 5): the ID token's `acr`, `amr`,
+`auth_time` and `sid` after each way of signing in, and the step-ups `acr_values`, an essential `acr` claim, a
+client's default acr, `max_age` and `prompt=login` ask for.
 
 auth_time has one-second resolution and tests never sleep: where a test needs an earlier sign-in, it moves the
 session's times back in the database (`backdate`), every authentication event of it included.

@@ -1,4 +1,5 @@
-"""Assurance: methods to amr and acr (DESIGN section 10), the best level within max_age, and when to sign in again."""
+"""Assurance: methods to amr and acr (docs/integration.md section 5), the best level within max_age, and when to sign
+in again."""
 
 from __future__ import annotations
 
@@ -47,7 +48,7 @@ def minutes(n: int) -> dt.timedelta:
     return dt.timedelta(minutes=n)
 
 
-# -- methods → amr and acr (DESIGN section 10) -----------------------------------------------------------------------
+# -- methods → amr and acr (docs/integration.md section 5) -------------------------------------------------------------
 
 
 @pytest.mark.parametrize(

@@ -503,8 +503,9 @@ def test_delete_removes_the_client_and_records_it(db: Session) -> None:
     delete_client(db, client)
     assert find_client(db, client_id) is None
     assert client_id not in [c.id for c in list_clients(db)]
-    events = db.scalars(select(AuditEvent.event).where(AuditEvent.client_id == client_id)).all()
-    assert events == ["client.created", "client.deleted"]
+    # Without an ORDER BY, PostgreSQL may return the rows in any order (it did, once in a full run).
+    query = select(AuditEvent.event).where(AuditEvent.client_id == client_id).order_by(AuditEvent.id)
+    assert db.scalars(query).all() == ["client.created", "client.deleted"]
 
 
 def test_json_has_a_stable_shape_and_never_the_digest(db: Session) -> None:

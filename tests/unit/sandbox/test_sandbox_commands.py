@@ -9,7 +9,6 @@ import socket
 import subprocess
 import sys
 import threading
-import time
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
@@ -17,6 +16,7 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 from sandbox_support import AUTH, KIM, SITE_CODE, SITE_SECRET
+from waiting import wait_until
 from werkzeug.serving import make_server
 
 from idp.cli.sandbox import sandbox
@@ -84,11 +84,12 @@ def test_serve_records_its_url_while_running_and_removes_it_on_sigterm(tmp_path:
     process = subprocess.Popen([sys.executable, "-c", SERVE], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     try:
         url_file = instance / "sandbox.url"
-        deadline = time.monotonic() + 20
-        while not url_file.exists():
+
+        def url_recorded() -> bool:
             assert process.poll() is None, process.stdout.read() if process.stdout else ""
-            assert time.monotonic() < deadline, "the sandbox did not start"
-            time.sleep(0.05)
+            return url_file.exists()
+
+        wait_until(url_recorded, timeout=20, waiting_for=f"the sandbox to record its URL in {url_file}")
         url = url_file.read_text().strip()
         assert url.startswith("http://127.0.0.1:")
         with urllib.request.urlopen(f"{url}/v1/jwks", timeout=5) as response:
