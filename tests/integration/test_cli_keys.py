@@ -21,7 +21,8 @@ from joserfc import jws
 from oidc_flow import authorize, exchange, register, sign_in
 from sandbox_agency import SandboxAgency
 
-from idp.keyring import Keyring
+from idp import keyring as keyring_module
+from idp.keyring import Keyring, SigningKey
 from idp.settings import Settings
 
 IDP = Path(sys.executable).with_name("idp")
@@ -398,7 +399,19 @@ def test_a_short_passphrase_is_refused_in_one_line(env: dict[str, str], keys_dir
 
 
 @pytest.mark.skipif(not (shutil.which("openssl") and shutil.which("flock")), reason="needs openssl and flock")
-def test_the_admin_guides_re_encryption_moves_the_keys_to_a_new_passphrase(env: dict[str, str], tmp_path: Path) -> None:
+@pytest.mark.parametrize("kid_start", ["", "-"], ids=["any-kid", "kid-starting-with-a-dash"])
+def test_the_admin_guides_re_encryption_moves_the_keys_to_a_new_passphrase(
+    env: dict[str, str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch, kid_start: str
+) -> None:
+    # A kid is a base64url thumbprint, so one key in 64 has a file name that a shell command reads as an option.
+    generate = keyring_module._generate
+
+    def generate_starting_with(*args: Any) -> SigningKey:
+        while not (key := generate(*args)).kid.startswith(kid_start):
+            pass
+        return key
+
+    monkeypatch.setattr(keyring_module, "_generate", generate_starting_with)
     directory = tmp_path / "short-passphrase-keys"
     keyring = Keyring.from_directory(directory, "short")  # what older releases accepted
     keyring.generate("ES256")
@@ -420,7 +433,7 @@ def test_the_admin_guides_re_encryption_moves_the_keys_to_a_new_passphrase(env: 
 
     env = {**env, "IDP_KEYS_DIR": str(directory), "IDP_KEYS_PASSPHRASE": new}
     assert sorted(record["state"] for record in idp_json(env, "keys", "rotate")["activated"]) == ["active"]
-    assert sorted(path.name for path in directory.glob(".*.new")) == []
+    assert sorted(path.name for path in directory.glob("*.new")) == []
 
 
 # -- changes that servers cannot load ----------------------------------------------------------------------------
