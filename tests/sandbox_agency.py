@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import socket
 import sys
-import time
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -13,9 +12,6 @@ from pathlib import Path
 from typing import Any
 
 IDP_COMMAND = str(Path(sys.executable).with_name("idp"))
-# The agency answers slow_down to a second poll within a second (idp/sandbox/agency.py POLL_INTERVAL), timed on its
-# real monotonic clock, which POST /sandbox/clock does not move: the one wait the tests cannot replace by advancing.
-POLL_INTERVAL_WAIT = 1.1
 
 
 def free_port() -> int:
@@ -72,9 +68,10 @@ class SandboxAgency:
     def advance(self, seconds: int) -> None:
         self.call("POST", "/sandbox/clock", {"advance": seconds})
 
-    def wait_poll_interval(self) -> None:
-        """Let the agency's poll interval pass before polling a transaction again (see POLL_INTERVAL_WAIT)."""
-        time.sleep(POLL_INTERVAL_WAIT)
+    def pass_poll_interval(self) -> None:
+        """Move the agency's clock past its poll interval (one second, idp/sandbox/agency.py POLL_INTERVAL), so
+        that the next poll of a transaction is answered instead of told to slow down."""
+        self.advance(2)
 
     def answer(self, phone: str, txn_id: str, *, number: str | None = None, deny: bool = False) -> None:
         form = {"deny": "1"} if deny else {"number": number or ""}

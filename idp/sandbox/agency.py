@@ -1,7 +1,8 @@
 """The sandbox agency's protocol logic, without HTTP: start, confirm, poll, resend, cancel, and app approvals.
 
 Everything lives in memory behind one lock (the sandbox is one process). Times come from a `Clock` that tests can
-advance; only the poll interval uses the real monotonic clock, since it guards against a busy client, not a test.
+advance; the poll interval is timed on the monotonic clock (a busy client must not dodge it when the wall clock
+steps) plus the same offset, so that tests advance past it instead of sleeping.
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ SENDS_PER_PHONE_PER_DAY = 10  # text messages and app approvals to one number in
 STARTS_PER_IP_PER_MINUTE = 10
 START_WINDOW = 60
 SEND_WINDOW = 86400
-POLL_INTERVAL = 1.0  # seconds between two polls of one transaction (real time)
+POLL_INTERVAL = 1.0  # seconds between two polls of one transaction (monotonic time plus the clock's offset)
 RESULT_TTL = 600  # a result's exp - iat: 10 minutes
 TXN_RETENTION = 3600  # transactions are forgotten an hour after they start
 OUTBOX_LIMIT = 1000  # the outbox keeps the newest messages only, so a long-running sandbox does not grow
@@ -370,13 +371,14 @@ class Agency:
             AgencyError: invalid_request (unknown, SMS, cancelled), slow_down, user_denied or expired.
         """
         now = self.clock.now()
-        polled_at = self._monotonic()
+        polled_at = self._monotonic() + self.clock.offset
         with self._lock:
             txn = self._transaction(txn_id)
             if txn.method is not Method.APP:
                 raise _invalid("This verification uses an SMS code; confirm the code instead of polling.")
             # Only answered polls restart the interval, so a client polling a little too fast still progresses.
-            if txn.last_poll is not None and polled_at - txn.last_poll < POLL_INTERVAL:
+            # A clock put back (POST /sandbox/clock reset) must not hold a transaction back by the offset it lost.
+            if txn.last_poll is not None and 0 <= polled_at - txn.last_poll < POLL_INTERVAL:
                 raise AgencyError(
                     ErrorCode.SLOW_DOWN,
                     "Polling too fast; wait at least one second between polls.",

@@ -228,7 +228,7 @@ def test_app_approval_with_the_right_number_verifies(gateway: HttpCarrierGateway
     # Polled again within a second, the agency asks to slow down: still pending for the resident.
     if isinstance(outcome, Pending):
         assert outcome.retry_after == 1
-        sandbox.wait_poll_interval()
+        sandbox.pass_poll_interval()
         outcome = gateway.poll(transaction.txn_id)
     assert isinstance(outcome, VerifiedIdentity)
     assert outcome.method is VerificationMethod.APP
@@ -278,7 +278,7 @@ def test_replayed_result_is_refused(gateway: HttpCarrierGateway, sandbox: Sandbo
     first = gateway.poll(transaction.txn_id)
     assert isinstance(first, VerifiedIdentity)
     redeem_identity(db, first, binding_secret="b")
-    sandbox.wait_poll_interval()
+    sandbox.pass_poll_interval()
     again = gateway.poll(transaction.txn_id)
     assert isinstance(again, VerifiedIdentity)
     assert again.jti == first.jti

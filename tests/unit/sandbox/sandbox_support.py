@@ -33,7 +33,7 @@ KANG_REISSUED = resident("LGU", "강화성", "1983-10-10", "1", "+821000000011")
 
 
 class FakeMonotonic:
-    """The real-time clock the poll interval uses, moved by hand."""
+    """The monotonic clock the poll interval is timed on (with the sandbox clock's offset), moved by hand."""
 
     def __init__(self) -> None:
         self.now = 1000.0

@@ -468,6 +468,19 @@ def test_polling_faster_than_once_a_second_is_slow_down(agency: AgencyClient) ->
     assert agency.http.get(f"/v1/verifications/{txn_id}", headers=AUTH).status_code == 200
 
 
+def test_advancing_the_sandbox_clock_passes_the_poll_interval(agency: AgencyClient) -> None:
+    # So that a test of the IdP against the sandbox advances its clock instead of sleeping a second.
+    txn_id = agency.start_txn(method="app")
+    assert agency.http.get(f"/v1/verifications/{txn_id}", headers=AUTH).status_code == 200
+    agency.advance_clock(1)
+    assert agency.http.get(f"/v1/verifications/{txn_id}", headers=AUTH).status_code == 200
+    # Putting the clock back does not hold the transaction back by the minute it lost.
+    agency.advance_clock(60)
+    assert agency.http.get(f"/v1/verifications/{txn_id}", headers=AUTH).status_code == 200
+    assert agency.http.post("/sandbox/clock", json={"reset": True}).status_code == 200
+    assert agency.http.get(f"/v1/verifications/{txn_id}", headers=AUTH).status_code == 200
+
+
 def test_the_poll_interval_is_per_transaction(agency: AgencyClient) -> None:
     first = agency.start_txn(method="app")
     second = agency.start_txn(LEE, method="app")
