@@ -123,6 +123,14 @@ def find_resident(db: Session, reference: str) -> Resident | None:
         return None
 
 
+def list_residents(db: Session, *, limit: int, locked_only: bool = False) -> list[Resident]:
+    """The newest residents first, at most `limit` of them."""
+    query = select(Resident).order_by(Resident.created_at.desc(), Resident.id).limit(limit)
+    if locked_only:
+        query = query.where(Resident.locked_at.is_not(None))
+    return list(db.scalars(query))
+
+
 def lock_resident(db: Session, resident: Resident, *, now: dt.datetime) -> None:
     """Lock the resident and end their sessions."""
     resident.locked_at = resident.locked_at or now

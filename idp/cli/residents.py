@@ -6,7 +6,7 @@ import contextlib
 import datetime as dt
 
 import click
-from sqlalchemy import Engine, select
+from sqlalchemy import Engine
 from sqlalchemy.orm import Session
 
 from idp.authn.lockout import TOTP_FAILURES_PER_RESIDENT, make_rate_limiter
@@ -14,6 +14,7 @@ from idp.authn.residents import (
     AmbiguousResidentError,
     delete_resident,
     find_resident,
+    list_residents,
     lock_resident,
     unlock_resident,
 )
@@ -39,10 +40,8 @@ def residents() -> None:
 def residents_list(limit: int, locked: bool, as_json: bool) -> None:
     """List residents, newest first (phone numbers masked)."""
     with database() as db:
-        query = select(Resident).order_by(Resident.created_at.desc()).limit(limit)
-        if locked:
-            query = query.where(Resident.locked_at.is_not(None))
-        rows = [_resident_json(resident, full=False) for resident in db.scalars(query)]
+        found = list_residents(db, limit=limit, locked_only=locked)
+        rows = [_resident_json(resident, full=False) for resident in found]
     if as_json:
         echo_json(rows)
         return
