@@ -152,18 +152,10 @@ class ServerSideSessions(SessionInterface):
 
     def save_session(self, app: Flask, session: SessionMixin, response: Response) -> None:
         assert isinstance(session, ServerSideSession)
-        name = self.get_cookie_name(app)
-        cookie = {
-            "domain": self.get_cookie_domain(app),
-            "path": self.get_cookie_path(app),
-            "secure": self.get_cookie_secure(app),
-            "httponly": self.get_cookie_httponly(app),
-            "samesite": self.get_cookie_samesite(app),
-        }
         if not session.data():
             if session.session_id is not None:
                 self.store.delete(session.session_id)
-                response.delete_cookie(name, **cookie)
+                self._set_cookie(app, response, None)
             return
         if not session.modified:
             return
@@ -173,8 +165,18 @@ class ServerSideSessions(SessionInterface):
         if create:
             session.session_id = secrets.token_urlsafe(SESSION_ID_BYTES)
         assert session.session_id is not None
-        if self.store.save(session.session_id, session.data(), create=create):
-            response.set_cookie(name, session.session_id, **cookie)
+        stored = self.store.save(session.session_id, session.data(), create=create)
+        self._set_cookie(app, response, session.session_id if stored else None)
+
+    def _set_cookie(self, app: Flask, response: Response, session_id: str | None) -> None:
+        """Set the cookie to `session_id`, or delete it (None); HttpOnly, SameSite and Secure from the app's config."""
+        name, domain, path = self.get_cookie_name(app), self.get_cookie_domain(app), self.get_cookie_path(app)
+        secure, httponly = self.get_cookie_secure(app), self.get_cookie_httponly(app)
+        samesite = self.get_cookie_samesite(app)
+        if session_id is None:
+            response.delete_cookie(name, domain=domain, path=path, secure=secure, httponly=httponly, samesite=samesite)
         else:
-            response.delete_cookie(name, **cookie)
+            response.set_cookie(
+                name, session_id, domain=domain, path=path, secure=secure, httponly=httponly, samesite=samesite
+            )
         response.vary.add("Cookie")

@@ -17,6 +17,7 @@ from flask_wtf.csrf import CSRFError
 from werkzeug.wrappers import Response
 
 from examples.portal.challenges import parse_bearer_challenge
+from examples.portal.registration import redirect_uri
 from examples.portal.services import portal
 from examples.portal.sessions import USER_KEY, ServerSideSession
 from examples.portal.texts import DEFAULT_LANGUAGE, LANGUAGES, PURPOSES, TEXTS
@@ -91,7 +92,7 @@ def send_to_idp(next_path: str, *, acr_values: tuple[str, ...] = (), max_age: in
         extra["max_age"] = str(max_age)
     try:
         response: Response = portal().oauth_client.authorize_redirect(
-            url_for("pages.callback", _external=True), state=state, nonce=nonce, **extra
+            redirect_uri(portal().portal_url), state=state, nonce=nonce, **extra
         )
     except (requests.RequestException, ValueError):
         # Authlib reads the IdP's discovery document here.
@@ -160,6 +161,8 @@ def logout() -> Response:
     tokens = session.get("tokens") or {}
     lang = language()
     session.clear()
+    assert isinstance(session, ServerSideSession)
+    session.renew()  # the signed-in session's id is worth nothing from now on
     session["lang"] = lang
     if not tokens.get("id_token"):
         return redirect(url_for("pages.home"), 303)
