@@ -30,6 +30,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import urllib.error
 import urllib.parse
@@ -37,6 +38,7 @@ import urllib.request
 import uuid
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any, Literal, Protocol
 
@@ -981,6 +983,120 @@ def measure_node_signing(jwks_path: Path, seconds: float, cpus: str) -> tuple[di
     return {alg: SignResult(**data[alg]) for alg in SIGN_ALGORITHMS}, str(data.get("runtime", "node"))
 
 
+# -- verification (idp.rp) ---------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class VerifyResult:
+    verifier: SignResult
+    raw_decode: SignResult
+
+    @property
+    def ratio(self) -> float:
+        return self.verifier.per_second / self.raw_decode.per_second
+
+
+class _JwksServer:
+    """The keyring's discovery and JWKS on 127.0.0.1, as `idp serve` publishes them, for a Verifier to warm from."""
+
+    def __init__(self, keys_dir: Path) -> None:
+        jwks = Keyring.from_directory(keys_dir).current().jwks_json
+        served = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self) -> None:
+                if self.path == "/jwks":
+                    body = jwks
+                else:
+                    body = json.dumps({"issuer": served.issuer, "jwks_uri": served.issuer + "/jwks"}).encode()
+                self.send_response(200)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Cache-Control", "public, max-age=600")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer((HOST, 0), Handler)
+        self.issuer = f"http://{HOST}:{self.server.server_address[1]}"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def _count_for(call: Callable[[], object], seconds: float) -> SignResult:
+    batch = 50
+    count = 0
+    started = time.perf_counter()
+    deadline = started + seconds
+    now = started
+    while now < deadline:
+        for _ in range(batch):
+            call()
+        count += batch
+        now = time.perf_counter()
+    elapsed = now - started
+    return SignResult(count=count, seconds=round(elapsed, 3), per_second=round(count / elapsed, 1))
+
+
+def measure_verification(keys_dir: Path, seconds: float, cpus: set[int]) -> dict[str, VerifyResult]:
+    """Access-token verifications per second with a warm idp.rp Verifier (every RFC 9068 check and a scope) beside
+    joserfc's raw jwt.decode of the same token with a prebuilt key and registry (signature and JSON only), in this
+    process, pinned like the servers; the two alternate in four rounds and each keeps its best round."""
+    from joserfc import jwt
+    from joserfc.jwk import KeySet
+    from joserfc.jws import JWSRegistry
+
+    from idp.rp import Verifier
+
+    served = _JwksServer(keys_dir)
+    results: dict[str, VerifyResult] = {}
+    try:
+        verifier = Verifier(served.issuer, client_id="bench-client")
+        for alg, key in active_keys(keys_dir).items():
+            now = int(time.time())
+            claims = {
+                "iss": served.issuer,
+                "sub": CLAIM_SUB,
+                "aud": "bench-client",
+                "client_id": "bench-client",
+                "iat": now,
+                "exp": now + 3600,
+                "jti": secrets.token_urlsafe(24),
+                "scope": "openid profile",
+                "auth_time": now - 30,
+                "acr": "phr",
+                "amr": ["swk", "user", "mfa"],
+            }
+            token = key.sign(claims, typ="at+jwt")
+            public = KeySet.import_key_set({"keys": [key.public_jwk()]}).keys[0]
+            registry = JWSRegistry(algorithms=[alg])
+            verifier.verify_access_token(token, scopes=("openid",))  # warm: discovery and JWKS fetched here
+
+            def verify(token: str = token) -> object:
+                return verifier.verify_access_token(token, scopes=("openid",))
+
+            def decode(token: str = token, public: Any = public, registry: JWSRegistry = registry) -> object:
+                return jwt.decode(token, public, registry=registry)
+
+            rounds: dict[str, list[SignResult]] = {"verifier": [], "raw": []}
+            with cpu_affinity(cpus):
+                _count_for(decode, min(0.3, seconds / 4))
+                _count_for(verify, min(0.3, seconds / 4))
+                for _ in range(4):
+                    rounds["raw"].append(_count_for(decode, seconds / 4))
+                    rounds["verifier"].append(_count_for(verify, seconds / 4))
+            best = {name: max(runs, key=lambda run: run.per_second) for name, runs in rounds.items()}
+            results[alg] = VerifyResult(verifier=best["verifier"], raw_decode=best["raw"])
+    finally:
+        served.close()
+    return results
+
+
 # -- output ------------------------------------------------------------------------------------------------------
 
 
@@ -1033,7 +1149,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         "--only",
         action="append",
         metavar="NAME",
-        help=f"run only this case (repeatable): {', '.join(c.name for c in CASES)}, signing",
+        help=f"run only this case (repeatable): {', '.join(c.name for c in CASES)}, signing, verification",
     )
     parser.add_argument("--repeat", type=int, default=1, help="wrk runs per endpoint and server, alternating (1)")
     parser.add_argument("--idp-workers", type=int, default=1, help="idp worker processes (1: per-core comparison)")
@@ -1056,7 +1172,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         args.sign_seconds = 1.0 if args.quick else 2.5
     if args.quick:
         args.duration = min(args.duration, 3)
-    known = {case.name for case in CASES} | {"signing"}
+    known = {case.name for case in CASES} | {"signing", "verification"}
     for name in args.only or []:
         if name not in known:
             parser.error(f"unknown case {name!r}: choose from {', '.join(sorted(known))}")
@@ -1300,9 +1416,15 @@ TOKEN_NOTES = (
 )
 
 
+VERIFY_NOTES = (
+    "verify/s rows: the second column is joserfc's raw jwt.decode of the same token with a prebuilt key, in this",
+    "process (not node); the bar for idp.rp's warm Verifier is a ratio of 0.8 or more.",
+)
+
+
 def run(args: argparse.Namespace, work: Path) -> dict[str, Any]:
     """Every selected measurement; the figures as a JSON-ready dict (with the rendered table)."""
-    selected = set(args.only or [*(case.name for case in CASES), "signing"])
+    selected = set(args.only or [*(case.name for case in CASES), "signing", "verification"])
     cases = [case for case in CASES if case.name in selected]
     load = LoadOptions(
         duration=args.duration,
@@ -1316,7 +1438,7 @@ def run(args: argparse.Namespace, work: Path) -> dict[str, Any]:
     signing: dict[str, dict[str, SignResult]] = {}
     rows: list[Row] = []
     notes: list[str] = []
-    runtime = node_version()
+    runtime = node_version() if selected - {"verification"} else "not run"
     postgres: dict[str, Any] = {"skipped": POSTGRES_SKIPPED}
     if cases:
         uses_database = any(case.uses_database for case in cases)
@@ -1336,6 +1458,20 @@ def run(args: argparse.Namespace, work: Path) -> dict[str, Any]:
     if "signing" in selected:
         signing, sign_rows, runtime = measure_signing(instance, args)
         rows += sign_rows
+    verification: dict[str, VerifyResult] = {}
+    if "verification" in selected:
+        print("verification: idp.rp Verifier and joserfc jwt.decode …", flush=True)
+        verification = measure_verification(instance.keys_dir, args.sign_seconds, cpu_set(args.server_cpus))
+        for alg, result in verification.items():
+            rows.append(
+                Row(
+                    f"{alg} access token verify/s (idp.rp ÷ raw jwt.decode)",
+                    result.verifier.per_second,
+                    result.raw_decode.per_second,
+                    "higher",
+                )
+            )
+        notes += ["", *VERIFY_NOTES]
 
     return {
         "meta": {
@@ -1358,6 +1494,9 @@ def run(args: argparse.Namespace, work: Path) -> dict[str, Any]:
             name: {side: [asdict(run) for run in runs] for side, runs in sides.items()} for name, sides in http.items()
         },
         "signing": {alg: {side: asdict(result) for side, result in sides.items()} for alg, sides in signing.items()},
+        "verification": {
+            alg: {**asdict(result), "ratio": round(result.ratio, 3)} for alg, result in verification.items()
+        },
         "rows": [
             {"metric": r.metric, "idp": r.idp, "node": r.node, "better": r.better, "ratio": r.ratio} for r in rows
         ],
@@ -1405,8 +1544,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
     work = Path(tempfile.mkdtemp(prefix="idp-bench-"))
     try:
-        check_tools()
-        ensure_node_modules()
+        if set(args.only or ["all"]) - {"verification"}:
+            check_tools()
+            ensure_node_modules()
         results = run(args, work)
         results["meta"]["load_average"] = {"before": round(load_before, 2), "after": round(os.getloadavg()[0], 2)}
     except BenchError as exc:
