@@ -18,8 +18,7 @@ from sandbox_agency import SandboxAgency
 from werkzeug.serving import make_server
 
 from idp.oidc.logout import logout_token
-from idp.rp import StepUp, VerificationError, Verifier
-from idp.rp import Requirement as Need
+from idp.rp import Requirement, StepUp, VerificationError, Verifier
 from idp.runtime import of as runtime_of
 from idp.settings import Settings
 
@@ -112,7 +111,9 @@ def test_step_up_asks_a_real_carrier_sign_in_for_a_passkey(app: Flask, signed_in
         start_response("200 OK", [])
         return [b"permit"]
 
-    protected = StepUp(api, Verifier(issuer, client_id=created.client.id), {"/api/permits": Need(acr_values=("phr",))})
+    protected = StepUp(
+        api, Verifier(issuer, client_id=created.client.id), {"/api/permits": Requirement(acr_values=("phr",))}
+    )
     answers: list[tuple[str, list[tuple[str, str]]]] = []
     body = protected(
         {"PATH_INFO": "/api/permits", "HTTP_AUTHORIZATION": f"Bearer {tokens['access_token']}"},
