@@ -5,6 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 HOST ?= 127.0.0.1
 PORT ?= 8000
+PORTAL_PORT ?= 8001
 
 .PHONY: run test lint typecheck migrations-check pytest test-tools bench translations clean
 
@@ -14,9 +15,10 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[dev]'
 	touch $(STAMP)
 
+# The IdP, the sandbox agency it starts and the sample portal (examples/portal/run.py: `idp init`, the portal's
+# registration on first run, the three URLs to open; Ctrl-C stops them all).
 run: $(STAMP)
-	$(BIN)/idp init
-	$(BIN)/idp serve --host $(HOST) --port $(PORT)
+	$(BIN)/python -m examples.portal.run --host $(HOST) --idp-port $(PORT) --portal-port $(PORTAL_PORT)
 
 test: lint typecheck migrations-check pytest
 

@@ -1,0 +1,1 @@
+"""Sample relying services built on `idp.rp`: copy one to start a provincial service."""
