@@ -57,7 +57,7 @@ NPM_TIMEOUT = 600.0
 LOAD_WARNING = 1.0  # 1-minute load average above which other work skews a per-core benchmark
 SIGN_ALGORITHMS = ("ES256", "RS256")
 
-# The claims of an ID token (docs/integration.md section 6); bench/node/sign.mjs signs the same ones.
+# The claims of an ID token (docs/integration.md section 7); bench/node/sign.mjs signs the same ones.
 CLAIM_SUB = "Qm9iIHRoZSBiZW5jaG1hcmsgcmVzaWRlbnQgc3ViamVjdA"
 CLAIM_SID = "9b6a4b8f-3e1c-4d0b-a1f2-6c0d1e2f3a4b"
 

@@ -59,7 +59,7 @@ class Client(Base):
 
     id: Mapped[str] = mapped_column(String(64), primary_key=True)
     name: Mapped[str] = mapped_column(String(200))
-    # Keyed SHA-256 of the secret (docs/integration.md section 1); None for public and private_key_jwt clients.
+    # Keyed SHA-256 of the secret (docs/integration.md section 3.6); None for public and private_key_jwt clients.
     secret_digest: Mapped[bytes | None] = mapped_column(LargeBinary(32))
     token_endpoint_auth_method: Mapped[str] = mapped_column(String(32), default="client_secret_basic")
     redirect_uris: Mapped[list[str]] = mapped_column(default=list)
@@ -98,7 +98,7 @@ class LoginSession(Base):
     auth_time: Mapped[dt.datetime]
     acr: Mapped[str] = mapped_column(String(200))
     amr: Mapped[list[str]] = mapped_column(default=list)
-    # Every authentication event of the session: {"method", "amr", "acr", "at"} (docs/integration.md section 5).
+    # Every authentication event of the session: {"method", "amr", "acr", "at"} (docs/integration.md section 6).
     events: Mapped[list[dict[str, Any]]] = mapped_column(default=list)
     client_ip: Mapped[str | None] = mapped_column(String(45))
     user_agent: Mapped[str | None] = mapped_column(String(300))
@@ -299,7 +299,7 @@ class Passkey(Base):
     # WebAuthn §6.1.3: backup eligibility says synced (multi-device) or device-bound; backup state may change.
     backup_eligible: Mapped[bool_false]
     backed_up: Mapped[bool_false]
-    # Registered with verified attestation from an allowed authenticator model (docs/integration.md section 5: phrh).
+    # Registered with verified attestation from an allowed authenticator model (docs/integration.md section 6: phrh).
     attested: Mapped[bool_false]
     name: Mapped[str] = mapped_column(String(100))
     created_at: Mapped[created_at]

@@ -2,7 +2,7 @@
 assurance of API callers with RFC 9470 step-up challenges.
 
 It imports only the standard library, joserfc and httpx, so any Python service can use it without the IdP's own
-dependencies. docs/integration.md ("Verifying tokens in Python") is the guide for services.
+dependencies. docs/integration.md (section 1, "Start here") is the guide for services.
 """
 
 from __future__ import annotations

@@ -30,7 +30,7 @@ const WARMUP_SECONDS = Math.min(0.3, budget / 4);
 const BATCH = 20;
 const { keys } = JSON.parse(readFileSync(values.jwks, 'utf8'));
 
-// The same claims as bench/run.py signs on the idp side (docs/integration.md section 6).
+// The same claims as bench/run.py signs on the idp side (docs/integration.md section 7).
 function claims() {
   const now = Math.floor(Date.now() / 1000);
   return {

@@ -1,4 +1,4 @@
-"""Assurance: sign-in methods mapped to RFC 8176 `amr` values and `acr` levels (docs/integration.md section 5)."""
+"""Assurance: sign-in methods mapped to RFC 8176 `amr` values and `acr` levels (docs/integration.md section 6)."""
 
 from __future__ import annotations
 
@@ -58,7 +58,7 @@ def acr_for_method(method: Method, issuer: str) -> str:
     # A passkey with user verification is phishing-resistant multi-factor (NIST SP 800-63B-4: phr); an
     # attested, device-bound one is also hardware-backed (phrh). Carrier verification, TOTP and recovery codes
     # are each one factor (something you have): AAL1, and two of them together are still AAL1
-    # (docs/integration.md section 5).
+    # (docs/integration.md section 6).
     # A provisional passkey is worth the carrier verification that added it: AAL1.
     if method is Method.PASSKEY_HARDWARE:
         return PHRH
@@ -94,7 +94,7 @@ class AuthEvent:
 
 
 def best_acr(acrs: Sequence[str], issuer: str) -> str:
-    """The strongest of `acrs` in the order of docs/integration.md section 5."""
+    """The strongest of `acrs` in the order of docs/integration.md section 6."""
     order = acr_order(issuer)
     return max(acrs, key=lambda acr: order.index(acr) if acr in order else -1)
 
@@ -104,7 +104,7 @@ def assurance_within(
 ) -> tuple[str, list[str]]:
     """The acr and amr a session vouches for: the best level and every method among the authentications
     within `max_age` seconds (all of them when None): "acr is the best level reached within max_age"
-    (docs/integration.md section 5.1). With none that recent, the last authentication's (the caller asks for a new
+    (docs/integration.md section 6.1). With none that recent, the last authentication's (the caller asks for a new
     one anyway)."""
     recent = [e for e in events if max_age is None or (now - e.at).total_seconds() <= max_age] or list(events[-1:])
     if not recent:

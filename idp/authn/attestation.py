@@ -1,5 +1,5 @@
 """Passkey attestation: the authenticator models a deployment trusts (FIDO metadata) and the certificate checks
-that tell whether a registration came from one of them (docs/integration.md section 5: phrh)."""
+that tell whether a registration came from one of them (docs/integration.md section 6: phrh)."""
 
 from __future__ import annotations
 

@@ -285,7 +285,7 @@ def has_vouching_method(db: Session, resident_id: uuid.UUID, *, now: dt.datetime
 
 
 def sign_in_method(passkey: Passkey, *, now: dt.datetime) -> Method:
-    """What a sign-in with this passkey is worth (docs/integration.md section 5)."""
+    """What a sign-in with this passkey is worth (docs/integration.md section 6)."""
     if passkey.is_provisional(now):
         return Method.PASSKEY_PROVISIONAL
     return Method.PASSKEY_HARDWARE if passkey.is_hardware_bound else Method.PASSKEY

@@ -15,7 +15,7 @@ from idp.audit import SUCCESS, record_event
 from idp.authn.assurance import PHR, PHRH, AuthEvent, assurance_within, best_acr, merge_amr
 from idp.models import LoginSession, Resident
 
-# docs/integration.md section 5: sessions at phr or above end after 24 h, or 1 h idle; lower ones after 30 days.
+# docs/integration.md section 2.4: sessions at phr or above end after 24 h, or 1 h idle; lower ones after 30 days.
 STRONG_ABSOLUTE = dt.timedelta(hours=24)
 STRONG_IDLE = dt.timedelta(hours=1)
 WEAK_ABSOLUTE = dt.timedelta(days=30)
@@ -113,7 +113,7 @@ def add_event(db: Session, session: LoginSession, event: AuthEvent, *, issuer: s
 def session_assurance(
     session: LoginSession, *, max_age: int | None, issuer: str, now: dt.datetime
 ) -> tuple[str, list[str]]:
-    """The acr and amr the session vouches for to a request with `max_age` (docs/integration.md section 5)."""
+    """The acr and amr the session vouches for to a request with `max_age` (docs/integration.md section 6)."""
     if max_age is None:
         return session.acr, list(session.amr)
     events = [AuthEvent.from_json(event) for event in session.events]
@@ -132,7 +132,7 @@ def sign_in_resident(
     now: dt.datetime,
 ) -> tuple[LoginSession, str]:
     """Sign `resident` in after `events` (in order), and record it: the browser's `current` session rises when it
-    is the same resident's (step-up: its sid stays, docs/integration.md section 5), otherwise a new session opens.
+    is the same resident's (step-up: its sid stays, docs/integration.md section 6), otherwise a new session opens.
 
     Returns the session and its new cookie value (the cookie secret changes at every authentication).
     """

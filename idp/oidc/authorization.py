@@ -222,7 +222,7 @@ class Situation:
 
     @cached_property
     def session_acr(self) -> str | None:
-        """The level the session vouches for: the best reached within max_age (docs/integration.md section 5.1)."""
+        """The level the session vouches for: the best reached within max_age (docs/integration.md section 6.1)."""
         if self.login is None:
             return None
         return session_assurance(self.login, max_age=self.request.max_age, issuer=self.issuer, now=self.now)[0]

@@ -173,7 +173,7 @@ def test_client_credentials_issue_an_access_token_only(app: Flask) -> None:
     assert "id_token" not in body
     assert "refresh_token" not in body
     assert decode(app, body["access_token"]).claims["sub"] == created.client.id
-    # The calling service introspects its own token (docs/integration.md section 3.6); another client cannot.
+    # The calling service introspects its own token (docs/integration.md section 4.6); another client cannot.
     own = basic(created.client.id, created.secret or "")
     introspected = app.test_client().post("/introspect", data={"token": body["access_token"]}, headers=own)
     assert introspected.get_json()["active"] is True

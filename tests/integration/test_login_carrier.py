@@ -130,7 +130,7 @@ def test_every_sign_in_gets_a_new_session_cookie(app: Flask, sandbox: SandboxAge
     second = session_cookie(sign_in(client, sandbox, KIM, KIM_E164))
     assert first != second
     # The same resident signing in again in this browser raises the session: its sid (known to services) stays,
-    # and it keeps both authentications (docs/integration.md section 5).
+    # and it keeps both authentications (docs/integration.md section 6).
     sessions = db_session.scalars(select(LoginSession)).all()
     assert len(sessions) == 1
     assert [event["method"] for event in sessions[0].events] == ["carrier_sms", "carrier_sms"]

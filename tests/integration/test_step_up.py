@@ -1,4 +1,4 @@
-"""Assurance through a relying service's code flow (docs/integration.md section 5): the ID token's `acr`, `amr`,
+"""Assurance through a relying service's code flow (docs/integration.md section 6): the ID token's `acr`, `amr`,
 `auth_time` and `sid` after each way of signing in, and the step-ups `acr_values`, an essential `acr` claim, a
 client's default acr, `max_age` and `prompt=login` ask for.
 

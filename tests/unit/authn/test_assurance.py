@@ -1,4 +1,4 @@
-"""Assurance: methods to amr and acr (docs/integration.md section 5), the best level within max_age, and when to sign
+"""Assurance: methods to amr and acr (docs/integration.md section 6), the best level within max_age, and when to sign
 in again."""
 
 from __future__ import annotations
@@ -48,7 +48,7 @@ def minutes(n: int) -> dt.timedelta:
     return dt.timedelta(minutes=n)
 
 
-# -- methods → amr and acr (docs/integration.md section 5) -------------------------------------------------------------
+# -- methods → amr and acr (docs/integration.md section 6) -------------------------------------------------------------
 
 
 @pytest.mark.parametrize(
