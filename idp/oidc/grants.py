@@ -370,6 +370,15 @@ class S256CodeChallenge(CodeChallenge):
     DEFAULT_CODE_CHALLENGE_METHOD = "S256"
     SUPPORTED_CODE_CHALLENGE_METHOD = ["S256"]
 
+    def validate_code_verifier(self, grant: grants.BaseGrant, result: Any) -> None:
+        # Authlib's table of comparisons still holds `plain`: a code whose row names any other method than S256
+        # is refused here too, not only at /authorize.
+        code = grant.request.authorization_code
+        method = self.get_authorization_code_challenge_method(code)
+        if self.get_authorization_code_challenge(code) and method not in (None, "S256"):
+            raise InvalidGrantError(description="Code challenge failed.")
+        super().validate_code_verifier(grant, result)
+
     def validate_code_challenge(self, grant: grants.BaseGrant, redirect_uri: str) -> None:
         request = grant.request
         data = request.payload.data

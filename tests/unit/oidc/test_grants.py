@@ -267,6 +267,15 @@ def test_code_with_a_failed_pkce_check_is_refused_and_left_unspent(
     assert "access_token" in body
 
 
+def test_a_code_stored_with_plain_pkce_is_refused_at_the_token_endpoint(app: Flask, world: World) -> None:
+    # /authorize refuses `plain`; the token endpoint must not honour it either (a second line of defence, RFC 9700
+    # §2.1.1), whatever a row says.
+    code = issue_code(app, world, code_challenge=VERIFIER, code_challenge_method="plain")
+    status, body = exchange(app, world.web, code, verifier=VERIFIER)
+    assert (status, body.get("error")) == (400, "invalid_grant")
+    assert code_row(app, code).consumed_at is None
+
+
 def test_code_with_another_redirect_uri_is_refused_and_left_unspent(app: Flask, world: World) -> None:
     code = issue_code(app, world)
     status, body = exchange(app, world.web, code, redirect_uri=OTHER_REDIRECT)
