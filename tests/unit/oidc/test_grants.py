@@ -28,6 +28,7 @@ from idp.oidc.tokens import Authentication, digest, issue_refresh_token, subject
 from idp.runtime import EXTENSION as RUNTIME
 from idp.runtime import db_session
 from idp.runtime import of as runtime_of
+from idp.settings import Settings
 
 NOW = dt.datetime(2026, 11, 26, 6, 0, tzinfo=dt.UTC)
 ISSUER = "http://localhost:8000"
@@ -56,6 +57,13 @@ class World:
     session_id: uuid.UUID
     sid: str
     web: CreatedClient
+
+
+@pytest.fixture
+def settings(settings: Settings, module_database_url: str) -> Settings:
+    """A database of this module's own: the token requests commit, and on SQLite the app fixture's savepoints are
+    the outermost transaction, so their release commits for real and would leave rows for other modules' tests."""
+    return dataclasses.replace(settings, database_url=module_database_url)
 
 
 @pytest.fixture
