@@ -45,6 +45,7 @@ class CarrierErrorCode(enum.StrEnum):
     CARRIER_MISMATCH = "carrier_mismatch"
     NOT_ELIGIBLE = "not_eligible"
     USER_DENIED = "user_denied"
+    NUMBER_MISMATCH = "number_mismatch"  # another number than the site showed was picked in the carrier's app
     INTEGRITY_FAILED = "integrity_failed"
     REPLAYED = "replayed"
     AGENCY_UNAVAILABLE = "agency_unavailable"

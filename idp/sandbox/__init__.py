@@ -67,20 +67,32 @@ def create_app(
 def _refuse_cross_site_posts() -> Response | None:
     """The console and the virtual phone change state; a web page elsewhere must not post to them.
 
-    Browsers say where a request comes from (Sec-Fetch-Site, Origin); scripts and the IdP send neither.
+    Browsers say where a request comes from: Sec-Fetch-Site where they support Fetch Metadata, Origin on every
+    POST. Scripts and the IdP send neither. An Origin of "null" (an opaque origin: a sandboxed frame, a data: URL,
+    or a page under `Referrer-Policy: no-referrer`, https://fetch.spec.whatwg.org/#serializing-a-request-origin)
+    is trusted only when Sec-Fetch-Site vouches that the request is the sandbox's own.
     """
     if request.method != "POST" or request.path.startswith("/v1/"):
         return None
     site = request.headers.get("Sec-Fetch-Site")
     origin = request.headers.get("Origin")
     own_origin = request.host_url.rstrip("/")
-    if site in ("cross-site", "same-site") or (origin is not None and origin != own_origin):
-        return Response("cross-site request refused", status=403, mimetype="text/plain")
+    if site is not None and site not in ("same-origin", "none"):
+        return _refused()
+    if origin is not None and origin != own_origin and not (origin == "null" and site == "same-origin"):
+        return _refused()
     return None
+
+
+def _refused() -> Response:
+    return Response("cross-site request refused", status=403, mimetype="text/plain")
 
 
 def _security_headers(response: Response) -> Response:
     response.headers.setdefault("X-Content-Type-Options", "nosniff")
-    response.headers.setdefault("Referrer-Policy", "no-referrer")
+    # same-origin, not no-referrer: under no-referrer Chromium posts the phone's own forms with `Origin: null`, and
+    # browsers without Sec-Fetch-Site would have nothing to tell them from another site's. Other sites still get
+    # no Referer (it would carry a phone number).
+    response.headers.setdefault("Referrer-Policy", "same-origin")
     response.headers.setdefault("Content-Security-Policy", "default-src 'none'; frame-ancestors 'none'")
     return response

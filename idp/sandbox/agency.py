@@ -35,7 +35,10 @@ POLL_INTERVAL = 1.0  # seconds between two polls of one transaction (monotonic t
 RESULT_TTL = 600  # a result's exp - iat: 10 minutes
 TXN_RETENTION = 3600  # transactions are forgotten an hour after they start
 OUTBOX_LIMIT = 1000  # the outbox keeps the newest messages only, so a long-running sandbox does not grow
-SMS_TEMPLATE = "[경기도 통합인증] 본인확인 인증번호 [{code}]를 입력해 주세요. 타인에게 알려주지 마세요."
+# The IdP's name as its pages show it (경기도 통합 로그인). "인증번호는 [code]입니다" needs no particle after the code,
+# which would have to follow how its last digit is read (2 이, 5 오: 를; 3 삼, 8 팔: 을).
+BRAND = "경기도 통합 로그인"
+SMS_TEMPLATE = "[" + BRAND + "] 인증번호는 [{code}]입니다. 타인에게 알려주지 마세요."
 
 
 class ErrorCode(enum.StrEnum):
@@ -47,6 +50,7 @@ class ErrorCode(enum.StrEnum):
     CARRIER_MISMATCH = "carrier_mismatch"
     NOT_ELIGIBLE = "not_eligible"
     USER_DENIED = "user_denied"
+    NUMBER_MISMATCH = "number_mismatch"
     INVALID_REQUEST = "invalid_request"
     AGENCY_UNAVAILABLE = "agency_unavailable"
     SLOW_DOWN = "slow_down"
@@ -62,6 +66,7 @@ ERROR_STATUS = {
     ErrorCode.CARRIER_MISMATCH: 400,
     ErrorCode.NOT_ELIGIBLE: 403,
     ErrorCode.USER_DENIED: 403,
+    ErrorCode.NUMBER_MISMATCH: 403,
     ErrorCode.INVALID_REQUEST: 400,
     ErrorCode.AGENCY_UNAVAILABLE: 503,
     ErrorCode.SLOW_DOWN: 429,
@@ -116,7 +121,8 @@ class TxnState(enum.StrEnum):
     PENDING = "pending"
     VERIFIED = "verified"
     CANCELLED = "cancelled"
-    DENIED = "denied"  # the resident tapped deny, or picked a wrong number
+    DENIED = "denied"  # the resident tapped deny
+    MISMATCHED = "mismatched"  # the resident picked another number than the sign-in page shows
     LOCKED = "locked"  # too many wrong codes
 
 
@@ -435,8 +441,9 @@ class Agency:
 
     # -- the virtual phone ---------------------------------------------------------------------------------------
 
-    def answer_approval(self, phone: str, txn_id: str, *, number: str | None) -> bool:
-        """The resident picks `number` (None: taps deny) on the phone; whether that approved the verification.
+    def answer_approval(self, phone: str, txn_id: str, *, number: str | None) -> TxnState:
+        """The resident picks `number` (None: taps deny) on the phone; the state that left the transaction in
+        (verified, denied or mismatched).
 
         Raises:
             ApprovalClosedError: no open approval `txn_id` on this phone.
@@ -455,11 +462,12 @@ class Agency:
             if number is not None and hmac.compare_digest(number.encode(), txn.match_number.encode()):
                 txn.state = TxnState.VERIFIED
                 txn.result = self._sign_result(txn, now)
-                return True
-            # A wrong number is treated as a denial: number matching exists to stop a resident approving a
-            # sign-in someone else started, so guessing again is not allowed.
-            txn.state = TxnState.DENIED
-            return False
+                return txn.state
+            # A wrong number ends the transaction like a denial: number matching exists to stop a resident
+            # approving a sign-in someone else started, so guessing again is not allowed. It keeps its own code,
+            # so that the sign-in page does not tell a resident who tried to approve that they declined.
+            txn.state = TxnState.DENIED if number is None else TxnState.MISMATCHED
+            return txn.state
 
     def approvals(self, phone: str) -> list[Approval]:
         """The open app approvals on this phone, newest first."""
@@ -504,6 +512,11 @@ class Agency:
             raise _too_many_attempts()
         if txn.state is TxnState.DENIED:
             raise AgencyError(ErrorCode.USER_DENIED, "The resident declined the request in the carrier app.")
+        if txn.state is TxnState.MISMATCHED:
+            raise AgencyError(
+                ErrorCode.NUMBER_MISMATCH,
+                "The resident picked another number than the one shown at the site; start a new verification.",
+            )
         if txn.state is TxnState.VERIFIED:
             raise _invalid("This verification is already complete.")
         if txn.state is TxnState.CANCELLED:

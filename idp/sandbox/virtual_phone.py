@@ -11,13 +11,18 @@ from flask import Blueprint, Flask, Response, abort, redirect, render_template, 
 from werkzeug.wrappers import Response as BaseResponse
 
 from idp.phones import normalize_phone
-from idp.sandbox.agency import ApprovalClosedError
+from idp.sandbox.agency import BRAND, ApprovalClosedError, TxnState
 from idp.sandbox.runtime import current_sandbox
 
 KST = dt.timezone(dt.timedelta(hours=9), "KST")  # what the resident's phone shows
 NOTICES = {
     "approved": ("승인했습니다. 로그인 화면으로 돌아가세요.", "Approved. Go back to the sign-in page."),
     "denied": ("요청을 거절했습니다.", "You declined the request."),
+    "mismatch": (
+        "고른 숫자가 로그인 화면의 숫자와 다릅니다. 안전을 위해 이 요청을 끝냈습니다. 로그인 화면에서 다시 요청하세요.",
+        "The number you picked is not the one on the sign-in page. The request was stopped for your safety; "
+        "send a new one from the sign-in page.",
+    ),
     "closed": ("이미 처리되었거나 만료된 요청입니다.", "That request was already answered or has expired."),
 }
 # Pages style themselves inline and post only to the sandbox; nothing else may load.
@@ -54,7 +59,9 @@ def phone(phone: str) -> str | BaseResponse:
     messages = [(message, _kst(message.sent_at)) for message in reversed(agency.outbox(e164))]
     approvals = [(approval, _kst(approval.expires_at)) for approval in agency.approvals(e164)]
     notice = NOTICES.get(request.args.get("notice", ""))
-    return render_template("phone.html", phone=e164, line=line, messages=messages, approvals=approvals, notice=notice)
+    return render_template(
+        "phone.html", phone=e164, line=line, messages=messages, approvals=approvals, notice=notice, brand=BRAND
+    )
 
 
 @bp.post("/phone/<phone>/approvals/<txn_id>")
@@ -65,11 +72,11 @@ def answer(phone: str, txn_id: str) -> BaseResponse:
     if number is None and not denied:
         abort(400)
     try:
-        approved = current_sandbox().agency.answer_approval(e164, txn_id, number=number)
+        state = current_sandbox().agency.answer_approval(e164, txn_id, number=number)
     except ApprovalClosedError:
         notice = "closed"
     else:
-        notice = "approved" if approved else "denied"
+        notice = {TxnState.VERIFIED: "approved", TxnState.MISMATCHED: "mismatch"}.get(state, "denied")
     return redirect(url_for("phone.phone", phone=e164, notice=notice), 303)
 
 

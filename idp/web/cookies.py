@@ -70,7 +70,11 @@ FLOW_MEMBERS: dict[str, Callable[[object], bool]] = {
     "webauthn": _text,  # idp.web.passkeys BINDING
     "welcome": lambda value: isinstance(value, bool),
     "carrier": _carrier_flow,  # idp.web.login FLOW_KEY
-    "carrier_failure": lambda value: isinstance(value, str) and value in CARRIER_ERROR_CODES,
+    # Why a carrier verification ended (an agency error code, or the resident's "cancelled"), its method, and what
+    # the resident typed (Fernet-encrypted; idp.web.login reads it back only within its TTL).
+    "carrier_failure": lambda value: isinstance(value, str) and value in CARRIER_ERROR_CODES | {"cancelled"},
+    "carrier_method": lambda value: value in ("sms", "app"),
+    "carrier_typed": _text,
     "carrier_retry": lambda value: isinstance(value, int) and not isinstance(value, bool) and value >= 0,
     "second_factor": lambda value: _record(value, resident=_uuid, event=_auth_event, expires_at=_moment),
     # What idp.oidc.interaction keeps here (the authorization requests waiting, a raw CI waiting for consent).

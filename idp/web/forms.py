@@ -49,17 +49,59 @@ def _validate_name(_form: FlaskForm, field: Field) -> None:
         raise ValidationError(_l("The name contains characters that cannot be part of a name."))
 
 
-def _validate_birthdate(_form: FlaskForm, field: Field) -> None:
-    value: str = field.data or ""
-    if not re.fullmatch(r"\d{4}-\d{2}-\d{2}", value):
-        raise ValidationError(_l("Enter your birth date as YYYY-MM-DD, for example 1990-03-15."))
+# Birth dates as residents type them: 19850314, 1985-03-14, 1985.03.14, 1985. 3. 14. (the Korean way of writing a
+# date), 1985/03/14, and the 6-digit 850314 of the resident registration number's front half.
+BIRTHDATE_DIGITS = re.compile(r"(\d{4})(\d{2})(\d{2})|(\d{2})(\d{2})(\d{2})")
+BIRTHDATE_SEPARATED = re.compile(r"(\d{4})\s*[-./,]\s*(\d{1,2})\s*[-./,]\s*(\d{1,2})\s*\.?")
+# The century a registration digit stands for: 1, 2 and (foreign residents) 5, 6 for the 1900s; 3, 4, 7, 8 for the
+# 2000s (주민등록법 시행규칙 별표 1's numbering).
+CENTURY_OF_DIGIT = {"1": 1900, "2": 1900, "5": 1900, "6": 1900, "3": 2000, "4": 2000, "7": 2000, "8": 2000}
+KOREA = dt.timezone(dt.timedelta(hours=9), "KST")  # Korea has kept UTC+9 without summer time since 1988
+
+
+class BirthdateInvalidError(ValueError):
+    """The text is no birth date; the message says what to type instead."""
+
+
+def parse_birthdate(text: str, rrn_digit7: str | None, *, today: dt.date) -> dt.date:
+    """The birth date in `text`, as residents type it; a 6-digit date takes its century from `rrn_digit7`.
+
+    Raises:
+        BirthdateInvalidError: not a date in an accepted form, a date that does not exist, or not a real birth date.
+    """
+    value = unicodedata.normalize("NFKC", text).strip()
+    digits = BIRTHDATE_DIGITS.fullmatch(value)
+    separated = BIRTHDATE_SEPARATED.fullmatch(value)
+    if digits and digits.group(1):
+        year, month, day = (int(part) for part in digits.group(1, 2, 3))
+    elif digits:
+        century = CENTURY_OF_DIGIT.get(rrn_digit7 or "")
+        if century is None:
+            # Without a valid registration digit the century is unknown: the 8-digit form needs none.
+            raise BirthdateInvalidError(_l("Enter your birth date in 8 digits, for example 19850314."))
+        year, month, day = century + int(digits.group(4)), int(digits.group(5)), int(digits.group(6))
+    elif separated:
+        year, month, day = (int(part) for part in separated.groups())
+    else:
+        raise BirthdateInvalidError(_l("Enter your birth date in 8 digits, for example 19850314."))
     try:
-        born = dt.date.fromisoformat(value)
+        born = dt.date(year, month, day)
     except ValueError:
-        raise ValidationError(_l("This date does not exist. Check the month and day.")) from None
-    today = dt.date.today()
+        raise BirthdateInvalidError(_l("This date does not exist. Check the month and day.")) from None
     if born > today or born.year < today.year - OLDEST:
-        raise ValidationError(_l("Enter your real birth date."))
+        raise BirthdateInvalidError(_l("Enter your real birth date."))
+    return born
+
+
+def _korea_today() -> dt.date:
+    return dt.datetime.now(KOREA).date()
+
+
+def _validate_birthdate(form: FlaskForm, field: Field) -> None:
+    try:
+        parse_birthdate(field.data or "", form.rrn_digit7.data, today=_korea_today())
+    except BirthdateInvalidError as exc:
+        raise ValidationError(exc.args[0]) from None
 
 
 def _validate_rrn_digit(_form: FlaskForm, field: Field) -> None:
@@ -141,21 +183,50 @@ class CarrierStartForm(PageForm):
         default=VerificationMethod.SMS.value,
         validators=[InputRequired(_l("Choose how to confirm."))],
     )
-    consent = BooleanField(
-        _l("I agree to the verification agency's terms and to passing my details to it."),
-        validators=[InputRequired(_l("Agree to the terms to continue."))],
+    # PIPA §22(1) asks for each consent apart: the agency's terms, the collection and use of the details, and their
+    # provision to the agency. `consent` is "agree to all", which stands for each of them.
+    consent = BooleanField(_l("I agree to all of the following."))
+    consent_terms = BooleanField(_l("I agree to the verification agency's terms of service."))
+    consent_collection = BooleanField(_l("I agree to the collection and use of my personal information."))
+    consent_provision = BooleanField(
+        _l("I agree to my personal information being provided to the verification agency.")
     )
+
+    def validate(self, extra_validators: Any = None) -> bool:
+        valid: bool = super().validate(extra_validators)
+        if self.consent.data:
+            for item in self.consent_items():
+                item.data = True
+        missing = [item for item in self.consent_items() if not item.data]
+        for item in missing:
+            item.errors = [_l("Agree to this item to verify with your mobile phone.")]
+        return valid and not missing
+
+    def consent_items(self) -> list[BooleanField]:
+        """The consents the agency needs, each asked for apart."""
+        return [self.consent_terms, self.consent_collection, self.consent_provision]
 
     def details(self) -> CarrierDetails:
         """The parsed values; call only after `validate()` succeeded."""
         return CarrierDetails(
             carrier=Carrier(self.carrier.data),
             name=self.name.data or "",
-            birthdate=dt.date.fromisoformat(self.birthdate.data or ""),
+            birthdate=parse_birthdate(self.birthdate.data or "", self.rrn_digit7.data, today=_korea_today()),
             rrn_digit7=self.rrn_digit7.data or "",
             phone=normalize_phone(self.phone.data or ""),
             method=VerificationMethod(self.method.data),
         )
+
+    def typed(self) -> dict[str, str]:
+        """What the resident typed, as typed, to fill the form again when the verification ends."""
+        return {
+            "carrier": self.carrier.data or "",
+            "name": self.name.data or "",
+            "birthdate": self.birthdate.data or "",
+            "rrn_digit7": self.rrn_digit7.data or "",
+            "phone": self.phone.data or "",
+            "method": self.method.data or "",
+        }
 
 
 class CodeForm(PageForm):

@@ -3,11 +3,16 @@
 from __future__ import annotations
 
 import datetime as dt
+import json
+import math
 import secrets
 from typing import Any
 from urllib.parse import parse_qsl, urlsplit
 
+from babel.dates import format_datetime
+from cryptography.fernet import InvalidToken
 from flask import Blueprint, Response, redirect, render_template, request, session, url_for
+from flask_babel import get_locale, ngettext
 from flask_babel import gettext as _
 from sqlalchemy.orm import Session
 from werkzeug.wrappers import Response as BaseResponse
@@ -17,6 +22,7 @@ from idp.authn.carrier import (
     CarrierErrorCode,
     CarrierVerificationError,
     Pending,
+    Transaction,
     VerificationMethod,
     VerificationRequest,
     VerifiedIdentity,
@@ -40,8 +46,9 @@ from idp.oidc.consent import hold_raw_ci
 from idp.oidc.interaction import carry_over, current_login, hold_ci
 from idp.phones import normalize_phone
 from idp.runtime import current, db_session, request_time
+from idp.settings import data_fernet
 from idp.web import page_settings, render_error
-from idp.web.forms import CARRIER_LABELS, ActionForm, CarrierStartForm, CodeForm
+from idp.web.forms import CARRIER_LABELS, KOREA, ActionForm, CarrierStartForm, CodeForm
 
 bp = Blueprint("web", __name__, template_folder="templates", static_folder="static", static_url_path="/static")
 
@@ -49,6 +56,11 @@ FLOW_KEY = "carrier"
 SECOND_FACTOR = "second_factor"  # a carrier sign-in waiting for the resident's TOTP code
 SECOND_FACTOR_TTL = dt.timedelta(minutes=5)
 MAX_NEXT = 8192  # an /authorize request with all its parameters fits (the flow cookie caps it lower)
+# What the resident typed on the carrier form waits (encrypted) this long to fill the form again after a failure.
+TYPED_TTL = dt.timedelta(minutes=30)
+CANCELLED = "cancelled"  # the resident's own ending of a verification, beside the agency's error codes
+SHORT_WAIT = 60  # seconds; waits up to this are counted in seconds, up to an hour in minutes, then a clock time
+LONG_WAIT = 3600
 
 
 def _service() -> CarrierSignIn:
@@ -84,11 +96,15 @@ def error_message(error: CarrierVerificationError, *, method: str = Verification
     """What the resident reads: what happened and what to do, never whether a number has an account."""
     code = error.code
     if code is CarrierErrorCode.EXPIRED and method == VerificationMethod.APP.value:
-        return str(_("The approval request has expired. Please start again."))
+        return str(_("The approval request in the carrier's app has expired. Send the request again."))
+    if code is CarrierErrorCode.EXPIRED and not error.retryable:
+        return str(_("The code has expired, and no more codes can be sent for this request. Send the request again."))
     messages = {
         CarrierErrorCode.WRONG_CODE: _("The code is not right. Check the text message and try again."),
-        CarrierErrorCode.EXPIRED: _("The code has expired. Ask for a new code or start again."),
-        CarrierErrorCode.TOO_MANY_ATTEMPTS: _("Too many wrong codes. Start the verification again."),
+        CarrierErrorCode.EXPIRED: _("The code has expired. Ask for a new code."),
+        CarrierErrorCode.TOO_MANY_ATTEMPTS: _(
+            "A wrong code was entered too many times, so this verification has ended. Send the request again."
+        ),
         CarrierErrorCode.RATE_LIMITED: _("Too many verification requests. Try again later."),
         CarrierErrorCode.IDENTITY_MISMATCH: _(
             "The carrier could not confirm these details. Check your name, birth date, the resident number "
@@ -99,7 +115,13 @@ def error_message(error: CarrierVerificationError, *, method: str = Verification
             "This line cannot be used for verification (for example a company line, or no carrier app). "
             "Try a text message or another line."
         ),
-        CarrierErrorCode.USER_DENIED: _("The request was declined in the carrier's app. Start again if it was you."),
+        CarrierErrorCode.USER_DENIED: _(
+            "You declined the request in the carrier's app. If it was you who asked, send the request again."
+        ),
+        CarrierErrorCode.NUMBER_MISMATCH: _(
+            "A different number from the one on this page was picked in the carrier's app, so the request was "
+            "stopped to keep your account safe. Send the request again and pick the number this page shows."
+        ),
         CarrierErrorCode.INTEGRITY_FAILED: _("The verification result could not be trusted. Please start again."),
         CarrierErrorCode.REPLAYED: _("This verification was already used. Please start again."),
         CarrierErrorCode.AGENCY_UNAVAILABLE: _("The carrier verification service is not available right now."),
@@ -109,13 +131,52 @@ def error_message(error: CarrierVerificationError, *, method: str = Verification
     return str(messages[code])
 
 
+def wait_text(seconds: int, *, now: dt.datetime) -> str:
+    """When the resident may try again: in seconds or minutes for short waits, as a Korea-time clock time beyond
+    an hour ("내일 오전 9시부터")."""
+    if seconds <= SHORT_WAIT:
+        return str(ngettext("You can try again in %(num)s second.", "You can try again in %(num)s seconds.", seconds))
+    if seconds <= LONG_WAIT:
+        minutes = math.ceil(seconds / 60)
+        return str(ngettext("You can try again in %(num)s minute.", "You can try again in %(num)s minutes.", minutes))
+    return str(
+        _("You can try again from %(when)s.", when=korea_clock_time(now + dt.timedelta(seconds=seconds), now=now))
+    )
+
+
+def korea_clock_time(moment: dt.datetime, *, now: dt.datetime) -> str:
+    """`moment` as residents read a time: Korea time, to the minute (rounded up), with today, tomorrow or a date."""
+    local = moment.astimezone(KOREA)
+    if local.second or local.microsecond:
+        local = local.replace(second=0, microsecond=0) + dt.timedelta(minutes=1)
+    # Babel date patterns, translated so that Korean reads 오전 9시 and 오전 9시 5분, English 9 AM and 9:05 AM.
+    pattern = _("h a") if local.minute == 0 else _("h:mm a")
+    time = format_datetime(local, pattern, tzinfo=KOREA, locale=get_locale())
+    days = (local.date() - now.astimezone(KOREA).date()).days
+    if days == 0:
+        return str(_("today at %(time)s", time=time))
+    if days == 1:
+        return str(_("tomorrow at %(time)s", time=time))
+    day = format_datetime(local, _("MMMM d"), tzinfo=KOREA, locale=get_locale())
+    return str(_("%(date)s at %(time)s", date=day, time=time))
+
+
 def _retry_text(error: CarrierVerificationError) -> str | None:
     if not error.retry_after:
         return None
-    minutes = -(-error.retry_after // 60)
-    if error.retry_after < 120:
-        return str(_("You can try again in %(seconds)d seconds.", seconds=error.retry_after))
-    return str(_("You can try again in %(minutes)d minutes.", minutes=minutes))
+    return wait_text(error.retry_after, now=request_time())
+
+
+def _resend_wait_text(count: int, wait: int | str | None = None) -> str:
+    # `wait` may be the placeholder the countdown script fills in ("{n}"); `count` then chooses the plural form.
+    return str(
+        ngettext(
+            "You can ask for a new code in %(wait)s second.",
+            "You can ask for a new code in %(wait)s seconds.",
+            count,
+            wait=count if wait is None else wait,
+        )
+    )
 
 
 def _agency_down(error: CarrierVerificationError) -> bool:
@@ -145,11 +206,11 @@ def login() -> str | BaseResponse:
 
 @bp.route("/login/carrier", methods=["GET", "POST"])
 def carrier_start() -> str | BaseResponse | tuple[str, int]:
-    form = CarrierStartForm()
     if request.method == "GET":
-        # The phone number typed on /login comes along, so the resident does not type it twice.
-        form.phone.data = (request.args.get("phone") or "")[:20] or None
-        return render_template("carrier_start.html", form=form, carriers=CARRIER_LABELS)
+        return _render_start_again() or render_template(
+            "carrier_start.html", form=_blank_start_form(), carriers=CARRIER_LABELS
+        )
+    form = CarrierStartForm()
     if not form.validate():
         return render_template("carrier_start.html", form=form, carriers=CARRIER_LABELS), 400
     binding_secret = secrets.token_urlsafe(32)
@@ -164,8 +225,9 @@ def carrier_start() -> str | BaseResponse | tuple[str, int]:
         session_binding=session_binding_for(binding_secret),
         client_ip=_client_ip(),
     )
+    now = request_time()
     try:
-        transaction = start_verification(db_session(), _service(), verification, now=request_time())
+        transaction = start_verification(db_session(), _service(), verification, now=now)
     except CarrierVerificationError as error:
         db_session().commit()
         status = 503 if _agency_down(error) else 429 if error.retry_after else 400
@@ -187,9 +249,92 @@ def carrier_start() -> str | BaseResponse | tuple[str, int]:
         "phone": verification.phone,
         "match": transaction.match_number,
         "binding": binding_secret,
-        "expires_at": transaction.expires_at.isoformat(),
+        "typed": _seal_typed(form.typed()),
+        **_timing(transaction, now),
     }
     return _see_other("web.carrier_verify")
+
+
+def _blank_start_form() -> CarrierStartForm:
+    form = CarrierStartForm()
+    # The phone number typed on /login comes along, so the resident does not type it twice.
+    form.phone.data = (request.args.get("phone") or "")[:20] or None
+    return form
+
+
+def _render_start_again() -> str | None:
+    """The form after a verification ended (shown once): why it ended, and what the resident typed, filled in."""
+    ending = session.pop("carrier_failure", None)
+    method = session.pop("carrier_method", VerificationMethod.SMS.value)
+    retry_after = session.pop("carrier_retry", None)
+    typed = _open_typed(session.pop("carrier_typed", None))
+    if ending is None:
+        return None
+    form = _blank_start_form()
+    if typed:
+        form = CarrierStartForm(
+            data={**typed, "consent_terms": True, "consent_collection": True, "consent_provision": True}
+        )
+    if ending == CANCELLED:
+        failure, retry, down = str(_("You cancelled the verification.")), None, False
+    else:
+        try:
+            error = CarrierVerificationError(
+                CarrierErrorCode(ending),
+                retryable=False,
+                retry_after=retry_after if isinstance(retry_after, int) else None,
+            )
+        except ValueError:
+            return None
+        failure, retry, down = error_message(error, method=str(method)), _retry_text(error), _agency_down(error)
+    if typed:
+        failure += " " + str(_("What you entered is still filled in below: check it and send the request again."))
+    return render_template(
+        "carrier_start.html", form=form, carriers=CARRIER_LABELS, failure=failure, retry=retry, agency_down=down
+    )
+
+
+def _seal_typed(typed: dict[str, str]) -> str:
+    # Encrypted, not only signed: the flow cookie can be read by whoever holds it, and the details include the
+    # registration digit, which must never be readable outside the form and the agency's request.
+    return data_fernet(page_settings()).encrypt(json.dumps(typed).encode()).decode()
+
+
+def _open_typed(sealed: object) -> dict[str, str] | None:
+    if not isinstance(sealed, str):
+        return None
+    try:
+        plain = data_fernet(page_settings()).decrypt(sealed.encode(), ttl=int(TYPED_TTL.total_seconds()))
+        typed = json.loads(plain)
+    except (InvalidToken, ValueError):
+        return None
+    if not isinstance(typed, dict):
+        return None
+    return {str(key): str(value) for key, value in typed.items()}
+
+
+def _timing(transaction: Transaction, now: dt.datetime) -> dict[str, Any]:
+    """What the code page needs to show time: when the code expires and how long it lives, when a new one may be
+    asked for, and how many more may be sent."""
+    lifetime = max(60, round((transaction.expires_at - now).total_seconds() / 60) * 60)
+    return {
+        "expires_at": transaction.expires_at.isoformat(),
+        "lifetime": lifetime,
+        "resend_after": transaction.resend_after.isoformat() if transaction.resend_after else None,
+        "sends": transaction.sends_remaining,
+    }
+
+
+def _end_flow(flow: dict[str, Any], ending: str, *, retry_after: int | None = None) -> BaseResponse:
+    """The verification is over: back to the form, which says why and is filled with what the resident typed."""
+    session.pop(FLOW_KEY, None)
+    session["carrier_failure"] = ending
+    session["carrier_method"] = flow.get("method", VerificationMethod.SMS.value)
+    if flow.get("typed"):
+        session["carrier_typed"] = flow["typed"]
+    if retry_after:
+        session["carrier_retry"] = retry_after
+    return _see_other("web.carrier_start")
 
 
 def _flow() -> dict[str, Any] | None:
@@ -198,6 +343,10 @@ def _flow() -> dict[str, Any] | None:
 
 
 def _render_verify(flow: dict[str, Any], status: int = 200, **context: Any) -> tuple[str, int]:
+    now = request_time()
+    remaining = _seconds_until(flow.get("expires_at"), now)
+    resend_wait = _seconds_until(flow.get("resend_after"), now)
+    lifetime_minutes = max(1, int(flow.get("lifetime") or 180) // 60)
     return (
         render_template(
             "carrier_verify.html",
@@ -205,10 +354,27 @@ def _render_verify(flow: dict[str, Any], status: int = 200, **context: Any) -> t
             masked_phone=mask_phone(flow["phone"]),
             code_form=context.pop("code_form", None) or CodeForm(),
             action_form=ActionForm(),
+            remaining=remaining,
+            lifetime=lifetime_minutes,
+            resend_wait=resend_wait,
+            resend_wait_text=_resend_wait_text(resend_wait) if resend_wait else None,
+            resend_wait_one=_resend_wait_text(1, "{n}"),
+            resend_wait_other=_resend_wait_text(2, "{n}"),
+            can_resend=flow.get("sends") != 0,
             **context,
         ),
         status,
     )
+
+
+def _seconds_until(moment: object, now: dt.datetime) -> int:
+    if not isinstance(moment, str):
+        return 0
+    try:
+        until = dt.datetime.fromisoformat(moment)
+    except ValueError:
+        return 0
+    return max(0, math.ceil((until - now).total_seconds()))
 
 
 @bp.get("/login/carrier/verify")
@@ -227,10 +393,10 @@ def carrier_verify_post() -> tuple[str, int] | BaseResponse | Response:
     action = request.form.get("action", "confirm")
     service, now, ip = _service(), request_time(), _client_ip()
     if action == "cancel":
-        if ActionForm().validate():
-            cancel_verification(service, flow["txn"])
-        session.pop(FLOW_KEY, None)
-        return _see_other("web.login")
+        if not ActionForm().validate():
+            return _render_verify(flow, 400, failure=_("This form has expired. Please try again."))
+        cancel_verification(service, flow["txn"])
+        return _end_flow(flow, CANCELLED)
     if action == "resend":
         if not ActionForm().validate():
             return _render_verify(flow, 400, failure=_("This form has expired. Please try again."))
@@ -238,9 +404,12 @@ def carrier_verify_post() -> tuple[str, int] | BaseResponse | Response:
             transaction = resend_code(db_session(), service, flow["txn"], phone=flow["phone"], client_ip=ip, now=now)
         except CarrierVerificationError as error:
             db_session().commit()
+            if error.code is CarrierErrorCode.RATE_LIMITED and error.retry_after and error.retry_after <= SHORT_WAIT:
+                # Asked before the agency allows another code: say when, not "too many requests".
+                return _render_verify(flow, 429, failure=_resend_wait_text(error.retry_after))
             return _verify_failed(flow, error)
         db_session().commit()
-        flow["expires_at"] = transaction.expires_at.isoformat()
+        flow.update(_timing(transaction, now))
         session[FLOW_KEY] = flow
         return _see_other("web.carrier_verify", sent="1")
     try:
@@ -274,11 +443,7 @@ def carrier_verify_post() -> tuple[str, int] | BaseResponse | Response:
 def _verify_failed(flow: dict[str, Any], error: CarrierVerificationError) -> tuple[str, int] | BaseResponse:
     if not error.retryable or error.code is CarrierErrorCode.TOO_MANY_ATTEMPTS:
         # The transaction is over: the resident starts again from the form, which says why.
-        session.pop(FLOW_KEY, None)
-        session["carrier_failure"] = error.code.value
-        if error.retry_after:
-            session["carrier_retry"] = error.retry_after
-        return _see_other("web.carrier_start")
+        return _end_flow(flow, error.code.value, retry_after=error.retry_after)
     status = 503 if _agency_down(error) else 429 if error.retry_after else 400
     return _render_verify(
         flow,
@@ -368,16 +533,3 @@ def welcome() -> str | BaseResponse:
         return _see_other("account.overview")
     target = safe_next(session.pop("next", None))
     return render_template("welcome.html", next=target or url_for("account.overview"))
-
-
-@bp.app_context_processor
-def carrier_failure_context() -> dict[str, Any]:
-    """A failure carried over a redirect to the carrier form (an ended transaction), shown once."""
-    if request.endpoint != "web.carrier_start" or request.method != "GET":
-        return {}
-    code = session.pop("carrier_failure", None)
-    retry_after = session.pop("carrier_retry", None)
-    if code is None:
-        return {}
-    error = CarrierVerificationError(CarrierErrorCode(code), retry_after=retry_after)
-    return {"failure": error_message(error), "retry": _retry_text(error), "agency_down": _agency_down(error)}

@@ -18,7 +18,7 @@ def fill_carrier_form(page: Page, *, method: str = "sms", birthdate: str = "1985
     page.get_by_label("주민등록번호 뒷자리 첫 숫자").fill("1")
     page.get_by_label("휴대폰 번호").fill("010-0000-0001")
     page.get_by_label("통신사 앱에서 승인" if method == "app" else "문자(SMS) 인증번호").check()
-    page.get_by_label("본인확인기관의 이용약관과 개인정보 제공에 동의합니다.").check()
+    page.get_by_label("아래 내용에 모두 동의합니다.").check()
     page.get_by_role("button", name="인증 요청").click()
 
 

@@ -99,7 +99,7 @@ def carrier_sign_in(page: Page, stack: Stack) -> None:
     page.get_by_label("생년월일").fill(KIM["birthdate"])
     page.get_by_label("주민등록번호 뒷자리 첫 숫자").fill(KIM["digit"])
     page.get_by_label("휴대폰 번호").fill(KIM["phone"])
-    page.get_by_label("본인확인기관의 이용약관과 개인정보 제공에 동의합니다.").check()
+    page.get_by_label("아래 내용에 모두 동의합니다.").check()
     page.get_by_role("button", name="인증 요청").click()
     phone = page.context.new_page()
     phone.goto(stack.phone)

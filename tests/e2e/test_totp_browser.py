@@ -37,7 +37,7 @@ def carrier_sign_in(page: Page, base: str, sandbox: SandboxAgency) -> None:
     page.get_by_label("Birth date").fill(birthdate)
     page.get_by_label("Resident number, 7th digit").fill(digit)
     page.get_by_label("Mobile phone number").fill(phone)
-    page.get_by_label("I agree to the verification agency's terms").check()
+    page.get_by_label("I agree to all of the following.").check()
     page.get_by_role("button", name="Send verification request").click()
     page.get_by_label("Verification code").fill(sandbox.last_code(e164))
     page.get_by_role("button", name="Confirm", exact=True).click()

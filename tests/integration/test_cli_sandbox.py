@@ -37,7 +37,7 @@ from idp.settings import Settings
 
 IDP = Path(sys.executable).with_name("idp")
 TIMEOUT = 60
-SMS_TEXT = "[경기도 통합인증] 본인확인 인증번호 [{code}]를 입력해 주세요. 타인에게 알려주지 마세요."
+SMS_TEXT = "[경기도 통합 로그인] 인증번호는 [{code}]입니다. 타인에게 알려주지 마세요."
 MESSAGE_FIELDS = {"phone", "text", "code", "txn_id", "sent_at"}
 KIM = {"carrier": Carrier.SKT, "name": "김경기", "birthdate": dt.date(1985, 3, 14), "rrn_digit7": "1"}
 LEE = {"carrier": Carrier.KT, "name": "이수원", "birthdate": dt.date(1992, 11, 2), "rrn_digit7": "2"}

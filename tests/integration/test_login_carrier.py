@@ -27,6 +27,7 @@ KIM_E164 = "+821000000001"
 YOON_SKT = {"carrier": "SKT", "name": "윤부천", "birthdate": "1995-06-09", "rrn_digit7": "2", "phone": "01000000009"}
 YOON_MVNO = {**YOON_SKT, "carrier": "LGU_MVNO", "phone": "+82 10 0000 0010"}
 CSRF = re.compile(r'name="csrf_token" value="([^"]+)"')
+CONSENT_ITEMS = ("consent_terms", "consent_collection", "consent_provision")
 
 
 @pytest.fixture
@@ -240,12 +241,12 @@ def test_form_fields_follow_the_design_contract(client: FlaskClient) -> None:
     page = text(client.get("/login/carrier"))
     assert re.search(r'<input id="phone" name="phone" type="tel" autocomplete="tel"', page)
     assert 'name="name" type="text" autocomplete="name"' in page
-    assert 'name="birthdate" type="text" inputmode="numeric" autocomplete="bday"' in page
+    assert 'name="birthdate" type="text" inputmode="decimal" autocomplete="bday"' in page
     assert 'name="rrn_digit7" type="text" inputmode="numeric" autocomplete="off"' in page
     assert '<select id="carrier" name="carrier"' in page
     for carrier in ("SKT", "KT", "LGU", "SKT_MVNO", "KT_MVNO", "LGU_MVNO"):
         assert f'value="{carrier}"' in page
-    for field in ("carrier", "name", "birthdate", "rrn_digit7", "phone", "consent"):
+    for field in ("carrier", "name", "birthdate", "rrn_digit7", "phone", "consent", *CONSENT_ITEMS):
         assert f'<label for="{field}">' in page
 
 
@@ -256,7 +257,7 @@ BAD_FORMS: list[tuple[str, dict[str, str], str]] = [
     ("phone-foreign", {"phone": "+1 415 555 0100"}, "휴대폰 번호를 입력해 주세요"),
     ("phone-empty", {"phone": ""}, "휴대폰 번호를 입력해 주세요"),
     ("birthdate-impossible", {"birthdate": "1985-02-30"}, "존재하지 않는 날짜"),
-    ("birthdate-format", {"birthdate": "850314"}, "YYYY-MM-DD"),
+    ("birthdate-format", {"birthdate": "85-03-14"}, "생년월일 8자리"),
     ("birthdate-future", {"birthdate": "2999-01-01"}, "실제 생년월일"),
     ("birthdate-ancient", {"birthdate": "1800-01-01"}, "실제 생년월일"),
     ("digit-zero", {"rrn_digit7": "0"}, "1~8"),
@@ -269,7 +270,7 @@ BAD_FORMS: list[tuple[str, dict[str, str], str]] = [
     ("name-newline", {"name": "김\n경기"}, "쓸 수 없는 문자"),
     ("carrier-unknown", {"carrier": "VERIZON"}, "올바르지 않은 선택값"),
     ("method-unknown", {"method": "carrier-pigeon"}, "올바르지 않은 선택값"),
-    ("no-consent", {"consent": ""}, "약관에 동의"),
+    ("no-consent", {"consent": ""}, "이 항목에 동의해 주세요"),
 ]
 
 

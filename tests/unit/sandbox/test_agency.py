@@ -215,9 +215,9 @@ def test_an_sms_start_sends_a_six_digit_code(agency: AgencyClient) -> None:
     assert message["txn_id"] == body["txn_id"]
     assert message["code"].isdigit()
     assert len(message["code"]) == 6
-    assert message["text"] == (
-        f"[경기도 통합인증] 본인확인 인증번호 [{message['code']}]를 입력해 주세요. 타인에게 알려주지 마세요."
-    )
+    # The IdP's own name (its pages' brand, 경기도 통합 로그인), and a sentence that needs no particle after the code
+    # (`[066348]를` was wrong: 8 is read 팔, which takes 을).
+    assert message["text"] == f"[경기도 통합 로그인] 인증번호는 [{message['code']}]입니다. 타인에게 알려주지 마세요."
 
 
 def test_an_app_start_gives_a_two_digit_match_number_and_sends_no_sms(agency: AgencyClient) -> None:
@@ -495,16 +495,18 @@ def test_denying_on_the_phone_is_user_denied(agency: AgencyClient) -> None:
     assert body["retryable"] is False
 
 
-def test_picking_a_wrong_number_is_user_denied_and_ends_the_transaction(agency: AgencyClient) -> None:
+def test_picking_a_wrong_number_is_number_mismatch_and_ends_the_transaction(agency: AgencyClient) -> None:
+    # Not user_denied: the resident did not decline, they picked another number than the sign-in page showed.
     started = agency.start(method="app").json
     assert started is not None
     txn_id = started["txn_id"]
     decoy = next(n for n in agency.approval_choices(KIM["phone"], txn_id) if n != started["match_number"])
     agency.answer(KIM["phone"], txn_id, number=decoy)
-    error_of(agency.poll(txn_id), 403, "user_denied")
+    body = error_of(agency.poll(txn_id), 403, "number_mismatch")
+    assert body["retryable"] is False
     response = agency.answer(KIM["phone"], txn_id, number=started["match_number"])
     assert "notice=closed" in response.headers["Location"]
-    error_of(agency.poll(txn_id), 403, "user_denied")
+    error_of(agency.poll(txn_id), 403, "number_mismatch")
 
 
 def test_an_unanswered_approval_expires(agency: AgencyClient) -> None:

@@ -10,7 +10,17 @@ from joserfc import jwt
 from joserfc.errors import BadSignatureError
 from joserfc.jwk import KeySet
 
-from idp.sandbox.agency import Agency, AgencyError, Clock, ErrorCode, Method, Pending, StartRequest, Verified
+from idp.sandbox.agency import (
+    Agency,
+    AgencyError,
+    Clock,
+    ErrorCode,
+    Method,
+    Pending,
+    StartRequest,
+    TxnState,
+    Verified,
+)
 from idp.sandbox.faults import FaultMode, Faults
 from idp.sandbox.residents import Carrier, ResidentDirectory, ResidentInvalidError
 from idp.sandbox.signing import AgencyKeys, corrupt_signature
@@ -71,7 +81,7 @@ def test_an_app_verification_without_http(tmp_path: Path) -> None:
     assert isinstance(agency.poll(started.txn_id), Pending)
     (approval,) = agency.approvals("+821000000001")
     assert started.match_number in approval.choices
-    assert agency.answer_approval("+821000000001", started.txn_id, number=started.match_number) is True
+    assert agency.answer_approval("+821000000001", started.txn_id, number=started.match_number) is TxnState.VERIFIED
     time_source.now += 1
     assert isinstance(agency.poll(started.txn_id), Verified)
 

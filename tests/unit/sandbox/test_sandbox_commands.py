@@ -120,7 +120,7 @@ def test_outbox_prints_one_line_per_message(cli: CliRunner, live_url: str) -> No
     assert sent_at.endswith("Z")
     assert phone == "+821000000001"
     assert code.isdigit()
-    assert text.startswith("[경기도 통합인증]")
+    assert text.startswith("[경기도 통합 로그인]")
     assert code in text
 
 

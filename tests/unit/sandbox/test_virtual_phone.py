@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 
+import pytest
 from sandbox_support import KIM, LEE, AgencyClient
 
 
@@ -30,7 +31,7 @@ def test_the_phone_page_shows_messages_newest_first(agency: AgencyClient) -> Non
     codes = [message["code"] for message in agency.outbox(KIM["phone"])]
     html = page(agency, f"/phone/{KIM['phone']}")
     assert html.index(f'class="code">{codes[1]}<') < html.index(f'class="code">{codes[0]}<')
-    assert "[경기도 통합인증]" in html
+    assert "[경기도 통합 로그인]" in html
     assert "김경기" in html
     # Only this number's messages.
     agency.start_txn(LEE)
@@ -114,3 +115,71 @@ def test_pages_allow_no_scripts(agency: AgencyClient) -> None:
     assert "script-src" not in policy
     assert "default-src 'none'" in policy
     assert "<script" not in response.get_data(as_text=True)
+
+
+# -- the phone's own buttons in a real browser ---------------------------------------------------------------------
+
+# What Chromium sends with a form posted by a page of the same origin that says `Referrer-Policy: no-referrer`: the
+# Fetch standard serialises the origin as "null" under that policy.
+CHROMIUM_SAME_ORIGIN_NO_REFERRER = {"Sec-Fetch-Site": "same-origin", "Origin": "null"}
+
+
+def test_the_phones_own_buttons_are_accepted_from_chromium(agency: AgencyClient) -> None:
+    started = agency.start(method="app").json
+    assert started is not None
+    response = agency.http.post(
+        f"/phone/{KIM['phone']}/approvals/{started['txn_id']}",
+        data={"number": started["match_number"]},
+        headers=CHROMIUM_SAME_ORIGIN_NO_REFERRER,
+    )
+    assert response.status_code == 303, response.get_data(as_text=True)
+    assert response.headers["Location"].endswith("notice=approved")
+
+
+def test_phone_pages_send_their_origin_only_to_themselves(agency: AgencyClient) -> None:
+    # `same-origin`: the phone's own forms carry a real Origin (browsers without Sec-Fetch-Site need it), and no
+    # other site learns a phone number from a Referer.
+    for path in ("/", f"/phone/{KIM['phone']}"):
+        assert agency.http.get(path).headers["Referrer-Policy"] == "same-origin", path
+
+
+@pytest.mark.parametrize(
+    "headers",
+    [
+        {"Sec-Fetch-Site": "cross-site", "Origin": "http://evil.example"},
+        {"Sec-Fetch-Site": "same-site", "Origin": "http://localhost:8000"},
+        # Sec-Fetch-Site says where the request came from; an Origin that is not ours cannot be outvoted by it.
+        {"Sec-Fetch-Site": "same-origin", "Origin": "http://evil.example"},
+        # Browsers without Sec-Fetch-Site: the Origin decides, and an opaque origin is not ours.
+        {"Origin": "http://evil.example"},
+        {"Origin": "null"},
+    ],
+    ids=["cross-site", "same-site", "foreign-origin", "foreign-origin-only", "null-origin-only"],
+)
+def test_a_post_from_another_site_is_refused(agency: AgencyClient, headers: dict[str, str]) -> None:
+    started = agency.start(method="app").json
+    assert started is not None
+    response = agency.http.post(
+        f"/phone/{KIM['phone']}/approvals/{started['txn_id']}",
+        data={"number": started["match_number"]},
+        headers=headers,
+    )
+    assert response.status_code == 403
+    assert agency.poll(started["txn_id"]).json["status"] == "pending"  # type: ignore[index]
+
+
+def test_picking_a_wrong_number_says_so_on_the_phone(agency: AgencyClient) -> None:
+    started = agency.start(method="app").json
+    assert started is not None
+    decoy = next(n for n in agency.approval_choices(KIM["phone"], started["txn_id"]) if n != started["match_number"])
+    response = agency.answer(KIM["phone"], started["txn_id"], number=decoy)
+    assert response.headers["Location"].endswith("notice=mismatch")
+    html = page(agency, response.headers["Location"])
+    assert "로그인 화면의 숫자와 다릅니다" in html
+
+
+def test_the_approval_names_the_idp_as_its_pages_do(agency: AgencyClient) -> None:
+    agency.start(method="app")
+    html = page(agency, f"/phone/{KIM['phone']}")
+    assert "경기도 통합 로그인 본인확인 요청" in html
+    assert "통합인증" not in html
