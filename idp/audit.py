@@ -7,6 +7,7 @@ import logging
 import uuid
 from typing import Any
 
+from sqlalchemy import and_, or_, select
 from sqlalchemy.orm import Session
 
 from idp.models import AuditEvent
@@ -15,6 +16,11 @@ log = logging.getLogger("idp.audit")
 
 SUCCESS = "success"
 FAILURE = "failure"
+
+# What a resident's sign-in history shows (the account page): every sign-in and refusal, and the failed attempts
+# at a way to sign in that named this resident, so that one they did not make can be noticed ("was that me?").
+SIGN_IN_EVENTS = ("signin", "signin.refused", "passkey.clone_suspected")
+FAILED_ATTEMPT_EVENTS = ("totp.verify", "carrier.verify")
 
 
 def record_event(
@@ -49,3 +55,21 @@ def record_event(
         extra={"resident_id": str(resident_id) if resident_id else None, "client_ip": client_ip, **details},
     )
     return entry
+
+
+def sign_in_history(db: Session, resident_id: uuid.UUID, *, limit: int) -> list[AuditEvent]:
+    """The resident's latest sign-ins, refusals and failed sign-in attempts, newest first."""
+    return list(
+        db.scalars(
+            select(AuditEvent)
+            .where(
+                AuditEvent.resident_id == resident_id,
+                or_(
+                    AuditEvent.event.in_(SIGN_IN_EVENTS),
+                    and_(AuditEvent.event.in_(FAILED_ATTEMPT_EVENTS), AuditEvent.result == FAILURE),
+                ),
+            )
+            .order_by(AuditEvent.at.desc(), AuditEvent.id.desc())
+            .limit(limit)
+        )
+    )

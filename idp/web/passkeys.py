@@ -33,6 +33,8 @@ from idp.oidc.interaction import carry_over, current_login
 from idp.runtime import current, db_session, request_time
 from idp.settings import Settings
 from idp.web import render_error
+from idp.web.account import confirmed, render_confirmation, report, take_report
+from idp.web.devices import new_passkey_name
 from idp.web.forms import ActionForm
 from idp.web.login import open_or_step_up, safe_next
 
@@ -140,6 +142,8 @@ def manage() -> str | BaseResponse:
         would_wait=bool(would_wait),
         wait_hours=_settings().passkey_recovery_wait // 3600,
         now=now,
+        new_name=new_passkey_name(request.user_agent.string),
+        report=take_report(),
     )
 
 
@@ -208,16 +212,18 @@ def register_verify() -> Response:
     return _json({"redirect": url_for("passkeys.manage")})
 
 
-def _own_passkey(passkey_id: str, *, recent_sign_in: bool) -> Passkey | BaseResponse | Response:
-    """The signed-in resident's passkey named in a management form, or the answer to give instead.
+def _own_passkey(passkey_id: str, *, recent_sign_in: bool, form: bool = True) -> Passkey | BaseResponse | Response:
+    """The signed-in resident's passkey named in a management form (or its confirmation page), or the answer to
+    give instead.
 
     A passkey still in its recovery waiting period can be removed from any of the resident's sessions: it may be
     someone else's, and taking it away gives nobody more access."""
-    if not ActionForm().validate():
+    if form and not ActionForm().validate():
         return render_error(400, _("This form has expired. Please try again."))
     login = current_login()
     if login is None:
-        return redirect(url_for("web.login"), 303)
+        # A confirmation page comes back after signing in; a form's answer does not (it is sent again by hand).
+        return redirect(url_for("web.login", next=None if form else request.path), 303)
     passkey = find_passkey(db_session(), login.resident_id, passkey_id)
     if passkey is None:
         return render_error(404)
@@ -225,6 +231,12 @@ def _own_passkey(passkey_id: str, *, recent_sign_in: bool) -> Passkey | BaseResp
     if recent_sign_in and not passkey.is_provisional(now) and not recently_signed_in(login, now=now):
         return redirect(url_for("web.login", next=url_for("passkeys.manage")), 303)
     return passkey
+
+
+def _back() -> str:
+    """Where a removal returns: My account for the warning about a passkey added after a carrier sign-in."""
+    asked = request.form.get("back") if request.method == "POST" else request.args.get("back")
+    return "account" if asked == "account" else "passkeys"
 
 
 @bp.post("/account/passkeys/<passkey_id>/rename")
@@ -237,20 +249,47 @@ def rename(passkey_id: str) -> BaseResponse | Response:
     return redirect(url_for("passkeys.manage"), 303)
 
 
+@bp.get("/account/passkeys/<passkey_id>/remove")
+def confirm_remove(passkey_id: str) -> str | BaseResponse | Response:
+    """Ask once before a passkey is removed, saying what the resident signs in with afterwards."""
+    passkey = _own_passkey(passkey_id, recent_sign_in=True, form=False)
+    if not isinstance(passkey, Passkey):
+        return passkey
+    now = request_time()
+    others = [p for p in list_passkeys(db_session(), passkey.resident_id) if p.id != passkey.id]
+    db_session().commit()
+    explanations = [
+        _("You can no longer sign in with this passkey. It stays on the device until you delete it there too.")
+    ]
+    if not others and not passkey.is_provisional(now):
+        explanations.append(
+            _(
+                "This is your last passkey: from now on you sign in with a mobile-phone verification, or with your "
+                "authenticator app if you set one up."
+            )
+        )
+    back = _back()
+    return render_confirmation(
+        title=_("Remove the passkey “%(name)s”?", name=passkey.name),
+        explanations=explanations,
+        action=url_for("passkeys.remove", passkey_id=passkey.id),
+        fields={"back": back} if back == "account" else {},
+        confirm_label=_("Remove the passkey “%(name)s”", name=passkey.name),
+        cancel=url_for("account.overview" if back == "account" else "passkeys.manage"),
+    )
+
+
 @bp.post("/account/passkeys/<passkey_id>/remove")
 def remove(passkey_id: str) -> BaseResponse | Response:
     passkey = _own_passkey(passkey_id, recent_sign_in=True)
     if not isinstance(passkey, Passkey):
         return passkey
-    now = request_time()
-    others = [p for p in list_passkeys(db_session(), passkey.resident_id) if p.id != passkey.id]
-    if not others and not passkey.is_provisional(now) and request.form.get("confirm") != "yes":
-        # The last passkey: carrier verification still signs the resident in, but they must say they know.
-        return render_error(
-            400, _("This is your last passkey. Tick the box to confirm that you will sign in with your mobile phone.")
-        )
-    remove_passkey(db_session(), passkey, now=now)
+    back = _back()
+    if not confirmed():
+        again = url_for("passkeys.confirm_remove", passkey_id=passkey.id, back="account" if back == "account" else None)
+        return redirect(again, 303)
+    name = passkey.name
+    remove_passkey(db_session(), passkey, now=request_time())
     db_session().commit()
-    # The warning on My account sends the resident back there.
-    back = "account.overview" if request.form.get("back") == "account" else "passkeys.manage"
-    return redirect(url_for(back), 303)
+    report("passkey_removed", subject=name)
+    return redirect(url_for("account.overview" if back == "account" else "passkeys.manage"), 303)

@@ -11,6 +11,7 @@ from typing import Any
 import segno
 from flask import Blueprint, redirect, render_template, request, session, url_for
 from flask_babel import gettext as _
+from flask_babel import ngettext
 from markupsafe import Markup
 from sqlalchemy import select
 from werkzeug.wrappers import Response as BaseResponse
@@ -46,6 +47,7 @@ from idp.oidc.interaction import carry_over, current_login
 from idp.runtime import current, db_session, request_time
 from idp.settings import data_fernet, recovery_code_key
 from idp.web import page_settings, render_error
+from idp.web.account import confirmed, render_confirmation, report, take_report
 from idp.web.forms import ActionForm, TotpCodeForm, TotpSignInForm
 from idp.web.login import SECOND_FACTOR, open_or_step_up, safe_next
 
@@ -184,8 +186,10 @@ def _failure_message(error: TotpError, pending: dict[str, Any] | None) -> str:
 
 def _qr_svg(enrolment: Enrolment) -> Markup:
     # Rendered here as SVG: the secret never leaves the server for a QR service, and no script draws it.
+    # No width or height, only a viewBox (omitsize): the page's style sizes it, so it scales down to a 320 px
+    # screen instead of being cut off, with the 4-module quiet zone of ISO/IEC 18004 §7.3.8 kept around it.
     qr = segno.make(enrolment.provisioning_uri, error="m")
-    svg = qr.svg_inline(scale=5, border=4, title=_("QR code for your authenticator app"), svgclass="qr")
+    svg = qr.svg_inline(border=4, omitsize=True, title=_("QR code for your authenticator app"), svgclass="qr")
     return Markup(svg)  # noqa: S704  (segno's own SVG markup; the URI inside it is encoded as modules)
 
 
@@ -216,6 +220,7 @@ def _render_manage(
             enrolment=enrolment,
             qr=_qr_svg(enrolment) if enrolment else None,
             remaining=remaining_recovery_codes(db_session(), resident.id) if device and device.is_confirmed else 0,
+            report=take_report(),
             sign_in_again=not recent,
             form=form or TotpCodeForm(),
             action_form=ActionForm(),
@@ -330,11 +335,48 @@ def _show_recovery_codes(codes: list[str], *, first: bool) -> tuple[str, int]:
     return render_template("recovery_codes.html", codes=codes, first=first), 200
 
 
+@bp.get("/account/totp/remove")
+def confirm_remove() -> Answer:
+    """Ask once before the authenticator app is removed, saying what stops working."""
+    login = current_login()
+    if login is None:
+        return redirect(url_for("web.login", next=request.path), 303)
+    if not recently_signed_in(login, now=request_time()):
+        return redirect(url_for("web.login", next=url_for("totp.manage")), 303)
+    device = find_device(db_session(), login.resident_id)
+    if device is None or not device.is_confirmed:
+        db_session().commit()
+        return redirect(url_for("totp.manage"), 303)
+    remaining = remaining_recovery_codes(db_session(), login.resident_id)
+    db_session().commit()
+    page = render_confirmation(
+        title=_("Remove the authenticator app?"),
+        explanations=[
+            ngettext(
+                "The codes your app makes and your %(num)d recovery code left will no longer sign you in.",
+                "The codes your app makes and your %(num)d recovery codes left will no longer sign you in.",
+                remaining,
+            ),
+            _(
+                "You can set up an authenticator app again at any time. Delete the account from the app on your "
+                "phone too."
+            ),
+        ],
+        action=url_for("totp.remove"),
+        confirm_label=_("Remove the authenticator app"),
+        cancel=url_for("totp.manage"),
+    )
+    return page, 200
+
+
 @bp.post("/account/totp/remove")
 def remove() -> Answer:
     login = _signed_in_form_post()
     if isinstance(login, BaseResponse):
         return login
-    remove_totp(db_session(), login.resident_id, actor="resident", client_ip=_client_ip(), now=request_time())
+    if not confirmed():
+        return redirect(url_for("totp.confirm_remove"), 303)
+    if remove_totp(db_session(), login.resident_id, actor="resident", client_ip=_client_ip(), now=request_time()):
+        report("totp_removed")
     db_session().commit()
     return redirect(url_for("totp.manage"), 303)

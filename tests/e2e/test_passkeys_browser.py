@@ -178,8 +178,8 @@ def test_removed_passkey_no_longer_signs_in(page: Page, idp: IdpServer, sandbox:
     authenticator = add_authenticator(page)
     carrier_sign_in(page, idp.base, sandbox, KIM)
     register_passkey(page, idp.base, authenticator)
-    page.get_by_label("이제부터 휴대폰으로 로그인하겠습니다").check()
-    page.get_by_role("button", name=re.compile("삭제")).click()
+    page.get_by_role("link", name=re.compile("패스키 삭제")).click()
+    page.get_by_role("button", name=re.compile("패스키 삭제")).click()
     expect(page.locator("ul.list li")).to_have_count(0)
     sign_out(page, idp.base)
     # The phone still holds the credential, but the IdP no longer knows it.

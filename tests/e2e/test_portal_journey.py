@@ -179,7 +179,8 @@ def test_newcomer_journey_signs_in_steps_up_and_is_signed_out_everywhere(page: P
     # Sign out everywhere, at the IdP's account page: the portal hears of it by back-channel logout.
     page.goto(f"{stack.portal}/")
     page.get_by_role("link", name=re.compile("모든 기기에서 로그아웃")).click()
-    page.get_by_role("button", name="모든 기기에서 로그아웃").click()
+    page.get_by_role("link", name="모든 기기에서 로그아웃", exact=True).click()
+    page.get_by_role("button", name=re.compile("기기 \\d+대에서 로그아웃")).click()
     wait_until(
         lambda: "back-channel logout: 1 session(s) ended" in stack.output(),
         timeout=20,

@@ -188,9 +188,10 @@ def test_withdrawing_the_last_kr_ci_consent_drops_the_raw_ci(app: Flask, sandbox
     with runtime_of(app).sessions() as db:
         assert db.scalars(select(Resident.ci_encrypted)).one() is not None
 
-    services = browser.get("/account/services").get_data(as_text=True)
+    question = browser.get(f"/account/services/revoke?client_id={welfare.client.id}").get_data(as_text=True)
     withdrawn = browser.post(
-        "/account/services/revoke", data={"csrf_token": csrf_of(services), "client_id": welfare.client.id}
+        "/account/services/revoke",
+        data={"csrf_token": csrf_of(question), "client_id": welfare.client.id, "confirm": "yes"},
     )
 
     assert withdrawn.status_code == 303

@@ -171,7 +171,7 @@ def test_sign_out_and_sign_out_everywhere(app: Flask, sandbox: SandboxAgency) ->
     sign_in(phone_one, sandbox, KIM, KIM_E164)
     sign_in(phone_two, sandbox, KIM, KIM_E164)
     token = csrf(phone_one, "/account")
-    out = phone_one.post("/account/sessions/end-all", data={"csrf_token": token})
+    out = phone_one.post("/account/sessions/end-all", data={"csrf_token": token, "confirm": "yes"})
     assert out.status_code == 303
     assert phone_one.get("/account").status_code == 303
     assert phone_two.get("/account").status_code == 303

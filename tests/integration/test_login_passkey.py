@@ -37,7 +37,9 @@ LEE = {"carrier": "KT", "name": "이수원", "birthdate": "1992-11-02", "rrn_dig
 LEE_E164 = "+821000000002"
 NOT_VERIFIED = "패스키를 확인하지 못했습니다. 다시 시도하거나 다른 방법으로 로그인해 주세요."
 NO_LONGER_USABLE = "이 패스키는 더 이상 쓸 수 없습니다. 다른 방법으로 로그인한 뒤 내 계정에서 삭제해 주세요."
-LAST_PASSKEY = "마지막 패스키입니다. 앞으로 휴대폰 본인확인으로 로그인하겠다는 확인란을 선택해 주세요."
+LAST_PASSKEY = (
+    "마지막 패스키입니다. 앞으로는 휴대폰 본인확인으로 로그인하거나, 인증 앱을 설정했다면 인증 앱으로 로그인합니다."
+)
 JSON_ENDPOINTS = [
     "/login/passkey/options",
     "/login/passkey/verify",
@@ -244,8 +246,11 @@ def test_a_passkey_added_after_a_carrier_only_sign_in_counts_as_that_sign_in_for
     account = browser.get("/account").get_data(as_text=True)
     assert "새 휴대폰" in account
     assert f"/account/passkeys/{added.id}/remove" in account
+    question = browser.get(f"/account/passkeys/{added.id}/remove?back=account").get_data(as_text=True)
+    assert question.count('name="back" value="account"') == 1
     removed = browser.post(
-        f"/account/passkeys/{added.id}/remove", data={"csrf_token": csrf_of(account), "back": "account"}
+        f"/account/passkeys/{added.id}/remove",
+        data={"csrf_token": csrf_of(question), "back": "account", "confirm": "yes"},
     )
     assert removed.status_code == 303
     assert removed.headers["Location"] == "/account"
@@ -351,23 +356,27 @@ def test_resident_renames_a_passkey(app: Flask, browser: FlaskClient, sandbox: S
     assert "회사 노트북" in browser.get("/account/passkeys").get_data(as_text=True)
 
 
-def test_removing_the_last_passkey_needs_the_confirm_box_and_it_then_no_longer_signs_in(
+def test_removing_the_last_passkey_asks_once_and_it_then_no_longer_signs_in(
     app: Flask, browser: FlaskClient, sandbox: SandboxAgency, authenticator: SoftAuthenticator
 ) -> None:
     sign_in(browser, sandbox)
     assert add_passkey(browser, authenticator).status_code == 200
     [passkey] = passkeys(app)
     page = browser.get("/account/passkeys").get_data(as_text=True)
-    assert 'name="confirm"' in page
-    token = csrf_of(page)
+    assert "‘내 휴대폰’ 패스키 삭제" in page
+    token = csrf_header(browser, "/account/passkeys")["X-CSRFToken"]
 
     unconfirmed = browser.post(f"/account/passkeys/{passkey.id}/remove", data={"csrf_token": token})
 
-    assert unconfirmed.status_code == 400
-    assert LAST_PASSKEY in unconfirmed.get_data(as_text=True)
+    assert unconfirmed.status_code == 303
+    assert unconfirmed.headers["Location"] == f"/account/passkeys/{passkey.id}/remove"
     assert len(passkeys(app)) == 1
+    question = browser.get(unconfirmed.headers["Location"]).get_data(as_text=True)
+    assert LAST_PASSKEY in question
 
-    removed = browser.post(f"/account/passkeys/{passkey.id}/remove", data={"csrf_token": token, "confirm": "yes"})
+    removed = browser.post(
+        f"/account/passkeys/{passkey.id}/remove", data={"csrf_token": csrf_of(question), "confirm": "yes"}
+    )
 
     assert removed.status_code == 303
     assert passkeys(app) == []
@@ -380,18 +389,20 @@ def test_removing_the_last_passkey_needs_the_confirm_box_and_it_then_no_longer_s
     assert events(app, "passkey.signin")[-1].details == {"reason": "unknown_credential"}
 
 
-def test_removing_one_of_two_passkeys_needs_no_confirmation(
+def test_removing_one_of_two_passkeys_asks_once_too(
     app: Flask, browser: FlaskClient, sandbox: SandboxAgency, authenticator: SoftAuthenticator
 ) -> None:
     sign_in(browser, sandbox)
     laptop = SoftAuthenticator(RP_ID, ORIGIN)
     assert add_passkey(browser, authenticator, name="휴대폰").status_code == 200
     assert add_passkey(browser, laptop, name="노트북").status_code == 200
-    page = browser.get("/account/passkeys").get_data(as_text=True)
-    assert 'name="confirm"' not in page
     on_phone = next(p for p in passkeys(app) if p.name == "휴대폰")
+    question = browser.get(f"/account/passkeys/{on_phone.id}/remove").get_data(as_text=True)
+    assert LAST_PASSKEY not in question
 
-    removed = browser.post(f"/account/passkeys/{on_phone.id}/remove", data={"csrf_token": csrf_of(page)})
+    removed = browser.post(
+        f"/account/passkeys/{on_phone.id}/remove", data={"csrf_token": csrf_of(question), "confirm": "yes"}
+    )
 
     assert removed.status_code == 303
     assert [p.name for p in passkeys(app)] == ["노트북"]

@@ -39,7 +39,7 @@ AAL1 = f"{ISSUER}/acr/aal1"
 KIM_PHONE = KIM["phone"]
 UNKNOWN_PHONE = "010-9999-0000"
 SECRET = re.compile(r'<code class="secret"[^>]*>([A-Z2-7 ]+)</code>')
-RECOVERY = re.compile(r"<code>([a-z2-9]{5}-[a-z2-9]{5})</code>")
+RECOVERY = re.compile(r'<code class="recovery-code">([a-z2-9]{5}-[a-z2-9]{5})</code>')
 NOT_RIGHT = "The phone number or the code is not right."
 WRONG_SECOND_CODE = "The code is not right. Check the time on your phone and try the code your app shows now."
 CODE_REUSED = "This code was already used. Wait for the next code in your app."
@@ -419,7 +419,7 @@ def test_changes_need_a_sign_in_within_15_minutes(app: Flask, browser: FlaskClie
     assert carrier_sign_in(browser, sandbox).headers["Location"] == "/login/totp"
     assert totp_sign_in(browser, pyotp.TOTP(secret).now(), phone=None).status_code == 303
     token = csrf_of(browser.get("/account/totp").get_data(as_text=True))
-    assert browser.post("/account/totp/remove", data={"csrf_token": token}).status_code == 303
+    assert browser.post("/account/totp/remove", data={"csrf_token": token, "confirm": "yes"}).status_code == 303
     assert device(app) is None
 
 
@@ -615,7 +615,7 @@ def test_removed_app_no_longer_signs_in_nor_asks_for_a_code_after_the_carrier(
     secret, codes = enrol(app, browser)
     token = csrf_of(browser.get("/account/totp").get_data(as_text=True))
 
-    removed = browser.post("/account/totp/remove", data={"csrf_token": token})
+    removed = browser.post("/account/totp/remove", data={"csrf_token": token, "confirm": "yes"})
 
     assert removed.status_code == 303
     assert removed.headers["Location"] == "/account/totp"
