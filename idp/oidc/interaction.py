@@ -146,6 +146,20 @@ def waiting_params(target: object) -> dict[str, str] | None:
     return params if _request_key(params) in _entries() else None
 
 
+def waiting_key(params: dict[str, str]) -> str | None:
+    """A short name for the authorization request `params` if it waits in this browser: a page can link back to
+    the request by it without writing the request's parameters into the page."""
+    key = _request_key(params)
+    return key if key in _entries() else None
+
+
+def waiting_by_key(key: str) -> dict[str, str] | None:
+    """The parameters of the waiting authorization request named `key` (see `waiting_key`), or None."""
+    entry = _entries().get(key) if isinstance(key, str) else None
+    params = entry.get("params") if isinstance(entry, dict) else None
+    return dict(params) if isinstance(params, dict) else None
+
+
 def waiting_client(db: Session, target: object) -> Client | None:
     """The service whose authorization request `target` goes back to, if that request waits in this browser."""
     params = waiting_params(target)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlencode
@@ -22,7 +23,7 @@ from idp.models import Client
 from idp.oidc import views as oidc_views
 from idp.oidc.authorization import ReceivedRequest
 from idp.oidc.errors import TemporarilyUnavailableError, json_error
-from idp.oidc.interaction import authorize_url, waiting_client, waiting_params
+from idp.oidc.interaction import waiting_client, waiting_key, waiting_params
 from idp.oidc.views import json_http_error
 from idp.runtime import Runtime, current, db_session
 from idp.settings import HelpHours, Settings
@@ -69,16 +70,33 @@ def select_locale() -> str:
     return request.accept_languages.best_match(LOCALES) or DEFAULT_LOCALE
 
 
-def language_back() -> str:
-    """Where the language switch brings the resident back to: this page as it was asked for (on /authorize the
-    authorization request itself, so the consent page comes back for the same request), without a `ui_locales`
-    that would speak over the resident's choice."""
+# Query parameters a page may be asked again with after a language switch: closed sets of short words (a step-up
+# reason, the recovery-code form, "code sent"), never what the resident typed (a phone number, a code).
+KEPT_QUERY = frozenset({"reason", "kind", "sent"})
+KEPT_VALUE = re.compile(r"[a-z0-9_]{1,32}")
+
+
+def language_link(language: str) -> str:
+    """The language switch to `language`, leading back to this page: on /authorize to the same authorization
+    request (by its short name when it waits here, so its parameters are not written into the page), elsewhere to
+    this address with only the harmless parameters; the sign-in's `next` stays in the flow cookie."""
     if request.endpoint == "oidc.authorize":
-        return authorize_url(ReceivedRequest.of(request.form if request.method == "POST" else request.args).params)
+        params = ReceivedRequest.of(request.form if request.method == "POST" else request.args).params
+        key = waiting_key(params)
+        if key is not None:
+            return url_for("web.language", to=language, request=key)
+        # An error page for a request that goes nowhere: the browser's own address, when it is one.
+        back = request.full_path if request.method == "GET" else None
+        return url_for("web.language", to=language, back=back)
     if request.method != "GET":
-        return _page_again() or waiting_authorization() or url_for("web.login")
-    query = [(key, value) for key, value in request.args.items(multi=True) if key != "ui_locales"]
-    return request.path + ("?" + urlencode(query) if query else "")
+        back = _page_again() or waiting_authorization()
+        return url_for("web.language", to=language, back=back)
+    query = [
+        (key, value)
+        for key, value in request.args.items(multi=True)
+        if key in KEPT_QUERY and KEPT_VALUE.fullmatch(value)
+    ]
+    return url_for("web.language", to=language, back=request.path + ("?" + urlencode(query) if query else ""))
 
 
 def _page_again() -> str | None:
@@ -274,7 +292,7 @@ def init_app(app: Flask, runtime: Runtime) -> None:
     )
     Babel(app, locale_selector=select_locale)
     app.jinja_env.globals.update(
-        get_locale=get_locale, language_back=language_back, waiting_service=waiting_service, help_desk=help_desk
+        get_locale=get_locale, language_link=language_link, waiting_service=waiting_service, help_desk=help_desk
     )
     # Before CSRFProtect reads the flow cookie's token, so a token of another shape is a missing one, not a 500.
     app.before_request(drop_malformed_flow_members)

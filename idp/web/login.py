@@ -37,7 +37,7 @@ from idp.logs import mask_phone
 from idp.models import Resident
 from idp.oidc.clients import find_client
 from idp.oidc.consent import hold_raw_ci
-from idp.oidc.interaction import carry_over, current_login, hold_ci, waiting_client
+from idp.oidc.interaction import authorize_url, carry_over, current_login, hold_ci, waiting_by_key, waiting_client
 from idp.phones import normalize_phone
 from idp.runtime import current, db_session, request_time
 from idp.web import LOCALES, page_settings, render_error
@@ -379,6 +379,9 @@ def language() -> BaseResponse:
     chosen = request.args.get("to", "")
     if chosen in LOCALES:
         session["locale"] = chosen
+    waiting = waiting_by_key(request.args.get("request", ""))
+    if waiting is not None:
+        return redirect(authorize_url(waiting), 303)
     return redirect(safe_next(request.args.get("back")) or url_for("web.login"), 303)
 
 

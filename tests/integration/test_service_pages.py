@@ -230,6 +230,28 @@ def test_language_chosen_on_the_login_page_outlasts_the_services_ui_locales(app:
     assert REQUEST_ID.search(text(consent))
 
 
+def test_language_link_writes_nothing_the_resident_typed_into_the_page(app: Flask, sandbox: SandboxAgency) -> None:
+    browser = browser_in(app)
+    page = text(browser.get("/login/totp?kind=recovery&phone=01012345678&code=123456"))
+    link = language_link(page, "en")
+    assert "kind%3Drecovery" in link
+    assert "01012345678" not in link
+    assert "123456" not in link
+    # A consent page answering a POSTed request links back to it by name, not with its parameters.
+    created = register(app, name=PORTAL)
+    carrier_sign_in(browser, sandbox)
+    form = parse_qs(urlsplit(authorize_query(created.client.id, login_hint="01099998888")).query)
+    consent = browser.post("/authorize", data={key: values[0] for key, values in form.items()})
+    assert REQUEST_ID.search(text(consent)), text(consent)[-500:]
+    link = language_link(text(consent), "en")
+    assert "01099998888" not in link
+    assert "code_challenge" not in link
+    switched = follow(browser, link)
+    assert switched.status_code == 200
+    assert REQUEST_ID.search(text(switched))
+    assert '<html lang="en">' in text(switched)
+
+
 @pytest.mark.parametrize("back", ["//evil.example/x", "https://evil.example/", "/\t/evil.example", ""])
 def test_language_switch_goes_back_only_within_the_idp(app: Flask, back: str) -> None:
     switched = browser_in(app).get("/language", query_string={"to": "en", "back": back})
