@@ -6,6 +6,7 @@ import base64
 import hashlib
 import json
 import os
+import re
 import secrets
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -21,6 +22,10 @@ SANDBOX_DEFAULT_URL = "http://127.0.0.1:8100"
 MIN_SECRET_LENGTH = 32
 MIN_KEYS_PASSPHRASE_LENGTH = 20  # why: the docstring of Settings.keys_passphrase
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+DEFAULT_HELP_PHONE = "031-120"  # the Gyeonggi-do call centre
+DEFAULT_HELP_HOURS = "weekdays 09:00-18:00"
+HELP_PHONE = re.compile(r"\+?[0-9][0-9 ()\-]{1,28}[0-9]")
+HELP_HOURS = re.compile(r"(weekdays|daily) ([01][0-9]|2[0-3]):([0-5][0-9])-([01][0-9]|2[0-4]):([0-5][0-9])")
 SANDBOX_SITE_SECRET = "sandbox-site-secret"  # noqa: S105  (the sandbox's own; production refuses it)
 # The generated secrets, each 256 random bits; the names are the IDP_* variables that override them.
 GENERATED_SECRETS = ("secret_key", "data_key", "ci_pepper", "pairwise_secret")
@@ -139,6 +144,19 @@ class Settings:
     X-Forwarded-Proto are believed, so rate limits and audit records see the resident's address; 0 believes none,
     because anyone can send those headers to a server that is reached directly."""
 
+    help_phone: str = DEFAULT_HELP_PHONE
+    """IDP_HELP_PHONE: the help desk residents can call, shown on lockout, error and recovery pages (and every
+    page's footer). The default is the Gyeonggi-do call centre; set the line that can actually help your
+    residents with their sign-in. Digits, spaces, hyphens, parentheses and a leading +."""
+
+    help_hours: str = DEFAULT_HELP_HOURS
+    """IDP_HELP_HOURS: when the help desk answers, in Korea time: `weekdays HH:MM-HH:MM`, `daily HH:MM-HH:MM` or
+    `always`. Structured rather than free text so each language shows it in its own words."""
+
+    @property
+    def help_desk_hours(self) -> HelpHours:
+        return help_hours_of(self.help_hours)
+
     @property
     def is_production(self) -> bool:
         return self.env == "production"
@@ -224,6 +242,8 @@ class Settings:
             keyring_check_interval=check_interval,
             log_level=_log_level(text("LOG_LEVEL", "INFO")),
             trusted_proxies=_count(text("TRUSTED_PROXIES", "0"), "IDP_TRUSTED_PROXIES"),
+            help_phone=_help_phone(text("HELP_PHONE", DEFAULT_HELP_PHONE)),
+            help_hours=help_hours_of(text("HELP_HOURS", DEFAULT_HELP_HOURS)).raw,
             **given,
         )
         settings.check_production()
@@ -290,6 +310,43 @@ def _keys_passphrase(raw: str | None) -> str | None:
         raise SettingsError(
             f"IDP_KEYS_PASSPHRASE must be at least {MIN_KEYS_PASSPHRASE_LENGTH} characters, not {len(raw)}: "
             "generate one, and re-encrypt keys encrypted under the short one (docs/admin.md, The passphrase)"
+        )
+    return raw
+
+
+@dataclass(frozen=True, slots=True)
+class HelpHours:
+    """When the help desk answers (Korea time): every day round the clock, or from `opens` to `closes` on
+    weekdays or every day."""
+
+    raw: str
+    days: str  # "always", "weekdays" or "daily"
+    opens: str = ""
+    closes: str = ""
+
+
+def help_hours_of(raw: str) -> HelpHours:
+    """IDP_HELP_HOURS read: `always`, `weekdays 09:00-18:00` or `daily 08:00-22:00`.
+
+    Raises:
+        SettingsError: anything else.
+    """
+    value = " ".join(raw.split()).lower()
+    if value == "always":
+        return HelpHours(value, "always")
+    match = HELP_HOURS.fullmatch(value)
+    opens, closes = (f"{match[2]}:{match[3]}", f"{match[4]}:{match[5]}") if match else ("", "")
+    if match is None or closes > "24:00" or opens >= closes:
+        raise SettingsError(
+            f"IDP_HELP_HOURS must be 'always', 'weekdays HH:MM-HH:MM' or 'daily HH:MM-HH:MM', not {raw!r}"
+        )
+    return HelpHours(value, match[1], opens, closes)
+
+
+def _help_phone(raw: str) -> str:
+    if not HELP_PHONE.fullmatch(raw):
+        raise SettingsError(
+            f"IDP_HELP_PHONE must be a phone number (digits, spaces, hyphens, parentheses, a leading +), not {raw!r}"
         )
     return raw
 

@@ -15,7 +15,7 @@ import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
-from urllib.parse import urlencode
+from urllib.parse import parse_qsl, urlencode, urlsplit
 
 from authlib.oauth2.rfc6749 import OAuth2Error
 from flask import g, request, session, url_for
@@ -24,6 +24,7 @@ from werkzeug.wrappers import Response
 
 from idp.authn.sessions import SessionEndedError, load_session
 from idp.models import Client, LoginSession
+from idp.oidc.clients import find_client
 from idp.oidc.consent import grant_consent
 from idp.runtime import current, db_session, request_time
 
@@ -130,6 +131,39 @@ def remember_request(params: dict[str, str], **fields: Any) -> None:
     entries = dict(list(entries.items())[-(MAX_PENDING - 1) :])
     entries[key] = entry
     session[PENDING] = entries
+
+
+def waiting_params(target: object) -> dict[str, str] | None:
+    """The parameters of the authorization request that `target` (where a sign-in continues) goes back to, if that
+    request waits in this browser; None for any other target, and for a link that merely looks like a request
+    (it never came through /authorize here, so nothing vouches for it)."""
+    if not isinstance(target, str):
+        return None
+    parts = urlsplit(target)
+    if parts.scheme or parts.netloc or parts.path != url_for("oidc.authorize"):
+        return None
+    params = dict(parse_qsl(parts.query, keep_blank_values=True))
+    return params if _request_key(params) in _entries() else None
+
+
+def waiting_key(params: dict[str, str]) -> str | None:
+    """A short name for the authorization request `params` if it waits in this browser: a page can link back to
+    the request by it without writing the request's parameters into the page."""
+    key = _request_key(params)
+    return key if key in _entries() else None
+
+
+def waiting_by_key(key: str) -> dict[str, str] | None:
+    """The parameters of the waiting authorization request named `key` (see `waiting_key`), or None."""
+    entry = _entries().get(key) if isinstance(key, str) else None
+    params = entry.get("params") if isinstance(entry, dict) else None
+    return dict(params) if isinstance(params, dict) else None
+
+
+def waiting_client(db: Session, target: object) -> Client | None:
+    """The service whose authorization request `target` goes back to, if that request waits in this browser."""
+    params = waiting_params(target)
+    return find_client(db, params.get("client_id", "")) if params else None
 
 
 def forget_request(params: dict[str, str]) -> None:

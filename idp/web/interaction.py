@@ -9,6 +9,8 @@ from flask import Blueprint, Response, redirect, render_template, request
 from flask_babel import gettext as _
 from werkzeug.wrappers import Response as BaseResponse
 
+from idp.models import Client
+from idp.oidc.clients import find_client
 from idp.oidc.interaction import (
     ConsentExpiredError,
     ConsentQuestion,
@@ -50,9 +52,15 @@ class WebPages:
         return Response(render_template("form_post.html", action=action, fields=fields), mimetype="text/html")
 
     def error(self, error: OAuth2Error) -> Response:
-        """A request that cannot go back to its service: a page that says so, with the protocol's error code."""
+        """A request that cannot go back to its service: a page that says so, sends the resident back to the
+        service they came from, and says whom to ask (the service's people: the fault is in its link)."""
+        client = _named_client()
         if request.endpoint == "oidc.end_session_endpoint":
             message = _("The service sent an invalid sign-out request.")
+        elif client is not None:
+            message = _(
+                "%(service)s sent a sign-in request that Gyeonggi-do sign-in cannot answer.", service=client.name
+            )
         else:
             messages = {
                 "invalid_client": _("This service is not registered with Gyeonggi-do sign-in."),
@@ -60,7 +68,23 @@ class WebPages:
                 "unsupported_response_type": _("The service asked for a sign-in method this provider does not offer."),
             }
             message = messages.get(str(error.error), _("The service sent an invalid sign-in request."))
-        return render_error(400, str(message), detail=str(error.error))
+        if client is not None:
+            advice = _(
+                "Go back to %(service)s and try again. If it happens again, contact %(service)s: the problem is in "
+                "its sign-in link, not in your account. The error code below helps them find it.",
+                service=client.name,
+            )
+        else:
+            advice = _(
+                "Go back to the service you were using and try again. If it happens again, contact the organisation "
+                "that runs that service: the problem is in its sign-in link, not in your account."
+            )
+        return render_error(400, str(message), detail=str(error.error), advice=str(advice), actions=[])
+
+
+def _named_client() -> Client | None:
+    """The registered service a refused request names, if any (its registered name is what the page shows)."""
+    return find_client(db_session(), request.values.get("client_id", ""))
 
 
 @bp.post("/consent")

@@ -43,11 +43,11 @@ from idp.logs import mask_phone
 from idp.models import Resident
 from idp.oidc.clients import find_client
 from idp.oidc.consent import hold_raw_ci
-from idp.oidc.interaction import carry_over, current_login, hold_ci
+from idp.oidc.interaction import authorize_url, carry_over, current_login, hold_ci, waiting_by_key, waiting_client
 from idp.phones import normalize_phone
 from idp.runtime import current, db_session, request_time
 from idp.settings import data_fernet
-from idp.web import page_settings, render_error
+from idp.web import LOCALES, page_settings, render_error
 from idp.web.forms import CARRIER_LABELS, KOREA, ActionForm, CarrierStartForm, CodeForm
 
 bp = Blueprint("web", __name__, template_folder="templates", static_folder="static", static_url_path="/static")
@@ -528,8 +528,23 @@ def raw_ci_client(db_session: Session, target: str | None) -> str | None:
 
 @bp.get("/login/welcome")
 def welcome() -> str | BaseResponse:
-    """After the first verification: the account exists; continue to the service."""
-    if not session.pop("welcome", False):
+    """After the first verification: the account exists; add a passkey right here, then go on to the service."""
+    # Kept (not popped) so the language switch can show the page again; the next sign-in clears the flow cookie.
+    if session.get("welcome") is not True:
         return _see_other("account.overview")
-    target = safe_next(session.pop("next", None))
-    return render_template("welcome.html", next=target or url_for("account.overview"))
+    target = safe_next(session.get("next"))
+    service = waiting_client(db_session(), target)
+    return render_template("welcome.html", next=target or url_for("account.overview"), service=service)
+
+
+@bp.get("/language")
+def language() -> BaseResponse:
+    """The language switch: the resident's choice (it outranks a service's `ui_locales` and the browser's), then
+    back to the page it was pressed on, an authorization request in progress unchanged."""
+    chosen = request.args.get("to", "")
+    if chosen in LOCALES:
+        session["locale"] = chosen
+    waiting = waiting_by_key(request.args.get("request", ""))
+    if waiting is not None:
+        return redirect(authorize_url(waiting), 303)
+    return redirect(safe_next(request.args.get("back")) or url_for("web.login"), 303)

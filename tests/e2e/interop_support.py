@@ -34,7 +34,7 @@ KIM_E164 = "+821000000001"
 CSRF = re.compile(r'name="csrf_token" value="([^"]+)"')
 REQUEST_ID = re.compile(r'name="request_id" value="([^"]+)"')
 # The welcome page offers a passkey first; the resident here continues to the service.
-CONTINUE_LINK = re.compile(r'<a class="button" href="([^"]+)">(?:계속|Continue)</a>')
+CONTINUE_LINK = re.compile(r'<a class="button" id="continue" href="([^"]+)">')
 NPM_TIMEOUT = 180  # the first `npm ci` downloads three small packages
 STEP_TIMEOUT = 20.0  # one step of rp.mjs: discovery, or every grant and call after the callback
 

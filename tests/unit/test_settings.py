@@ -147,3 +147,42 @@ def test_production_refuses_the_sandbox_site_secret_and_short_secrets(tmp_path: 
 def test_values_that_would_break_the_server_are_refused(tmp_path: Path, variable: str, value: str) -> None:
     with pytest.raises(SettingsError, match=variable):
         Settings.from_env({"IDP_INSTANCE_DIR": str(tmp_path), variable: value})
+
+
+def test_help_desk_defaults_to_the_call_centre_on_weekdays(tmp_path: Path) -> None:
+    settings = Settings.from_env({"IDP_INSTANCE_DIR": str(tmp_path)})
+    assert settings.help_phone == "031-120"
+    hours = settings.help_desk_hours
+    assert (hours.days, hours.opens, hours.closes) == ("weekdays", "09:00", "18:00")
+
+
+@pytest.mark.parametrize(
+    ("raw", "days", "opens", "closes"),
+    [("always", "always", "", ""), ("Daily  08:00-24:00", "daily", "08:00", "24:00")],
+)
+def test_help_desk_hours_are_read_into_their_parts(
+    tmp_path: Path, raw: str, days: str, opens: str, closes: str
+) -> None:
+    settings = Settings.from_env(
+        {"IDP_INSTANCE_DIR": str(tmp_path), "IDP_HELP_HOURS": raw, "IDP_HELP_PHONE": "+82 31-120"}
+    )
+    assert settings.help_phone == "+82 31-120"
+    hours = settings.help_desk_hours
+    assert (hours.days, hours.opens, hours.closes) == (days, opens, closes)
+
+
+@pytest.mark.parametrize(
+    ("variable", "value"),
+    [
+        ("IDP_HELP_HOURS", "24/7"),
+        ("IDP_HELP_HOURS", "weekdays 18:00-09:00"),
+        ("IDP_HELP_HOURS", "daily 09:00-24:30"),
+        ("IDP_HELP_HOURS", "weekdays 9:00-18:00"),
+        ("IDP_HELP_PHONE", "call us"),
+        ("IDP_HELP_PHONE", "<script>"),
+    ],
+)
+def test_help_desk_values_residents_could_not_use_are_refused(tmp_path: Path, variable: str, value: str) -> None:
+    with pytest.raises(SettingsError, match=variable) as error:
+        Settings.from_env({"IDP_INSTANCE_DIR": str(tmp_path), variable: value})
+    assert "\n" not in str(error.value)

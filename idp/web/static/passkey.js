@@ -132,7 +132,9 @@
       }).then(function (credential) {
         return post("/account/passkeys/verify?name=" + encodeURIComponent(name), credentialJSON(credential));
       }).then(function (res) {
-        if (res.ok && res.data.redirect) { window.location.assign(res.data.redirect); }
+        // On the welcome page the resident goes on to the service that asked (data-next), not to the list.
+        var then = register.getAttribute("data-next");
+        if (res.ok && (then || res.data.redirect)) { window.location.assign(then || res.data.redirect); }
         else { announce(res.data.message || register.getAttribute("data-failed")); }
       }).catch(function (error) {
         if (error && error.name === "SignInAgain") { announce(error.message || ""); }
