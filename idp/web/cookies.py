@@ -76,6 +76,10 @@ FLOW_MEMBERS: dict[str, Callable[[object], bool]] = {
     "carrier_method": lambda value: value in ("sms", "app"),
     "carrier_typed": _text,
     "carrier_retry": lambda value: isinstance(value, int) and not isinstance(value, bool) and value >= 0,
+    # What the last destructive action on /account did, shown once (idp.web.account report / take_report).
+    "account_report": lambda value: _record(
+        value, kind=_text, subject=_text, count=lambda n: isinstance(n, int) and not isinstance(n, bool)
+    ),
     "second_factor": lambda value: _record(value, resident=_uuid, event=_auth_event, expires_at=_moment),
     # What idp.oidc.interaction keeps here (the authorization requests waiting, a raw CI waiting for consent).
     **INTERACTION_MEMBERS,

@@ -54,7 +54,7 @@ def carrier_sign_in(page: Page, base: str, sandbox: SandboxAgency) -> None:
     page.get_by_label("생년월일").fill(birthdate)
     page.get_by_label("주민등록번호 뒷자리 첫 숫자").fill(digit)
     page.get_by_label("휴대폰 번호").fill(number)
-    page.get_by_label("본인확인기관의 이용약관과 개인정보 제공에 동의합니다.").check()
+    page.get_by_label("아래 내용에 모두 동의합니다.").check()
     page.get_by_role("button", name="인증 요청").click()
     page.get_by_label("인증번호", exact=True).fill(sandbox.last_code(e164))
     page.get_by_role("button", name="확인", exact=True).click()

@@ -124,7 +124,7 @@ def test_newcomer_journey_signs_in_steps_up_and_is_signed_out_everywhere(page: P
 
     # A first visit: sign in with the mobile carrier, which creates the account and offers a passkey.
     page.goto(f"{stack.portal}/")
-    page.get_by_role("link", name="경기도 통합로그인으로 로그인").click()
+    page.get_by_role("link", name="경기도 통합 로그인으로 로그인").click()
     expect(page).to_have_url(re.compile(re.escape(stack.idp) + "/login"))
     carrier_sign_in(page, stack)
     expect(page.get_by_role("heading", name="계정이 만들어졌습니다")).to_be_visible()
@@ -160,11 +160,11 @@ def test_newcomer_journey_signs_in_steps_up_and_is_signed_out_everywhere(page: P
     page.goto(f"{stack.portal}/")
     page.get_by_role("button", name="로그아웃", exact=True).click()
     expect(page).to_have_url(f"{stack.portal}/")
-    expect(page.get_by_role("link", name="경기도 통합로그인으로 로그인")).to_be_visible()
+    expect(page.get_by_role("link", name="경기도 통합 로그인으로 로그인")).to_be_visible()
 
     # Signing back in with the passkey reaches phr, which the permit API takes at once: no second step-up.
     with authenticator.touched():
-        page.get_by_role("link", name="경기도 통합로그인으로 로그인").click()
+        page.get_by_role("link", name="경기도 통합 로그인으로 로그인").click()
         expect(page.get_by_role("heading", name=re.compile("로그인됨"))).to_be_visible()
     assert claim(page, "acr") in ("phr", "phrh")
     assert claim(page, "amr") in ("swk user mfa", "hwk user mfa")
@@ -185,7 +185,7 @@ def test_newcomer_journey_signs_in_steps_up_and_is_signed_out_everywhere(page: P
         detail=stack.output,
     )
     page.goto(f"{stack.portal}/")
-    expect(page.get_by_role("link", name="경기도 통합로그인으로 로그인")).to_be_visible()
+    expect(page.get_by_role("link", name="경기도 통합 로그인으로 로그인")).to_be_visible()
     assert not re.search(r"[?&]code=", stack.output())  # no authorization code in any log
 
 
