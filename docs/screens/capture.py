@@ -52,10 +52,13 @@ def korean_font() -> bool:
 
 def main() -> int:
     parser = argparse.ArgumentParser(prog="docs/screens/capture.py", description=__doc__)
-    parser.add_argument("names", nargs="*", choices=[[], *SCREENS], help="only these screens (default: all)")
+    parser.add_argument("names", nargs="*", metavar="name", help=f"only these screens: {', '.join(SCREENS)}")
     parser.add_argument("--out", type=Path, default=HERE, help="folder for the PNG files (default: %(default)s)")
     args = parser.parse_args()
     names = args.names or list(SCREENS)
+    unknown = sorted(set(names) - set(SCREENS))
+    if unknown:
+        parser.error(f"no screen named {', '.join(unknown)}")
     if not korean_font():
         print("no Korean font: install Debian's fonts-nanum (sudo apt-get install fonts-nanum)", file=sys.stderr)
         return 1
