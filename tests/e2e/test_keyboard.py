@@ -74,7 +74,7 @@ class KeyboardWalk:
 
     def tab(self) -> Stop:
         self.page.keyboard.press("Tab")
-        stop = self.page.evaluate(FOCUSED)
+        stop: Stop | None = self.page.evaluate(FOCUSED)
         assert stop is not None, f"Tab left the page after {[s['html'] for s in self.stops]}"
         self._check(stop)
         if self.stops:
