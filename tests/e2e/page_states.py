@@ -49,6 +49,7 @@ SERVICE_NAME = "경기 민원포털"
 REDIRECT = "https://portal.example.kr/callback"
 POST_LOGOUT = "https://portal.example.kr/signed-out"
 SERVICE_SCOPE = "openid profile phone"
+WRONG_CODE_LIMIT = 8  # more wrong SMS codes than the agency takes before it ends the verification
 WRONG_TOTP_LIMIT = 12  # more wrong codes than TOTP_FAILURES_PER_RESIDENT lets through before the lockout
 
 
@@ -361,6 +362,37 @@ def approval_page(page: Page, world: World) -> None:
     expect(page.locator(".match-number")).to_be_visible()
 
 
+@state("carrier-form-after-a-declined-approval")
+def carrier_form_after_a_declined_approval(page: Page, world: World) -> None:
+    """The resident declined in the carrier's app: the form again, saying so."""
+    resident = world.new_resident()
+    start_carrier(page, world, resident)
+    start_carrier(page, world, resident, method="app")
+    phone_page = world.sandbox.call("GET", f"/phone/{resident.e164}")
+    txn_id = re.search(r"/approvals/([A-Za-z0-9_\-]+)", phone_page)
+    assert txn_id is not None, phone_page
+    world.sandbox.answer(resident.e164, txn_id.group(1), deny=True)
+    submit(page, "#check-form")
+    expect(page).to_have_url(re.compile(r"/login/carrier$"))
+    expect(page.get_by_role("alert").first).to_be_visible()
+
+
+@state("carrier-form-after-too-many-wrong-codes")
+def carrier_form_after_too_many_wrong_codes(page: Page, world: World) -> None:
+    """Wrong codes until the verification ends: the form again, saying so."""
+    resident = world.new_resident()
+    start_carrier(page, world, resident)
+    wrong = "000000" if world.sandbox.last_code(resident.e164) != "000000" else "111111"
+    for _ in range(WRONG_CODE_LIMIT):
+        page.locator("#code").fill(wrong)
+        submit(page, CODE_FORM)
+        page.wait_for_load_state()
+        if page.locator("#code").count() == 0:
+            break
+    expect(page).to_have_url(re.compile(r"/login/carrier$"))
+    expect(page.get_by_role("alert").first).to_be_visible()
+
+
 @state("welcome")
 def welcome(page: Page, world: World) -> None:
     signed_in(page, world)
@@ -508,18 +540,32 @@ def totp_set_up(page: Page, world: World) -> None:
 
 @state("totp-recovery-codes")
 def totp_recovery_codes(page: Page, world: World) -> None:
-    signed_in(page, world)
+    turn_on_totp(page, world)
+
+
+def turn_on_totp(page: Page, world: World) -> Resident:
+    resident = signed_in(page, world)
     start_totp_set_up(page, world)
     secret = page.locator("code.secret").inner_text().replace(" ", "")
     page.locator("#code").fill(pyotp.TOTP(secret).now())
     submit(page, CODE_FORM)
     expect(page.locator("ol.recovery-codes li")).to_have_count(10)
+    return resident
 
 
 @state("totp-on")
 def totp_on(page: Page, world: World) -> None:
     totp_recovery_codes(page, world)
     page.goto(f"{world.base}/account/totp")
+
+
+@state("totp-second-step")
+def totp_second_step(page: Page, world: World) -> None:
+    """A resident with an authenticator app verifies by carrier on another browser: the code is asked next."""
+    resident = turn_on_totp(page, world)
+    page.context.clear_cookies()
+    carrier_sign_in(page, world, resident)
+    expect(page).to_have_url(re.compile(r"/login/totp$"))
 
 
 @state("services-none")
