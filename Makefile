@@ -61,3 +61,8 @@ translations: $(STAMP)
 	$(BIN)/pybabel update -i idp/web/translations/messages.pot -d idp/web/translations --ignore-obsolete --no-wrap
 	$(BIN)/pybabel compile -d idp/web/translations
 	rm idp/web/translations/messages.pot
+
+# The main pages as a Korean resident sees them at 320 px, written to docs/screens/ (docs/screens/README.md).
+.PHONY: screenshots
+screenshots: $(STAMP) test-tools
+	$(BIN)/python docs/screens/capture.py
