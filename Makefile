@@ -44,10 +44,12 @@ pytest: $(STAMP) test-tools
 bench: $(STAMP)
 	$(BIN)/python bench/run.py
 
-# The tests run real Chromium and a real Redis from Debian's packages (never a browser download).
+# The tests run real Chromium and a real Redis from Debian's packages (never a browser download), and a Korean
+# font: without one Chromium draws Hangul as empty boxes and the 320 px layout tests measure those.
 TEST_TOOLS := chromium redis-server
 test-tools:
 	@missing=""; for tool in $(TEST_TOOLS); do command -v $$tool >/dev/null || missing="$$missing $$tool"; done; \
+	fc-list :lang=ko 2>/dev/null | grep -q . || missing="$$missing fonts-nanum"; \
 	if [ -n "$$missing" ]; then \
 	  if [ "$$(id -u)" = 0 ]; then \
 	    export DEBIAN_FRONTEND=noninteractive; \
