@@ -287,7 +287,7 @@ def add_passkey(page: Page, world: World, authenticator: Any) -> None:
     page.goto(f"{world.base}/account/passkeys")
     with authenticator.touched():
         page.locator("#passkey-register").click()
-        expect(page.locator("form[action*='/remove']")).to_have_count(1)
+        expect(page.locator("a[href*='/remove']")).to_have_count(1)
 
 
 # -- the states ------------------------------------------------------------------------------------------------------
@@ -582,7 +582,7 @@ def services_one(page: Page, world: World) -> None:
     page.locator("button[name=decision][value=allow]").click()
     page.wait_for_url(f"{REDIRECT}?*")
     page.goto(f"{world.base}/account/services")
-    expect(page.locator("form[action$='/account/services/revoke']")).to_have_count(1)
+    expect(page.locator("a[href*='/account/services/revoke']")).to_have_count(1)
 
 
 @state("sandbox-phone", sandbox=True)

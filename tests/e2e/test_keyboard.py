@@ -187,7 +187,7 @@ def test_resident_adds_a_passkey_and_signs_in_with_it_by_keyboard(page: Page, wo
     walk.to("#passkey-register")
     with authenticator.touched():
         page.keyboard.press("Enter")
-        expect(page.locator("form[action*='/remove']")).to_have_count(1)
+        expect(page.locator("a[href*='/remove']")).to_have_count(1)
 
     page.goto(f"{world.base}/account")
     walk = KeyboardWalk(page)
