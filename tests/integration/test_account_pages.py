@@ -3,6 +3,7 @@ the authenticator app's set-up on a phone, and destructive actions that ask once
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import re
 import uuid
@@ -21,6 +22,7 @@ from idp.authn.assurance import AuthEvent, Method
 from idp.authn.sessions import start_session
 from idp.models import AuditEvent, Consent, LoginSession, Passkey, Resident, TotpDevice
 from idp.runtime import of as runtime_of
+from idp.settings import Settings
 
 CHROME_ANDROID = (
     "Mozilla/5.0 (Linux; Android 10; K) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/124.0.0.0 Mobile Safari/537.36"
@@ -32,6 +34,13 @@ SAFARI_IPHONE = (
 # 06:05 UTC is 15:05 (오후 3:05) in Korea.
 VERIFIED_AT = dt.datetime(2025, 3, 14, 6, 5, tzinfo=dt.UTC)
 STATUS = re.compile(r'<p class="notice" role="status">(.*?)</p>', re.S)
+
+
+@pytest.fixture
+def settings(settings: Settings, module_database_url: str) -> Settings:
+    """A database of this module's own: its sign-ins commit, and on SQLite the app fixture's savepoint is the
+    outermost transaction, so what they commit stays and other modules' tests that count rows would see it."""
+    return dataclasses.replace(settings, database_url=module_database_url)
 
 
 def db_of(app: Flask) -> Session:
