@@ -261,12 +261,13 @@ def drop_held_ci() -> object:
 # -- the flow cookie members this module writes --------------------------------------------------------------------
 
 
-def _text(value: object) -> bool:
+def is_text(value: object) -> bool:
     return isinstance(value, str)
 
 
-def _moment(value: object) -> bool:
-    """An ISO 8601 time with its offset (compared with aware datetimes)."""
+def is_moment(value: object) -> bool:
+    """An ISO 8601 time with its offset (compared with aware datetimes); idp.web.cookies checks its members with
+    these too."""
     if not isinstance(value, str):
         return False
     try:
@@ -277,22 +278,24 @@ def _moment(value: object) -> bool:
 
 def _pending_request(entry: object) -> bool:
     params = entry.get("params") if isinstance(entry, dict) else None
-    if not isinstance(params, dict) or not all(_text(k) and _text(v) for k, v in params.items()):
+    if not isinstance(params, dict) or not all(is_text(k) and is_text(v) for k, v in params.items()):
         return False
     assert isinstance(entry, dict)
     ask = entry.get("ask")
     if ask is not None:
         scopes = ask.get("scopes") if isinstance(ask, dict) else None
-        if not (isinstance(ask, dict) and _text(ask.get("id")) and _text(ask.get("resident"))):
+        if not (isinstance(ask, dict) and is_text(ask.get("id")) and is_text(ask.get("resident"))):
             return False
-        if not (isinstance(scopes, list) and all(map(_text, scopes))):
+        if not (isinstance(scopes, list) and all(map(is_text, scopes))):
             return False
-    return _moment(entry.get("since")) and (entry.get("consent") is None or isinstance(entry.get("consent"), dict))
+    return is_moment(entry.get("since")) and (entry.get("consent") is None or isinstance(entry.get("consent"), dict))
 
 
 FLOW_MEMBERS: dict[str, Callable[[object], bool]] = {
-    PENDING: lambda value: isinstance(value, dict) and all(_text(k) and _pending_request(v) for k, v in value.items()),
-    HELD_CI: lambda value: isinstance(value, dict) and all(_text(value.get(k)) for k in ("resident", "client", "ci")),
+    PENDING: lambda value: (
+        isinstance(value, dict) and all(is_text(k) and _pending_request(v) for k, v in value.items())
+    ),
+    HELD_CI: lambda value: isinstance(value, dict) and all(is_text(value.get(k)) for k in ("resident", "client", "ci")),
 }
 
 

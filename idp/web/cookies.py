@@ -3,7 +3,6 @@ idp.oidc.interaction)."""
 
 from __future__ import annotations
 
-import datetime as dt
 import uuid
 from collections.abc import Callable
 
@@ -12,25 +11,12 @@ from flask import session
 from idp.authn.assurance import AuthEvent
 from idp.authn.carrier import CarrierErrorCode
 from idp.oidc.interaction import FLOW_MEMBERS as INTERACTION_MEMBERS
+from idp.oidc.interaction import is_moment, is_text
 
 # -- the flow cookie ------------------------------------------------------------------------------------------------
 # Flask's signed session carries a browser's flow between pages. Only the app writes it, but an older release wrote
 # other shapes and a leaked key writes any: each member the views read is checked for the shape they write before
 # any view (or Flask-WTF's CSRF check) reads it, and dropped otherwise, as if the flow had ended.
-
-
-def _text(value: object) -> bool:
-    return isinstance(value, str)
-
-
-def _moment(value: object) -> bool:
-    """An ISO 8601 time with its offset (the views compare it with aware datetimes)."""
-    if not isinstance(value, str):
-        return False
-    try:
-        return dt.datetime.fromisoformat(value).tzinfo is not None
-    except ValueError:
-        return False
 
 
 def _record(value: object, **members: Callable[[object], bool]) -> bool:
@@ -39,10 +25,10 @@ def _record(value: object, **members: Callable[[object], bool]) -> bool:
 
 
 def _carrier_flow(value: object) -> bool:
-    if not _record(value, txn=_text, phone=_text, binding=_text, expires_at=_moment):
+    if not _record(value, txn=is_text, phone=is_text, binding=is_text, expires_at=is_moment):
         return False
     assert isinstance(value, dict)
-    return value.get("method") in ("sms", "app") and (value.get("match") is None or _text(value["match"]))
+    return value.get("method") in ("sms", "app") and (value.get("match") is None or is_text(value["match"]))
 
 
 def _auth_event(value: object) -> bool:
@@ -50,7 +36,7 @@ def _auth_event(value: object) -> bool:
         AuthEvent.from_json(value)  # type: ignore[arg-type]  # whatever the cookie holds: checked by parsing
     except (KeyError, TypeError, ValueError, AttributeError):
         return False
-    return _record(value, at=_moment)
+    return _record(value, at=is_moment)
 
 
 def _uuid(value: object) -> bool:
@@ -65,22 +51,22 @@ CARRIER_ERROR_CODES = frozenset(code.value for code in CarrierErrorCode)
 FLOW_MEMBERS: dict[str, Callable[[object], bool]] = {
     # Flask-WTF's raw token (hex), compared with hmac.compare_digest, which refuses non-ASCII text.
     "csrf_token": lambda value: isinstance(value, str) and value.isascii(),
-    "locale": _text,
-    "next": _text,
-    "webauthn": _text,  # idp.web.passkeys BINDING
+    "locale": is_text,
+    "next": is_text,
+    "webauthn": is_text,  # idp.web.passkeys BINDING
     "welcome": lambda value: isinstance(value, bool),
     "carrier": _carrier_flow,  # idp.web.login FLOW_KEY
     # Why a carrier verification ended (an agency error code, or the resident's "cancelled"), its method, and what
     # the resident typed (Fernet-encrypted; idp.web.login reads it back only within its TTL).
     "carrier_failure": lambda value: isinstance(value, str) and value in CARRIER_ERROR_CODES | {"cancelled"},
     "carrier_method": lambda value: value in ("sms", "app"),
-    "carrier_typed": _text,
+    "carrier_typed": is_text,
     "carrier_retry": lambda value: isinstance(value, int) and not isinstance(value, bool) and value >= 0,
     # What the last destructive action on /account did, shown once (idp.web.account report / take_report).
     "account_report": lambda value: _record(
-        value, kind=_text, subject=_text, count=lambda n: isinstance(n, int) and not isinstance(n, bool)
+        value, kind=is_text, subject=is_text, count=lambda n: isinstance(n, int) and not isinstance(n, bool)
     ),
-    "second_factor": lambda value: _record(value, resident=_uuid, event=_auth_event, expires_at=_moment),
+    "second_factor": lambda value: _record(value, resident=_uuid, event=_auth_event, expires_at=is_moment),
     # What idp.oidc.interaction keeps here (the authorization requests waiting, a raw CI waiting for consent).
     **INTERACTION_MEMBERS,
 }
