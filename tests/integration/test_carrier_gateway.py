@@ -244,7 +244,8 @@ def test_app_wrong_number_ends_the_transaction(gateway: HttpCarrierGateway, sand
     transaction = start_app(gateway)
     wrong = "10" if transaction.match_number != "10" else "11"
     sandbox.answer(KIM["phone"], transaction.txn_id, number=wrong)
-    expect_error(CarrierErrorCode.USER_DENIED, gateway.poll, transaction.txn_id)
+    # Its own code, not user_denied: the resident did not refuse, they picked another number (docs/carrier.md).
+    expect_error(CarrierErrorCode.NUMBER_MISMATCH, gateway.poll, transaction.txn_id)
 
 
 def test_agency_down_opens_the_circuit(gateway: HttpCarrierGateway, sandbox: SandboxAgency) -> None:
