@@ -7,10 +7,6 @@ import datetime as dt
 import json
 import os
 import shutil
-import subprocess
-import urllib.error
-import urllib.parse
-import urllib.request
 import uuid
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
@@ -23,12 +19,11 @@ from flask.testing import FlaskClient, FlaskCliRunner
 from hypothesis import HealthCheck, Phase
 from hypothesis import settings as hypothesis_settings
 from idp_server import IdpServer
-from sandbox_agency import IDP_COMMAND, SandboxAgency, free_port
+from sandbox_agency import SandboxAgency, running_sandbox
 from sqlalchemy import Engine, create_engine, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.orm import Session, sessionmaker
 from strategies import corpus_lines
-from waiting import wait_until
 
 from idp import create_app
 from idp.authn.assurance import Method
@@ -317,37 +312,8 @@ def runner(app: Flask) -> FlaskCliRunner:
 @pytest.fixture(scope="session")
 def sandbox_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """`idp sandbox serve` on a free port for the whole test session."""
-    instance = tmp_path_factory.mktemp("sandbox-instance")
-    port = free_port()
-    env = {key: value for key, value in os.environ.items() if not key.startswith("IDP_")}
-    env["IDP_INSTANCE_DIR"] = str(instance)
-    log = (instance / "sandbox.log").open("wb")
-    process = subprocess.Popen(
-        [IDP_COMMAND, "sandbox", "serve", "--port", str(port)], env=env, stdout=log, stderr=subprocess.STDOUT
-    )
-    url = f"http://127.0.0.1:{port}"
-
-    def answers() -> bool:
-        if process.poll() is not None:
-            raise AssertionError(f"the sandbox agency exited: {(instance / 'sandbox.log').read_text()}")
-        with urllib.request.urlopen(f"{url}/v1/jwks", timeout=1):
-            return True
-
-    try:
-        wait_until(
-            answers,
-            timeout=20,
-            waiting_for=f"the sandbox agency to answer at {url}",
-            ignoring=(OSError,),
-            detail=(instance / "sandbox.log").read_text,
-        )
-    except AssertionError:
-        process.kill()
-        raise
-    yield url
-    process.terminate()
-    process.wait(timeout=10)
-    log.close()
+    with running_sandbox(tmp_path_factory.mktemp("sandbox-instance")) as agency:
+        yield agency.url
 
 
 @pytest.fixture

@@ -2,14 +2,20 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
 import socket
+import subprocess
 import sys
 import urllib.error
 import urllib.parse
 import urllib.request
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+
+from waiting import wait_until
 
 IDP_COMMAND = str(Path(sys.executable).with_name("idp"))
 
@@ -79,3 +85,37 @@ class SandboxAgency:
 
     def reissue_ci(self, person_id: str) -> None:
         self.call("POST", f"/sandbox/residents/{person_id}/reissue-ci")
+
+
+@contextlib.contextmanager
+def running_sandbox(instance_dir: Path) -> Iterator[SandboxAgency]:
+    """`idp sandbox serve` on a free port with its state in `instance_dir`, stopped when the block ends."""
+    instance_dir.mkdir(parents=True, exist_ok=True)
+    port = free_port()
+    env = {key: value for key, value in os.environ.items() if not key.startswith("IDP_")}
+    env["IDP_INSTANCE_DIR"] = str(instance_dir)
+    log_path = instance_dir / "sandbox.log"
+    with log_path.open("wb") as log:
+        process = subprocess.Popen(
+            [IDP_COMMAND, "sandbox", "serve", "--port", str(port)], env=env, stdout=log, stderr=subprocess.STDOUT
+        )
+        url = f"http://127.0.0.1:{port}"
+
+        def answers() -> bool:
+            if process.poll() is not None:
+                raise AssertionError(f"the sandbox agency exited: {log_path.read_text()}")
+            with urllib.request.urlopen(f"{url}/v1/jwks", timeout=1):
+                return True
+
+        try:
+            wait_until(
+                answers,
+                timeout=20,
+                waiting_for=f"the sandbox agency to answer at {url}",
+                ignoring=(OSError,),
+                detail=log_path.read_text,
+            )
+            yield SandboxAgency(url)
+        finally:
+            process.terminate()
+            process.wait(timeout=10)

@@ -20,8 +20,9 @@ HERE = Path(__file__).resolve().parent
 TESTS = HERE.parent.parent / "tests"
 sys.path[:0] = [str(TESTS / "e2e"), str(TESTS)]
 
-from page_states import STATES, running_sandbox, running_world  # noqa: E402  (from the tests, found just above)
+from page_states import STATES, running_world  # noqa: E402  (from the tests, found just above)
 from playwright.sync_api import sync_playwright  # noqa: E402
+from sandbox_agency import running_sandbox  # noqa: E402
 
 CHROMIUM = os.environ.get("IDP_TEST_CHROMIUM", "/usr/bin/chromium")
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update"]

@@ -19,7 +19,6 @@ import re
 import secrets
 import shutil
 import subprocess
-import urllib.request
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,9 +29,8 @@ import pyotp
 from idp_server import IdpServer
 from interop_support import RegisteredClient, register_client
 from playwright.sync_api import Page, expect
-from sandbox_agency import IDP_COMMAND, SandboxAgency, free_port
+from sandbox_agency import SandboxAgency, free_port
 from sqlalchemy import create_engine, text
-from waiting import wait_until
 
 from idp.db import upgrade_database
 from idp.keyring import Keyring
@@ -120,34 +118,6 @@ class World:
             **extra,
         }
         return f"{self.base}/authorize?{urlencode(query)}"
-
-
-@contextlib.contextmanager
-def running_sandbox(instance_dir: Path) -> Iterator[SandboxAgency]:
-    """`idp sandbox serve` on a free port (what tests/conftest.py's session fixture does, for scripts)."""
-    instance_dir.mkdir(parents=True, exist_ok=True)
-    port = free_port()
-    env = {key: value for key, value in os.environ.items() if not key.startswith("IDP_")}
-    env["IDP_INSTANCE_DIR"] = str(instance_dir)
-    log_path = instance_dir / "sandbox.log"
-    with log_path.open("wb") as log:
-        process = subprocess.Popen(
-            [IDP_COMMAND, "sandbox", "serve", "--port", str(port)], env=env, stdout=log, stderr=subprocess.STDOUT
-        )
-        url = f"http://127.0.0.1:{port}"
-
-        def answers() -> bool:
-            if process.poll() is not None:
-                raise AssertionError(f"the sandbox agency exited: {log_path.read_text()}")
-            with urllib.request.urlopen(f"{url}/v1/jwks", timeout=1):
-                return True
-
-        try:
-            wait_until(answers, timeout=20, waiting_for=f"the sandbox at {url}", ignoring=(OSError,))
-            yield SandboxAgency(url)
-        finally:
-            process.terminate()
-            process.wait(timeout=10)
 
 
 @contextlib.contextmanager
