@@ -105,6 +105,9 @@ def build_runtime(settings: Settings) -> Runtime:
         keyring=keyring,
         engine=engine,
         sessions=sessions,
+        # Requests that only read (UserInfo, introspection) need no transaction: without one, PostgreSQL is asked
+        # once per statement, not BEGIN, the statement and ROLLBACK.
+        read_sessions=db.make_session_factory(engine.execution_options(isolation_level="AUTOCOMMIT")),
         limiter=limiter,
         carrier=CarrierSignIn(gateway=gateway, limiter=limiter, issuer=settings.issuer, ci_pepper=settings.ci_pepper),
         attestation=attestation,

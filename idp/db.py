@@ -94,6 +94,14 @@ def load(db: Session, model: type[ModelT], key: Any) -> ModelT | None:
     return found
 
 
+# Connections kept open per process. A server thread holds one for its request and may hold a second for the limiter's
+# counters (idp.authn.lockout), so twice idp.server.THREADS_PER_WORKER stay open: a pool smaller than what the
+# threads use at once opens and closes a connection per request beyond it (PostgreSQL forks a backend for each).
+POOL_SIZE = 16
+POOL_OVERFLOW = 16  # beyond that, for bursts of other threads (the purge, logout deliveries); closed after use
+POOL_RECYCLE = 1800  # seconds: reconnect before firewalls and poolers drop connections idle for long
+
+
 def make_engine(url: str, **kwargs: Any) -> Engine:
     """Create the engine; SQLite gets WAL, foreign keys, a busy timeout and one writer at a time per process."""
     if url.startswith("sqlite"):
@@ -101,7 +109,15 @@ def make_engine(url: str, **kwargs: Any) -> Engine:
         event.listen(engine, "connect", _sqlite_pragmas)
         _WriterLock().install(engine)
         return engine
-    return create_engine(url, pool_pre_ping=True, **kwargs)
+    options: dict[str, Any] = {
+        "pool_size": POOL_SIZE,
+        "max_overflow": POOL_OVERFLOW,
+        "pool_recycle": POOL_RECYCLE,
+        # No ping before each use (a round trip per request): a connection that died since its last use fails the
+        # one request that meets it (503 with Retry-After), and SQLAlchemy then replaces every older connection.
+        "pool_pre_ping": False,
+    }
+    return create_engine(url, **(options | kwargs))
 
 
 WRITE_STATEMENTS = ("INSERT", "UPDATE", "DELETE", "REPLACE")

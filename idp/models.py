@@ -200,21 +200,42 @@ class RefreshToken(Base):
     revoked_at: Mapped[dt.datetime | None]
 
 
-class AccessToken(Base):
-    """What the IdP remembers of a JWT access token: enough for introspection and revocation, not the token."""
+class Grant(Base):
+    """What one authorization gave a client for a resident: the tokens issued from one code and its refresh tokens.
 
-    __tablename__ = "access_token"
+    Access tokens are RFC 9068 JWTs and have no row: a token's `jti` names its grant, and the grant's `revoked_at`
+    (or a `RevokedAccessToken` for the token alone) says whether it still holds."""
 
-    jti: Mapped[str] = mapped_column(String(64), primary_key=True)
-    grant_id: Mapped[uuid.UUID | None] = mapped_column(index=True)
+    __tablename__ = "token_grant"
+
+    id: Mapped[uuid.UUID] = mapped_column(primary_key=True)
     client_id: Mapped[str] = mapped_column(ForeignKey("client.id", ondelete="CASCADE"), index=True)
-    resident_id: Mapped[uuid.UUID | None] = mapped_column(ForeignKey("resident.id", ondelete="CASCADE"), index=True)
-    scope: Mapped[str] = mapped_column(String(1000))
+    resident_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("resident.id", ondelete="CASCADE"), index=True)
     # The `userinfo` member of the `claims` request parameter, which UserInfo answers (OIDC Core §5.5).
     claims: Mapped[dict[str, Any] | None]
-    issued_at: Mapped[dt.datetime]
+    created_at: Mapped[created_at]
+    # When no token of the grant can be alive any more (the refresh family's end plus an access token's life).
     expires_at: Mapped[dt.datetime] = mapped_column(index=True)
     revoked_at: Mapped[dt.datetime | None]
+
+
+class RevokedAccessToken(Base):
+    """One access token revoked on its own (RFC 7009); kept until the token would have expired anyway."""
+
+    __tablename__ = "revoked_access_token"
+
+    jti: Mapped[str] = mapped_column(String(64), primary_key=True)
+    expires_at: Mapped[dt.datetime] = mapped_column(index=True)
+
+
+class CacheGeneration(Base):
+    """A counter per cached kind of row (`client`): a change bumps it in the same transaction, and every process
+    drops its cached copies when it sees a new value (oidc/clients.py `ClientCache`)."""
+
+    __tablename__ = "cache_generation"
+
+    name: Mapped[str] = mapped_column(String(32), primary_key=True)
+    value: Mapped[int] = mapped_column(BigInteger)
 
 
 class Consent(Base):

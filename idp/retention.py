@@ -11,14 +11,15 @@ from sqlalchemy import Delete, delete, or_
 from sqlalchemy.orm import Session, sessionmaker
 
 from idp.models import (
-    AccessToken,
     AuthorizationCode,
     CarrierResult,
+    Grant,
     InitialAccessToken,
     LoginSession,
     LogoutDelivery,
     RateLimitCounter,
     RefreshToken,
+    RevokedAccessToken,
     UsedAssertion,
     WebAuthnChallenge,
 )
@@ -38,7 +39,8 @@ def _statements(now: dt.datetime) -> dict[str, Delete]:
     sessions_cutoff = now - ENDED_SESSIONS
     return {
         "authorization_code": delete(AuthorizationCode).where(AuthorizationCode.expires_at < cutoff),
-        "access_token": delete(AccessToken).where(AccessToken.expires_at < cutoff),
+        "token_grant": delete(Grant).where(Grant.expires_at < cutoff),
+        "revoked_access_token": delete(RevokedAccessToken).where(RevokedAccessToken.expires_at < cutoff),
         # A family is kept whole until it ends: a rotated token must stay to reveal its reuse (RFC 9700 §4.14.2).
         "refresh_token": delete(RefreshToken).where(RefreshToken.family_expires_at < cutoff),
         "webauthn_challenge": delete(WebAuthnChallenge).where(WebAuthnChallenge.expires_at < cutoff),

@@ -46,6 +46,7 @@ class Runtime:
     keyring: Keyring
     engine: Engine
     sessions: sessionmaker[Session]
+    read_sessions: sessionmaker[Session]  # without transactions, for requests that only read (`reading_only`)
     limiter: RateLimiter
     carrier: CarrierSignIn
     attestation: AttestationPolicy
@@ -72,9 +73,22 @@ def db_session() -> Session:
     """The current request's database session, opened on first use and closed when the request ends; views
     commit it once."""
     if "db_session" not in g:
-        g.db_session = current().sessions()
+        runtime = current()
+        g.db_session = runtime.read_sessions() if g.get("reading_only") else runtime.sessions()
     opened: Session = g.db_session
     return opened
+
+
+def reading_only() -> None:
+    """Declare that the current request only reads: its session runs each statement on its own, no transaction."""
+    g.reading_only = True
+
+
+def commit_if_used() -> None:
+    """Commit the request's session if the request used the database (a token from cached parts may not)."""
+    opened: Session | None = g.get("db_session")
+    if opened is not None and opened.in_transaction():
+        opened.commit()
 
 
 def request_time() -> dt.datetime:

@@ -136,6 +136,11 @@ class Settings:
     keyring_check_interval: float = 1.0
     """IDP_KEYRING_CHECK_INTERVAL: how often (seconds) a running server looks for a rotated keyring."""
 
+    client_cache_interval: float = 1.0
+    """IDP_CLIENT_CACHE_INTERVAL: how often (seconds) a server process asks whether any client changed. Clients are
+    cached per process (every token request names one); a change made anywhere is seen everywhere within this.
+    0 asks on every request."""
+
     log_level: str = "INFO"
     """IDP_LOG_LEVEL: the logging level (DEBUG, INFO, WARNING, ERROR)."""
 
@@ -240,6 +245,7 @@ class Settings:
             access_token_alg=access_token_alg,
             jwks_max_age=seconds("JWKS_MAX_AGE", 600),
             keyring_check_interval=check_interval,
+            client_cache_interval=_positive_float(text("CLIENT_CACHE_INTERVAL", "1.0"), "IDP_CLIENT_CACHE_INTERVAL"),
             log_level=_log_level(text("LOG_LEVEL", "INFO")),
             trusted_proxies=_count(text("TRUSTED_PROXIES", "0"), "IDP_TRUSTED_PROXIES"),
             help_phone=_help_phone(text("HELP_PHONE", DEFAULT_HELP_PHONE)),

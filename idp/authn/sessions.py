@@ -8,8 +8,8 @@ import secrets
 import uuid
 from dataclasses import dataclass
 
-from sqlalchemy import select, update
-from sqlalchemy.orm import Session
+from sqlalchemy import bindparam, select, update
+from sqlalchemy.orm import Session, joinedload
 
 from idp.audit import SUCCESS, record_event
 from idp.authn.assurance import PHR, PHRH, AuthEvent, assurance_within, best_acr, merge_amr
@@ -80,13 +80,21 @@ def idle_limit(acr: str) -> dt.timedelta | None:
     return STRONG_IDLE if acr in (PHR, PHRH) else None
 
 
+# The session with its resident, in one statement built once: every page and every /authorize reads both.
+FIND_SESSION = (
+    select(LoginSession)
+    .options(joinedload(LoginSession.resident))
+    .where(LoginSession.secret_digest == bindparam("secret_digest"))
+)
+
+
 def load_session(db: Session, cookie_value: str, *, now: dt.datetime) -> LoginSession:
     """The live session the cookie names, its last-seen time refreshed.
 
     Raises:
         SessionEndedError: no such session, or it was ended, expired or idle too long.
     """
-    session = db.scalar(select(LoginSession).where(LoginSession.secret_digest == digest_secret(cookie_value)))
+    session = db.scalar(FIND_SESSION, {"secret_digest": digest_secret(cookie_value)})
     if session is None or session.ended_at is not None or session.expires_at <= now:
         raise SessionEndedError
     idle = idle_limit(session.acr)

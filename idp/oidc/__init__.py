@@ -6,6 +6,7 @@ from authlib.oauth2.rfc9207 import IssuerParameter
 from flask import Flask
 
 from idp.oidc import grants, views
+from idp.oidc.direct import DirectEndpoints
 from idp.oidc.endpoints import Introspection, Revocation
 from idp.oidc.published import PublishedDocumentsMiddleware
 from idp.oidc.server import IdpAuthorizationServer
@@ -34,4 +35,6 @@ def init_app(app: Flask, runtime: Runtime) -> None:
     app.register_blueprint(views.bp)
     # JWKS and discovery are answered before Flask's request handling (see idp.oidc.published). Back-channel
     # logout deliveries are tried at once; `idp serve` also starts the retry loop (idp/server.py).
+    # Token, UserInfo and introspection likewise (idp.oidc.direct), with the same views.
+    app.wsgi_app = DirectEndpoints(app, app.wsgi_app)  # type: ignore[method-assign]
     app.wsgi_app = PublishedDocumentsMiddleware(app.wsgi_app, runtime.published)  # type: ignore[method-assign]

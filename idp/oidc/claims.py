@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import base64
+import datetime as dt
 import hashlib
 import hmac
-from typing import Any
+from typing import Any, Protocol
 
 from cryptography.fernet import InvalidToken
 
@@ -49,8 +50,25 @@ def allowed_claims(client_scopes: list[str]) -> set[str]:
     return {claim for scope in client_scopes for claim in SCOPE_CLAIMS.get(scope, ())}
 
 
+class ClaimsSource(Protocol):
+    """What the claims of a resident are made of: a `Resident`, or the columns UserInfo reads (`ResidentClaims`)."""
+
+    @property
+    def name(self) -> str | None: ...
+    @property
+    def birthdate(self) -> dt.date | None: ...
+    @property
+    def phone(self) -> str | None: ...
+    @property
+    def verified_at(self) -> dt.datetime | None: ...
+    @property
+    def verified_by(self) -> str | None: ...
+    @property
+    def ci_encrypted(self) -> bytes | None: ...
+
+
 def resident_claims(
-    resident: Resident,
+    resident: ClaimsSource,
     *,
     scope: str,
     claims_request: dict[str, Any] | None,
@@ -84,7 +102,7 @@ def resident_claims(
     return result
 
 
-def verified_claims(resident: Resident, request: object = None) -> dict[str, Any]:
+def verified_claims(resident: ClaimsSource, request: object = None) -> dict[str, Any]:
     """Name and birth date as verified by the carrier agency (OpenID Connect for Identity Assurance 1.0),
     limited to the inner claims the request names when it names any."""
     assert resident.verified_at is not None
@@ -126,7 +144,7 @@ def encrypt_ci(ci: str, settings: Settings) -> bytes:
     return data_fernet(settings).encrypt(ci.encode())
 
 
-def decrypt_ci(resident: Resident, settings: Settings) -> str | None:
+def decrypt_ci(resident: ClaimsSource, settings: Settings) -> str | None:
     """The raw CI, or None when it is not kept (or IDP_DATA_KEY changed)."""
     if resident.ci_encrypted is None:
         return None

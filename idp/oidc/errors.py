@@ -9,8 +9,22 @@ import re
 from authlib.oauth2.rfc6749 import OAuth2Error
 from authlib.oauth2.rfc6750 import InvalidTokenError
 from flask import Response
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+from sqlalchemy.exc import InterfaceError, OperationalError
+from sqlalchemy.exc import TimeoutError as SQLAlchemyTimeoutError
 
 BEARER_REALM = "idp"
+# Errors that mean a backing service (the database, Redis for limits) cannot be reached right now: not a bug, so
+# 503 with Retry-After and one log line; the pool reconnects by itself once it is back.
+UNAVAILABLE_ERRORS: tuple[type[Exception], ...] = (
+    OperationalError,
+    InterfaceError,
+    SQLAlchemyTimeoutError,
+    RedisConnectionError,
+    RedisTimeoutError,
+)
+UNAVAILABLE_RETRY_AFTER = 5
 # RFC 6749 §5.2: error_description is printable ASCII without `"` and `\` (Authlib refuses anything else).
 UNFIT_FOR_DESCRIPTION = re.compile(r"[^\x20-\x21\x23-\x5b\x5d-\x7e]")
 

@@ -14,7 +14,7 @@ from authlib.oidc.core import OpenIDCode
 
 from idp.authn.sessions import session_assurance
 from idp.db import load
-from idp.models import AuthorizationCode, LoginSession, RefreshToken, Resident
+from idp.models import LoginSession, RefreshToken, Resident
 from idp.oidc import tokens
 from idp.oidc.claims import AUTH_METHODS, id_token_claims
 from idp.oidc.server import IdpAuthorizationServer, OAuthClient
@@ -32,8 +32,9 @@ class AuthorizedResident:
 class CodeRecord:
     """What Authlib asks of an authorization code, over our row."""
 
-    def __init__(self, row: AuthorizationCode) -> None:
-        self.row = row
+    def __init__(self, found: tokens.FoundCode) -> None:
+        self.found = found
+        self.row = found.code
 
     def get_redirect_uri(self) -> str:
         return self.row.redirect_uri
@@ -94,9 +95,7 @@ def _issue(
     server = _server(grant)
     client: OAuthClient = grant.request.client
     now = request_time()
-    session = db_session()
     access_token, expires_in = tokens.issue_access_token(
-        session,
         server.keyring.current(),
         server.settings,
         client=client.model,
@@ -104,7 +103,6 @@ def _issue(
         now=now,
         authentication=authentication,
         grant_id=grant_id,
-        userinfo_claims=(claims or {}).get("userinfo"),
     )
     token: dict[str, Any] = {
         "token_type": "Bearer",
@@ -114,7 +112,7 @@ def _issue(
     }
     if include_refresh_token and authentication is not None and grant_id is not None:
         token["refresh_token"] = tokens.issue_refresh_token(
-            session,
+            db_session(),
             server.settings,
             client=client.model,
             authentication=authentication,
@@ -147,31 +145,32 @@ class AuthorizationCodeGrant(grants.AuthorizationCodeGrant):
             issuer=_server(self).settings.issuer,
             now=now,
         )
-        db_session().add(
-            AuthorizationCode(
-                digest=tokens.digest(code),
-                grant_id=uuid.uuid4(),
-                client_id=request.client.get_client_id(),
-                resident_id=user.resident.id,
-                sid=session.sid,
-                redirect_uri=request.payload.redirect_uri,
-                scope=request.scope,
-                nonce=payload.get("nonce"),
-                code_challenge=payload.get("code_challenge"),
-                code_challenge_method=payload.get("code_challenge_method"),
+        tokens.save_code(
+            db_session(),
+            {
+                "digest": tokens.digest(code),
+                "grant_id": uuid.uuid4(),
+                "client_id": request.client.get_client_id(),
+                "resident_id": user.resident.id,
+                "sid": session.sid,
+                "redirect_uri": request.payload.redirect_uri,
+                "scope": request.scope,
+                "nonce": payload.get("nonce"),
+                "code_challenge": payload.get("code_challenge"),
+                "code_challenge_method": payload.get("code_challenge_method"),
                 # Parsed once, when /authorize checked the request (oidc/authorization.py).
-                claims=request.claims_requested,
-                acr=acr,
-                amr=amr,
-                auth_time=session.auth_time,
-                created_at=now,
-                expires_at=now + dt.timedelta(seconds=_server(self).settings.code_ttl),
-            )
+                "claims": request.claims_requested,
+                "acr": acr,
+                "amr": amr,
+                "auth_time": session.auth_time,
+                "created_at": now,
+                "expires_at": now + dt.timedelta(seconds=_server(self).settings.code_ttl),
+            },
         )
 
     def query_authorization_code(self, code: str, client: OAuthClient) -> CodeRecord | None:
-        row = tokens.find_code(db_session(), code, client.get_client_id(), now=request_time())
-        return CodeRecord(row) if row is not None else None
+        found = tokens.find_code_for_exchange(db_session(), code, client.get_client_id(), now=request_time())
+        return CodeRecord(found) if found is not None else None
 
     def create_token_response(self) -> Any:
         # The code is spent only now, after the client, its redirect URI and the PKCE verifier were checked
@@ -184,7 +183,7 @@ class AuthorizationCodeGrant(grants.AuthorizationCodeGrant):
         """Nothing to delete: the code was spent by a compare-and-set before the tokens were made."""
 
     def authenticate_user(self, authorization_code: CodeRecord) -> Resident | None:
-        return load(db_session(), Resident, authorization_code.row.resident_id)
+        return authorization_code.found.resident
 
     def generate_token(
         self,
@@ -205,14 +204,25 @@ class AuthorizationCodeGrant(grants.AuthorizationCodeGrant):
             auth_time=row.auth_time,
         )
         self.request.authentication = authentication
-        _server(self).remember_session_client(row.sid, client, authentication.sub)
+        _server(self).remember_session_client(self.request.authorization_code.found, client, authentication.sub)
+        refreshable = may_refresh(self.request.client, row.scope)
+        tokens.record_grant(
+            db_session(),
+            _server(self).settings,
+            grant_id=row.grant_id,
+            client=client,
+            resident_id=user.id,
+            claims=row.claims,
+            refreshable=refreshable,
+            now=request_time(),
+        )
         return _issue(
             self,
             scope=row.scope,
             authentication=authentication,
             grant_id=row.grant_id,
             claims=row.claims,
-            include_refresh_token=may_refresh(self.request.client, row.scope),
+            include_refresh_token=refreshable,
         )
 
 
@@ -226,11 +236,11 @@ class RefreshTokenGrant(grants.RefreshTokenGrant):
             raise InvalidRequestError("Missing 'refresh_token' in request.")
         # Checks that leave the token usable come first: a request with a wider scope, or for a locked
         # resident, must not spend it.
-        known = tokens.find_refresh_token(db_session(), presented)
-        if known is not None and known.client_id == client.get_client_id():
+        found = tokens.find_refresh_token_and_resident(db_session(), presented)
+        if found is not None and found[0].client_id == client.get_client_id():
+            known, resident = found
             self._validate_token_scope(RefreshRecord(known))
-            resident = load(db_session(), Resident, known.resident_id)
-            if resident is None or resident.is_locked:
+            if resident.is_locked:
                 raise InvalidGrantError("The resident can no longer be signed in.")
             # Kept for authenticate_user: the session's identity map holds objects weakly, and would query again.
             self.checked_resident = resident

@@ -15,19 +15,21 @@ from authlib.integrations.flask_oauth2.requests import FlaskOAuth2Payload, Flask
 from authlib.oauth2.rfc6749 import ClientMixin, OAuth2Error, OAuth2Request
 from authlib.oauth2.rfc6749.errors import InvalidClientError, UnsupportedTokenTypeError
 from authlib.oauth2.rfc7523 import JWTBearerClientAssertion
-from flask import Request
+from flask import g
 from flask import request as flask_request
 from joserfc.errors import JoseError
 from joserfc.jwk import KeySet
-from sqlalchemy import and_, insert, select
+from sqlalchemy import insert
 from sqlalchemy.exc import IntegrityError
+from werkzeug import Request
 
 from idp.keyring import Keyring
-from idp.models import Client, LoginSession, SessionClient, UsedAssertion
+from idp.models import Client, SessionClient, UsedAssertion
 from idp.oidc.claims import SCOPES
-from idp.oidc.clients import find_client, verify_client_secret
+from idp.oidc.clients import ClientCache, verify_client_secret
 from idp.oidc.errors import json_error
 from idp.oidc.outbound import allows_local_destinations, outbound_client
+from idp.oidc.tokens import FoundCode, VerifiedAccessTokens
 from idp.runtime import current, db_session, request_time
 from idp.settings import Settings
 
@@ -103,9 +105,16 @@ class PrivateKeyJwt(JWTBearerClientAssertion):
         # The introspection and revocation endpoints take the same client authentication (RFC 7662 §2.1, RFC 7009
         # §2.1): an assertion may name the one it is sent to, never another.
         audiences = [self.issuer, f"{self.issuer}/token"]
-        if flask_request.path in ASSERTION_ENDPOINTS:
-            audiences.append(f"{self.issuer}{flask_request.path}")
+        path = g.get("assertion_endpoint")
+        if path in ASSERTION_ENDPOINTS:
+            audiences.append(f"{self.issuer}{path}")
         return audiences
+
+    def __call__(self, query_client: Callable[[str], Any], request: OAuth2Request) -> Any:
+        # The endpoint the assertion is sent to, for get_audiences (which Authlib calls without the request). The
+        # request's URL is the issuer's (IssuerRequest), so the endpoint is what follows it.
+        g.assertion_endpoint = request.uri[len(self.issuer) :].partition("?")[0]
+        return super().__call__(query_client, request)
 
     def validate_jti(self, claims: dict[str, Any], jti: str) -> bool:
         if not isinstance(jti, str) or not jti or len(jti) > 255:
@@ -192,6 +201,8 @@ class IdpAuthorizationServer(AuthorizationServer):
         self.keyring = keyring
         self.secret_key = secret_key
         self.scopes_supported = list(SCOPES)
+        self.clients = ClientCache(check_interval=settings.client_cache_interval)
+        self.verified_tokens = VerifiedAccessTokens()
         jwks_fetcher = outbound_client(allow_local=allows_local_destinations(settings))
         self.register_client_auth_method(
             PrivateKeyJwt.CLIENT_AUTH_METHOD, PrivateKeyJwt(settings.issuer, http=jwks_fetcher)
@@ -201,12 +212,18 @@ class IdpAuthorizationServer(AuthorizationServer):
     def create_oauth2_request(self, request: Any) -> FlaskOAuth2Request:
         # Authlib checks the request URL's transport (https, or http on loopback) and raises outside its error
         # handling: a Host header of the client's choosing made that a 500. The URL this server answers at is the
-        # issuer's, whatever Host says (production issuers are https; settings refuse others).
-        return IssuerRequest(flask_request, self.settings.issuer)
+        # issuer's, whatever Host says (production issuers are https; settings refuse others). The request is the
+        # one given (idp.oidc.direct answers without Flask's request context) or Flask's.
+        received = request if isinstance(request, Request) else flask_request
+        return IssuerRequest(received, self.settings.issuer)
 
     def query_client(self, client_id: str) -> OAuthClient | None:
-        model = find_client(db_session(), client_id)
+        model = self.cached_client(client_id)
         return OAuthClient(model, self.secret_key) if model is not None else None
+
+    def cached_client(self, client_id: str) -> Client | None:
+        """The client for protocol checks, from this process's cache (a change is seen within a second)."""
+        return self.clients.get(db_session(), client_id)
 
     def save_token(self, token: dict[str, Any], request: Any) -> None:
         """Nothing here: access and refresh tokens were recorded as they were issued."""
@@ -226,33 +243,14 @@ class IdpAuthorizationServer(AuthorizationServer):
             response.headers["WWW-Authenticate"] = 'Basic realm="idp", error="invalid_client"'
         return response
 
-    def remember_session_client(self, sid: str | None, client: Client, sub: str) -> None:
-        """Record that the client took part in the login session (as `sub`), so that logout reaches it."""
-        if sid is None:
+    def remember_session_client(self, found: FoundCode, client: Client, sub: str) -> None:
+        """Record that the client took part in the code's login session (as `sub`), so that logout reaches it."""
+        if found.login_session_id is None or found.client_known:
             return
         session = db_session()
-        # One statement on the token endpoint's path: the session, and whether the client is already recorded.
-        found = session.execute(
-            select(LoginSession.id, SessionClient.id)
-            .outerjoin(
-                SessionClient,
-                and_(SessionClient.session_id == LoginSession.id, SessionClient.client_id == client.id),
-            )
-            .where(LoginSession.sid == sid)
-        ).first()
-        if found is None:
-            return
-        login_id, exists = found
-        if exists is None:
-            try:
-                # Two token requests of one session may race here; the unique constraint keeps one row.
-                with session.begin_nested():
-                    session.add(
-                        SessionClient(
-                            session_id=login_id,
-                            client_id=client.id,
-                            sub=sub,
-                        )
-                    )
-            except IntegrityError:
-                pass
+        try:
+            # Two token requests of one session may race here; the unique constraint keeps one row.
+            with session.begin_nested():
+                session.add(SessionClient(session_id=found.login_session_id, client_id=client.id, sub=sub))
+        except IntegrityError:
+            pass

@@ -8,16 +8,26 @@ import hashlib
 import secrets
 import uuid
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 from joserfc import jwt
 from joserfc.errors import JoseError
-from sqlalchemy import bindparam, insert, select, update
+from sqlalchemy import Table, and_, bindparam, insert, select, update
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from idp.db import load
 from idp.keyring import LoadedKeys, SigningKey
-from idp.models import AccessToken, AuthorizationCode, Client, RefreshToken, Resident
+from idp.models import (
+    AuthorizationCode,
+    Client,
+    Grant,
+    LoginSession,
+    RefreshToken,
+    Resident,
+    RevokedAccessToken,
+    SessionClient,
+)
 from idp.oidc.claims import pairwise_sub
 from idp.settings import Settings
 
@@ -25,6 +35,7 @@ ACCESS_TOKEN_TYPE = "at+jwt"  # noqa: S105  RFC 9068 §2.1 (a media type, not a 
 ID_TOKEN_TYPE = "JWT"  # noqa: S105  (a media type, not a secret)
 CLOCK_LEEWAY = 30
 MAX_TOKEN_LENGTH = 4096
+JTI_MAX_LENGTH = 64  # RevokedAccessToken.jti
 
 
 class TokenInvalidError(Exception):
@@ -75,8 +86,25 @@ def _epoch(value: dt.datetime) -> int:
 # -- access tokens -------------------------------------------------------------------------------------------------
 
 
+def new_jti(grant_id: uuid.UUID | None) -> str:
+    """A fresh `jti` (RFC 7519 §4.1.7) that names the token's grant, so a token needs no row of its own: UserInfo
+    and introspection find the grant from the token, and revoking the grant revokes the token."""
+    nonce = secrets.token_urlsafe(16)
+    return f"{grant_id.hex}.{nonce}" if grant_id is not None else nonce
+
+
+def grant_of(jti: str) -> uuid.UUID | None:
+    """The grant a `jti` of `new_jti` names; None for a token without one (client credentials)."""
+    named, dot, _ = jti.partition(".")
+    if not dot or len(named) != 32:
+        return None
+    try:
+        return uuid.UUID(hex=named)
+    except ValueError:
+        return None
+
+
 def issue_access_token(
-    db: Session,
     keys: LoadedKeys,
     settings: Settings,
     *,
@@ -85,10 +113,8 @@ def issue_access_token(
     now: dt.datetime,
     authentication: Authentication | None = None,
     grant_id: uuid.UUID | None = None,
-    userinfo_claims: dict[str, Any] | None = None,
 ) -> tuple[str, int]:
-    """Sign an RFC 9068 access token and remember its jti (for introspection and revocation)."""
-    jti = secrets.token_urlsafe(24)
+    """Sign an RFC 9068 access token. Nothing is stored: its `jti` names the grant that revocation is kept for."""
     expires_in = settings.access_token_ttl
     claims: dict[str, Any] = {
         "iss": settings.issuer,
@@ -97,7 +123,7 @@ def issue_access_token(
         "client_id": client.id,
         "iat": _epoch(now),
         "exp": _epoch(now) + expires_in,
-        "jti": jti,
+        "jti": new_jti(grant_id),
         "scope": scope,
     }
     if authentication is not None:
@@ -107,21 +133,7 @@ def issue_access_token(
         claims["amr"] = authentication.amr
     else:
         claims["sub"] = client.id  # client credentials: the service acts for itself (RFC 9068 §2.2)
-    token = keys.active(settings.access_token_alg).sign(claims, typ=ACCESS_TOKEN_TYPE)
-    # A plain INSERT rather than the unit of work: the token endpoint's hot path, and nothing reads the row back.
-    db.execute(
-        insert(AccessToken).values(
-            jti=jti,
-            grant_id=grant_id,
-            client_id=client.id,
-            resident_id=authentication.resident.id if authentication else None,
-            scope=scope,
-            claims=userinfo_claims,
-            issued_at=now,
-            expires_at=now + dt.timedelta(seconds=expires_in),
-        )
-    )
-    return token, expires_in
+    return keys.active(settings.access_token_alg).sign(claims, typ=ACCESS_TOKEN_TYPE), expires_in
 
 
 def verify_access_token(token: str, keys: LoadedKeys, settings: Settings, *, now: dt.datetime) -> dict[str, Any]:
@@ -144,13 +156,174 @@ def verify_access_token(token: str, keys: LoadedKeys, settings: Settings, *, now
     exp = claims.get("exp")
     if not isinstance(exp, int) or exp + CLOCK_LEEWAY < _epoch(now):
         raise TokenInvalidError("expired")
-    if not isinstance(claims.get("jti"), str):
+    jti = claims.get("jti")
+    if not isinstance(jti, str) or len(jti) > JTI_MAX_LENGTH:
         raise TokenInvalidError("no jti")
+    if not isinstance(claims.get("client_id"), str):
+        raise TokenInvalidError("no client_id")
     return claims
 
 
-def find_access_token(db: Session, jti: str) -> AccessToken | None:
-    return load(db, AccessToken, jti)
+VERIFIED_TOKENS_LIMIT = 10_000  # tokens remembered per process before the memory starts over
+
+
+class VerifiedAccessTokens:
+    """Access tokens this process has verified, by their exact text: a service that presents one token on every
+    call of its API (introspection, UserInfo) costs one signature check, not one per call.
+
+    Only the offline checks are remembered (signature, typ, iss; `exp` is checked again at every use), never whether
+    the token still holds: revocation is looked up on every request. Everything is forgotten when the keyring
+    changes, so a token of a withdrawn key is checked again, and refused."""
+
+    def __init__(self, *, limit: int = VERIFIED_TOKENS_LIMIT) -> None:
+        self.limit = limit
+        self._keys: LoadedKeys | None = None
+        self._claims: dict[str, dict[str, Any]] = {}
+
+    def verify(self, token: str, keys: LoadedKeys, settings: Settings, *, now: dt.datetime) -> dict[str, Any]:
+        """`verify_access_token`, remembered; the claims returned are shared: read them, never change them.
+
+        Raises:
+            TokenInvalidError: anything wrong with it.
+        """
+        if keys is not self._keys:
+            self._claims = {}
+            self._keys = keys
+        claims = self._claims.get(token)
+        if claims is None:
+            claims = verify_access_token(token, keys, settings, now=now)
+            if len(self._claims) >= self.limit:
+                self._claims = {}
+            self._claims[token] = claims
+        elif claims["exp"] + CLOCK_LEEWAY < _epoch(now):
+            raise TokenInvalidError("expired")
+        return claims
+
+
+# -- grants and revocation ------------------------------------------------------------------------------------------
+
+
+def record_grant(
+    db: Session,
+    settings: Settings,
+    *,
+    grant_id: uuid.UUID,
+    client: Client,
+    resident_id: uuid.UUID,
+    claims: dict[str, Any] | None,
+    refreshable: bool,
+    now: dt.datetime,
+) -> None:
+    """Remember the grant a code's first exchange starts: what its access tokens' revocation is kept for."""
+    lifetime = settings.refresh_token_absolute_ttl if refreshable else 0
+    db.execute(
+        INSERT_GRANT,
+        {
+            "id": grant_id,
+            "client_id": client.id,
+            "resident_id": resident_id,
+            "claims": (claims or {}).get("userinfo"),
+            "created_at": now,
+            # An access token issued at the family's last moment lives one access-token lifetime more.
+            "expires_at": now + dt.timedelta(seconds=lifetime + settings.access_token_ttl),
+        },
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class ResidentClaims:
+    """The columns of a resident that UserInfo answers from (an `oidc.claims.ClaimsSource`)."""
+
+    id: uuid.UUID
+    name: str | None
+    birthdate: dt.date | None
+    phone: str | None
+    verified_at: dt.datetime | None
+    verified_by: str | None
+    ci_encrypted: bytes | None
+    locked_at: dt.datetime | None
+
+    @property
+    def is_locked(self) -> bool:
+        return self.locked_at is not None
+
+
+@dataclass(frozen=True, slots=True)
+class TokenHolder:
+    """Who a resident's access token speaks for, as UserInfo needs it: the resident and the grant's claims request."""
+
+    resident: ResidentClaims
+    claims: dict[str, Any] | None
+
+
+_resident, _grant, _revoked = Resident.__table__.c, Grant.__table__.c, RevokedAccessToken.__table__.c
+# One statement each, built once, on the tables (no ORM objects): UserInfo and introspection are on every service's
+# hot path.
+TOKEN_HOLDER = (
+    select(
+        *(_resident[name] for name in ResidentClaims.__slots__),
+        _grant.claims,
+        _grant.revoked_at,
+        _revoked.jti,
+    )
+    .select_from(Grant.__table__)
+    .join(Resident.__table__, _resident.id == _grant.resident_id)
+    .outerjoin(RevokedAccessToken.__table__, _revoked.jti == bindparam("jti"))
+    .where(_grant.id == bindparam("grant_id"), _grant.client_id == bindparam("client_id"))
+)
+GRANT_STATE = (
+    select(_grant.revoked_at, _revoked.jti)
+    .select_from(Grant.__table__)
+    .outerjoin(RevokedAccessToken.__table__, _revoked.jti == bindparam("jti"))
+    .where(_grant.id == bindparam("grant_id"), _grant.client_id == bindparam("client_id"))
+)
+TOKEN_REVOKED = select(_revoked.jti).where(_revoked.jti == bindparam("jti"))
+# Plain INSERTs on the tables (no unit of work, no statement built per call): nothing reads these rows back.
+INSERT_GRANT = insert(cast(Table, Grant.__table__))
+INSERT_REFRESH_TOKEN = insert(cast(Table, RefreshToken.__table__))
+INSERT_CODE = insert(cast(Table, AuthorizationCode.__table__))
+HOLDER_COLUMNS = len(ResidentClaims.__slots__)
+
+
+def token_holder(db: Session, claims: dict[str, Any]) -> TokenHolder | None:
+    """The resident a verified access token speaks for; None when it has no resident (client credentials), or its
+    grant or the token itself was revoked (or the resident or client deleted)."""
+    grant_id = grant_of(claims["jti"])
+    if grant_id is None:
+        return None
+    found = db.execute(
+        TOKEN_HOLDER, {"grant_id": grant_id, "client_id": claims["client_id"], "jti": claims["jti"]}
+    ).first()
+    if found is None:
+        return None
+    resident, (requested, revoked_at, revoked_jti) = found[:HOLDER_COLUMNS], found[HOLDER_COLUMNS:]
+    if revoked_at is not None or revoked_jti is not None:
+        return None
+    return TokenHolder(ResidentClaims(*resident), requested)
+
+
+def access_token_holds(db: Session, claims: dict[str, Any]) -> bool:
+    """Whether a verified access token still holds: its grant (if any) and the token itself not revoked."""
+    jti = claims["jti"]
+    grant_id = grant_of(jti)
+    if grant_id is None:
+        # Only a service's own token (client credentials: `sub` is the client) is issued without a grant.
+        return claims.get("sub") == claims["client_id"] and db.execute(TOKEN_REVOKED, {"jti": jti}).first() is None
+    found = db.execute(GRANT_STATE, {"grant_id": grant_id, "client_id": claims["client_id"], "jti": jti}).first()
+    return found is not None and found[0] is None and found[1] is None
+
+
+def revoke_access_token(db: Session, claims: dict[str, Any], *, now: dt.datetime) -> None:
+    """Revoke one access token (RFC 7009 §2.1) until it would have expired; revoking it twice is harmless."""
+    jti = claims["jti"]
+    if db.get(RevokedAccessToken, jti) is not None:
+        return
+    expires_at = dt.datetime.fromtimestamp(claims["exp"] + CLOCK_LEEWAY, dt.UTC)
+    try:
+        with db.begin_nested():
+            db.add(RevokedAccessToken(jti=jti, expires_at=max(expires_at, now)))
+    except IntegrityError:
+        pass  # revoked by a parallel request: the same outcome
 
 
 # -- ID tokens -------------------------------------------------------------------------------------------------------
@@ -201,7 +374,18 @@ def half_hash(value: str, key: SigningKey) -> str:
 
 # Statements on the token endpoint's path, built once. A code is looked up, checked (client, redirect URI, PKCE),
 # then spent by a compare-and-set; a refresh token's compare-and-set returns the row it used.
-FIND_CODE = select(AuthorizationCode).where(AuthorizationCode.digest == bindparam("token_digest"))
+# With the code come its resident and whether its login session already knows the client (for logout): what the
+# exchange needs, in one statement.
+FIND_CODE = (
+    select(AuthorizationCode, Resident, LoginSession.id, SessionClient.id)
+    .join(Resident, Resident.id == AuthorizationCode.resident_id)
+    .outerjoin(LoginSession, LoginSession.sid == AuthorizationCode.sid)
+    .outerjoin(
+        SessionClient,
+        and_(SessionClient.session_id == LoginSession.id, SessionClient.client_id == AuthorizationCode.client_id),
+    )
+    .where(AuthorizationCode.digest == bindparam("token_digest"))
+)
 SPEND_CODE = (
     update(AuthorizationCode)
     .where(AuthorizationCode.digest == bindparam("token_digest"), AuthorizationCode.consumed_at.is_(None))
@@ -222,7 +406,28 @@ ROTATE_REFRESH_TOKEN = (
 )
 
 
+def save_code(db: Session, row: dict[str, Any]) -> None:
+    """Store a new authorization code (its digest and what it grants), as the code grant decided it."""
+    db.execute(INSERT_CODE, row)
+
+
+@dataclass(frozen=True, slots=True)
+class FoundCode:
+    """A code as its exchange needs it: the row, its resident, and its login session's link to the client."""
+
+    code: AuthorizationCode
+    resident: Resident
+    login_session_id: uuid.UUID | None  # None when the session ended and was purged
+    client_known: bool  # the session already records the client (SessionClient)
+
+
 def find_code(db: Session, code: str, client_id: str, *, now: dt.datetime) -> AuthorizationCode | None:
+    """The code issued to this client (see `find_code_for_exchange`)."""
+    found = find_code_for_exchange(db, code, client_id, now=now)
+    return found.code if found is not None else None
+
+
+def find_code_for_exchange(db: Session, code: str, client_id: str, *, now: dt.datetime) -> FoundCode | None:
     """The code issued to this client, to check before `spend_code` uses it: nothing is written here, so a
     request that fails the checks (a wrong redirect URI or PKCE verifier) neither spends the code nor revokes
     what it issued.
@@ -231,12 +436,15 @@ def find_code(db: Session, code: str, client_id: str, *, now: dt.datetime) -> Au
     """
     if not code or len(code) > 256:
         return None
-    record = db.scalars(FIND_CODE, {"token_digest": digest(code)}).first()
-    if record is None or record.client_id != client_id:
+    row = db.execute(FIND_CODE, {"token_digest": digest(code)}).first()
+    if row is None:
+        return None
+    record, resident, login_id, link_id = row
+    if record.client_id != client_id:
         return None
     if record.consumed_at is None and record.expires_at <= now:
         return None
-    return record
+    return FoundCode(record, resident, login_id, link_id is not None)
 
 
 def spend_code(db: Session, record: AuthorizationCode, *, now: dt.datetime) -> bool:
@@ -271,21 +479,22 @@ def issue_refresh_token(
     family_end = family_expires_at or now + dt.timedelta(seconds=settings.refresh_token_absolute_ttl)
     token = new_secret()
     db.execute(
-        insert(RefreshToken).values(
-            digest=digest(token),
-            grant_id=grant_id,
-            client_id=client.id,
-            resident_id=authentication.resident.id,
-            sid=authentication.sid,
-            scope=scope,
-            claims=claims,
-            acr=authentication.acr,
-            amr=authentication.amr,
-            auth_time=authentication.auth_time,
-            created_at=now,
-            expires_at=min(family_end, now + dt.timedelta(seconds=settings.refresh_token_ttl)),
-            family_expires_at=family_end,
-        )
+        INSERT_REFRESH_TOKEN,
+        {
+            "digest": digest(token),
+            "grant_id": grant_id,
+            "client_id": client.id,
+            "resident_id": authentication.resident.id,
+            "sid": authentication.sid,
+            "scope": scope,
+            "claims": claims,
+            "acr": authentication.acr,
+            "amr": authentication.amr,
+            "auth_time": authentication.auth_time,
+            "created_at": now,
+            "expires_at": min(family_end, now + dt.timedelta(seconds=settings.refresh_token_ttl)),
+            "family_expires_at": family_end,
+        },
     )
     return token
 
@@ -319,8 +528,8 @@ def revoke_grant(db: Session, grant_id: uuid.UUID, *, now: dt.datetime) -> None:
         .execution_options(synchronize_session=False)
     )
     db.execute(
-        update(AccessToken)
-        .where(AccessToken.grant_id == grant_id, AccessToken.revoked_at.is_(None))
+        update(Grant)
+        .where(Grant.id == grant_id, Grant.revoked_at.is_(None))
         .values(revoked_at=now)
         .execution_options(synchronize_session=False)
     )
@@ -339,12 +548,8 @@ def revoke_client_grants(db: Session, *, resident_id: uuid.UUID, client_id: str,
         .execution_options(synchronize_session=False)
     )
     db.execute(
-        update(AccessToken)
-        .where(
-            AccessToken.resident_id == resident_id,
-            AccessToken.client_id == client_id,
-            AccessToken.revoked_at.is_(None),
-        )
+        update(Grant)
+        .where(Grant.resident_id == resident_id, Grant.client_id == client_id, Grant.revoked_at.is_(None))
         .values(revoked_at=now)
         .execution_options(synchronize_session=False)
     )
@@ -354,3 +559,18 @@ def find_refresh_token(db: Session, token: str) -> RefreshToken | None:
     if not token or len(token) > 256:
         return None
     return load(db, RefreshToken, digest(token))
+
+
+FIND_REFRESH_TOKEN = (
+    select(RefreshToken, Resident)
+    .join(Resident, Resident.id == RefreshToken.resident_id)
+    .where(RefreshToken.digest == bindparam("token_digest"))
+)
+
+
+def find_refresh_token_and_resident(db: Session, token: str) -> tuple[RefreshToken, Resident] | None:
+    """A refresh token and its resident, in one statement (the refresh grant checks both before rotating)."""
+    if not token or len(token) > 256:
+        return None
+    row = db.execute(FIND_REFRESH_TOKEN, {"token_digest": digest(token)}).first()
+    return (row[0], row[1]) if row is not None else None

@@ -10,6 +10,7 @@ from authlib.oauth2.rfc6749 import OAuth2Error
 from authlib.oauth2.rfc6749.errors import InvalidRequestError, UnsupportedResponseTypeError
 from authlib.oauth2.rfc7591 import InvalidClientMetadataError
 from flask import Blueprint, Response, redirect, request, url_for
+from werkzeug import Request
 from werkzeug.exceptions import HTTPException
 from werkzeug.wrappers import Response as BaseResponse
 
@@ -38,7 +39,7 @@ from idp.oidc.logout import IdTokenHintInvalidError, end_login_session, read_id_
 from idp.oidc.outbound import allows_local_destinations
 from idp.oidc.registration import client_for_registration_token, delete_registration, read_registration, register_client
 from idp.oidc.server import IdpAuthorizationServer
-from idp.runtime import current, db_session, request_time
+from idp.runtime import commit_if_used, current, db_session, request_time
 
 bp = Blueprint("oidc", __name__)
 CORS_ENDPOINTS = frozenset({"oidc.token", "oidc.userinfo_endpoint", "oidc.revoke"})
@@ -195,29 +196,37 @@ def _cors(response: Response) -> Response:
 
 @bp.post("/token")
 def token() -> Response:
+    return token_answer(request)
+
+
+def token_answer(received: Request) -> Response:
     """The token endpoint; what a grant wrote (codes spent, replays revoked, tokens recorded) is committed
-    whatever the answer, so a replayed code stays revoked."""
-    repeated = next((key for key in request.form if len(request.form.getlist(key)) > 1), None)
+    whatever the answer, so a replayed code stays revoked. Reached through idp.oidc.direct, or this blueprint."""
+    repeated = next((key for key in received.form if len(received.form.getlist(key)) > 1), None)
     if repeated is not None:
         # RFC 6749 §3.2: parameters must not repeat.
         return json_error(InvalidRequestError(f"{authorization.parameter_named(repeated)} is repeated."))
-    if not request.form.get("grant_type"):
+    if not received.form.get("grant_type"):
         # RFC 6749 §4.1.3: grant_type is required (JSON bodies arrive here too).
         return json_error(InvalidRequestError("Missing 'grant_type'."))
-    response: Response = _server().create_token_response()
-    db_session().commit()
+    response: Response = _server().create_token_response(received)
+    commit_if_used()
     return response
 
 
 @bp.route("/userinfo", methods=["GET", "POST"])
 def userinfo_endpoint() -> Response:
+    return userinfo_answer(request)
+
+
+def userinfo_answer(received: Request) -> Response:
     """OIDC Core §5.3, with the bearer token in the header or (RFC 6750 §2.2) a form body."""
     bearer = None
-    header = request.headers.get("Authorization", "")
+    header = received.headers.get("Authorization", "")
     if header[:7].lower() == "bearer ":
         bearer = header[7:].strip()
-    elif request.method == "POST" and request.mimetype == "application/x-www-form-urlencoded":
-        bearer = request.form.get("access_token")
+    elif received.method == "POST" and received.mimetype == "application/x-www-form-urlencoded":
+        bearer = received.form.get("access_token")
     try:
         body = userinfo(_server(), bearer)
     except OAuth2Error as error:
@@ -230,7 +239,11 @@ def userinfo_endpoint() -> Response:
 
 @bp.post("/introspect")
 def introspect() -> Response:
-    response: Response = _server().create_endpoint_response("introspection")
+    return introspection_answer(request)
+
+
+def introspection_answer(received: Request) -> Response:
+    response: Response = _server().create_endpoint_response("introspection", received)
     return response
 
 

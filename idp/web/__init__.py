@@ -13,16 +13,12 @@ from flask import Flask, Response, current_app, g, render_template, request, ses
 from flask_babel import Babel, get_locale
 from flask_babel import gettext as _
 from flask_wtf.csrf import CSRFError, CSRFProtect
-from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import TimeoutError as RedisTimeoutError
-from sqlalchemy.exc import InterfaceError, OperationalError
-from sqlalchemy.exc import TimeoutError as SQLAlchemyTimeoutError
 from werkzeug.exceptions import HTTPException, InternalServerError
 
 from idp.models import Client
 from idp.oidc import views as oidc_views
 from idp.oidc.authorization import ReceivedRequest
-from idp.oidc.errors import TemporarilyUnavailableError, json_error
+from idp.oidc.errors import UNAVAILABLE_ERRORS, UNAVAILABLE_RETRY_AFTER, TemporarilyUnavailableError, json_error
 from idp.oidc.interaction import waiting_client, waiting_key, waiting_params
 from idp.oidc.views import json_http_error
 from idp.runtime import Runtime, current, db_session
@@ -168,16 +164,6 @@ ERROR_SENTENCES = {
     500: lambda: _("Something went wrong on our side. Please try again in a moment."),
     503: lambda: _("The service is temporarily unavailable. Please try again in a moment."),
 }
-# Errors that mean a backing service (the database, Redis for limits) cannot be reached right now: not a bug, so
-# 503 with Retry-After and one log line; the pool reconnects by itself once it is back.
-UNAVAILABLE_ERRORS: tuple[type[Exception], ...] = (
-    OperationalError,
-    InterfaceError,
-    SQLAlchemyTimeoutError,
-    RedisConnectionError,
-    RedisTimeoutError,
-)
-UNAVAILABLE_RETRY_AFTER = 5
 
 
 HEADINGS = {

@@ -74,6 +74,8 @@ FLOW_MEMBERS: dict[str, Callable[[object], bool]] = {
 
 def drop_malformed_flow_members() -> None:
     """Before every request: forget members of the flow cookie that are not of the shape the views write."""
+    if not session:  # no flow cookie (every protocol request): nothing to look through
+        return
     for name, shaped in FLOW_MEMBERS.items():
         if name in session and not shaped(session[name]):
             session.pop(name)

@@ -13,6 +13,7 @@ import hashlib
 import hmac
 import json
 import secrets
+import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -30,7 +31,7 @@ from werkzeug.test import TestResponse
 
 from idp.models import AuthorizationCode
 from idp.oidc.clients import CreatedClient
-from idp.oidc.tokens import digest
+from idp.oidc.tokens import digest, new_jti
 from idp.runtime import of as runtime_of
 
 ISSUER = "http://localhost:8000"
@@ -226,6 +227,7 @@ BAD_TOKENS: dict[str, Callable[[World], str]] = {
     "id-token": id_token,
     "wrong-issuer": lambda w: active_key_signed(w, iss="https://evil.example"),
     "unknown-jti": lambda w: active_key_signed(w, jti=secrets.token_urlsafe(24)),
+    "unknown-grant": lambda w: active_key_signed(w, jti=new_jti(uuid.uuid4())),
 }
 
 

@@ -58,11 +58,11 @@ from werkzeug.test import TestResponse
 
 from idp.authn.passkeys import NAME_MAX
 from idp.models import (
-    AccessToken,
     AuthorizationCode,
     CarrierResult,
     Client,
     Consent,
+    Grant,
     InitialAccessToken,
     LoginSession,
     LogoutDelivery,
@@ -70,6 +70,7 @@ from idp.models import (
     RecoveryCode,
     RefreshToken,
     Resident,
+    RevokedAccessToken,
     SessionClient,
     TotpDevice,
 )
@@ -91,7 +92,8 @@ PROTECTED: dict[type[Any], tuple[str, ...]] = {
     LoginSession: ("last_seen_at",),
     AuthorizationCode: (),
     RefreshToken: (),
-    AccessToken: (),
+    Grant: (),
+    RevokedAccessToken: (),
     Consent: (),
     InitialAccessToken: (),
     LogoutDelivery: (),

@@ -4,6 +4,8 @@ the log has one line and no traceback, and everything works again once the datab
 from __future__ import annotations
 
 import logging
+import time
+import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import replace
 
@@ -13,6 +15,8 @@ from oidc_flow import basic, register
 from outage_proxy import OutageProxy
 from sqlalchemy.engine import make_url
 
+from idp.oidc.tokens import new_jti
+from idp.runtime import of as runtime_of
 from idp.settings import Settings
 
 
@@ -31,7 +35,8 @@ def app(
     make_app: Callable[[Settings], Flask], settings: Settings, fresh_database_url: str, proxy: OutageProxy
 ) -> Flask:
     through_proxy = make_url(fresh_database_url).set(port=proxy.port).render_as_string(hide_password=False)
-    app = make_app(replace(settings, database_url=through_proxy))
+    # Clients are cached for a second; asked for on every request, the client lookup meets the outage at once.
+    app = make_app(replace(settings, database_url=through_proxy, client_cache_interval=0))
     app.config["TESTING"] = True
     return app
 
@@ -45,13 +50,20 @@ def test_endpoints_answer_503_while_the_database_is_down_and_recover(
     token = browser.post("/token", data={"grant_type": "client_credentials"}, headers=auth)
     assert token.status_code == 200
     access = token.get_json()["access_token"]
+    # A resident's token names a grant, which UserInfo must look up (a service's own token needs no lookup there).
+    now = int(time.time())
+    resident_claims = {"iss": runtime_of(app).settings.issuer, "aud": service.client.id, "client_id": service.client.id}
+    resident_claims |= {"sub": "a-resident", "scope": "openid", "jti": new_jti(uuid.uuid4()), "iat": now}
+    resident_token = (
+        runtime_of(app).keyring.current().active("ES256").sign(resident_claims | {"exp": now + 600}, typ="at+jwt")
+    )
 
     proxy.cut()
     caplog.clear()
     answers = {
         "/token": browser.post("/token", data={"grant_type": "client_credentials"}, headers=auth),
         "/introspect": browser.post("/introspect", data={"token": access}, headers=auth),
-        "/userinfo": browser.get("/userinfo", headers={"Authorization": f"Bearer {access}"}),
+        "/userinfo": browser.get("/userinfo", headers={"Authorization": f"Bearer {resident_token}"}),
         "/revoke": browser.post("/revoke", data={"token": access}, headers=auth),
     }
     browser.set_cookie("idp_sid", "x" * 43)  # a page that must look the session up

@@ -13,14 +13,15 @@ from sqlalchemy.orm import Session
 from idp.authn.assurance import AuthEvent, Method
 from idp.authn.sessions import start_session
 from idp.models import (
-    AccessToken,
     AuthorizationCode,
     Client,
+    Grant,
     LoginSession,
     LogoutDelivery,
     RateLimitCounter,
     RefreshToken,
     Resident,
+    RevokedAccessToken,
     WebAuthnChallenge,
 )
 from idp.retention import ENDED_SESSIONS, GRACE, PurgeWorker, purge_expired
@@ -69,10 +70,12 @@ def _refresh(resident: Resident, client: Client, family_expires_at: dt.datetime)
     )
 
 
-def _access(client: Client, expires_at: dt.datetime) -> AccessToken:
-    return AccessToken(
-        jti=secrets.token_urlsafe(16), client_id=client.id, scope="openid", issued_at=NOW, expires_at=expires_at
-    )
+def _grant(resident: Resident, client: Client, expires_at: dt.datetime) -> Grant:
+    return Grant(id=uuid.uuid4(), client_id=client.id, resident_id=resident.id, created_at=NOW, expires_at=expires_at)
+
+
+def _revoked(expires_at: dt.datetime) -> RevokedAccessToken:
+    return RevokedAccessToken(jti=secrets.token_urlsafe(16), expires_at=expires_at)
 
 
 def _challenge(expires_at: dt.datetime) -> WebAuthnChallenge:
@@ -92,7 +95,8 @@ def test_records_expired_past_their_grace_are_purged_and_the_rest_kept(
     # Other tests leave committed rows in the shared database: each check follows the rows made here by their keys.
     made = {
         AuthorizationCode: (_code(resident, client, GONE), _code(resident, client, KEPT)),
-        AccessToken: (_access(client, GONE), _access(client, KEPT)),
+        Grant: (_grant(resident, client, GONE), _grant(resident, client, KEPT)),
+        RevokedAccessToken: (_revoked(GONE), _revoked(KEPT)),
         RefreshToken: (_refresh(resident, client, GONE), _refresh(resident, client, KEPT)),
         WebAuthnChallenge: (_challenge(GONE), _challenge(KEPT)),
         RateLimitCounter: (_counter(GONE), _counter(KEPT)),
@@ -112,7 +116,7 @@ def test_records_expired_past_their_grace_are_purged_and_the_rest_kept(
 
 
 def _key(row: object) -> object:
-    return getattr(row, "jti", None) or getattr(row, "key", None) or row.digest  # type: ignore[attr-defined]
+    return getattr(row, "jti", None) or getattr(row, "key", None) or getattr(row, "id", None) or row.digest  # type: ignore[attr-defined]
 
 
 def test_a_refresh_family_stays_whole_until_it_ends(db: Session, owners: tuple[Resident, Client]) -> None:

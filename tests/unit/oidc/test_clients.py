@@ -12,14 +12,17 @@ from typing import Any
 
 import pytest
 from joserfc.jwk import ECKey, OctKey, RSAKey
-from sqlalchemy import Engine, func, select
+from sqlalchemy import Engine, delete, event, func, select
 from sqlalchemy.orm import Session
 
 from idp.authn.assurance import PHR, PHRH, aal1, aal2
-from idp.db import make_engine
+from idp.db import make_engine, make_session_factory
 from idp.models import AuditEvent, Client, InitialAccessToken
 from idp.oidc.clients import (
+    BUMP_CLIENT_GENERATION,
     MAX_SECRET_LENGTH,
+    READ_CLIENT_GENERATION,
+    ClientCache,
     ClientInvalidError,
     ClientRedirectUriInvalidError,
     ClientSpec,
@@ -638,3 +641,152 @@ def test_racing_uses_never_exceed_the_minted_count(committed_engine: Engine) -> 
         session.commit()
     results = race(committed_engine, lambda session: consume_initial_access_token(session, token, now=NOW))
     assert results.count(True) == 3
+
+
+# -- the per-process cache -------------------------------------------------------------------------------------------
+
+
+class Ticks:
+    """A monotonic clock the test moves."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def count_statements(engine: Engine) -> list[str]:
+    seen: list[str] = []
+
+    def record(_conn: Any, _cursor: Any, statement: str, *_args: Any) -> None:
+        seen.append(statement)
+
+    event.listen(engine, "before_cursor_execute", record)
+    return seen
+
+
+@pytest.fixture
+def committed(fresh_database_url: str) -> Iterator[tuple[Engine, Callable[[], Session]]]:
+    """An engine on a database of the test's own, whose commits stay (as two processes would see them)."""
+    engine = make_engine(fresh_database_url)
+    yield engine, make_session_factory(engine)
+    engine.dispose()
+
+
+def generation(engine: Engine) -> int:
+    with engine.connect() as connection:
+        value: int = connection.execute(READ_CLIENT_GENERATION).scalar_one()
+        return value
+
+
+def test_a_cached_client_is_read_without_a_query_until_the_interval_passes(
+    committed: tuple[Engine, Callable[[], Session]],
+) -> None:
+    engine, sessions = committed
+    with sessions() as db:
+        created = create_client(db, WEB, secret_key=KEY, issuer=ISSUER, now=NOW)
+        db.commit()
+    ticks = Ticks()
+    cache = ClientCache(check_interval=1.0, clock=ticks)
+    statements = count_statements(engine)
+    with sessions() as db:
+        first = cache.get(db, created.client.id)
+    assert first is not None
+    assert len(statements) == 2  # the generation, then the client
+    for _ in range(3):
+        ticks.now += 0.3
+        with sessions() as db:
+            assert cache.get(db, created.client.id) is first
+    assert len(statements) == 2
+    ticks.now += 0.2  # a second after the last check: the generation is read again, the client is not
+    with sessions() as db:
+        assert cache.get(db, created.client.id) is first
+    assert len(statements) == 3
+    # Detached from every session, the copy still answers what the protocol checks ask.
+    assert (first.name, first.redirect_uris, first.is_public) == (WEB.name, list(WEB.redirect_uris), False)
+
+
+def test_a_change_committed_by_another_process_is_seen_within_the_interval(
+    committed: tuple[Engine, Callable[[], Session]],
+) -> None:
+    engine, sessions = committed
+    with sessions() as db:
+        created = create_client(db, WEB, secret_key=KEY, issuer=ISSUER, now=NOW)
+        db.commit()
+    ticks = Ticks()
+    cache = ClientCache(check_interval=1.0, clock=ticks)
+    with sessions() as db:
+        assert cache.get(db, created.client.id) is not None
+    # Another process deletes the client: its ORM flush moves the generation, which is all this process sees.
+    with engine.begin() as connection:
+        connection.execute(delete(Client).where(Client.id == created.client.id))
+        connection.execute(BUMP_CLIENT_GENERATION)
+    ticks.now += 0.5
+    with sessions() as db:
+        assert cache.get(db, created.client.id) is not None  # within the interval: the copy still serves
+    ticks.now += 0.5
+    with sessions() as db:
+        assert cache.get(db, created.client.id) is None
+
+
+@pytest.mark.parametrize("change", ["rotate", "delete", "edit"])
+def test_every_orm_change_to_a_client_moves_the_generation_and_clears_this_process_at_once(
+    committed: tuple[Engine, Callable[[], Session]], change: str
+) -> None:
+    engine, sessions = committed
+    with sessions() as db:
+        created = create_client(db, WEB, secret_key=KEY, issuer=ISSUER, now=NOW)
+        db.commit()
+    before = generation(engine)
+    ticks = Ticks()
+    cache = ClientCache(check_interval=3600.0, clock=ticks)
+    with sessions() as db:
+        cached = cache.get(db, created.client.id)
+    assert cached is not None
+    with sessions() as db:
+        client = find_client(db, created.client.id)
+        assert client is not None
+        if change == "rotate":
+            rotate_client_secret(db, client, key=KEY, now=NOW)
+        elif change == "delete":
+            delete_client(db, client)
+        else:
+            client.redirect_uris = ["https://minwon.suwon.example/other"]
+        db.commit()
+    assert generation(engine) == before + 1
+    with sessions() as db:
+        fresh = cache.get(db, created.client.id)  # no time passed: this process's own commit cleared it
+    if change == "delete":
+        assert fresh is None
+    else:
+        assert fresh is not None
+        assert fresh is not cached
+        assert (fresh.secret_digest != cached.secret_digest) == (change == "rotate")
+
+
+def test_a_rolled_back_change_moves_nothing(committed: tuple[Engine, Callable[[], Session]]) -> None:
+    engine, sessions = committed
+    with sessions() as db:
+        created = create_client(db, WEB, secret_key=KEY, issuer=ISSUER, now=NOW)
+        db.commit()
+    before = generation(engine)
+    with sessions() as db:
+        client = find_client(db, created.client.id)
+        assert client is not None
+        client.name = "바뀐 이름"
+        db.flush()
+        db.rollback()
+    assert generation(engine) == before
+
+
+@pytest.mark.parametrize("client_id", ["", "no such client", "a" * 65, "\x00", "unknown-but-well-formed"])
+def test_unknown_and_malformed_client_ids_are_not_remembered(
+    committed: tuple[Engine, Callable[[], Session]], client_id: str
+) -> None:
+    _engine, sessions = committed
+    cache = ClientCache()
+    with sessions() as db:
+        assert cache.get(db, client_id) is None
+        assert cache.get(db, client_id) is None
+    assert cache._clients == {}

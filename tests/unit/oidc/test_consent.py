@@ -6,13 +6,14 @@ from __future__ import annotations
 import datetime as dt
 import uuid
 from dataclasses import replace
+from typing import Any
 
 import pytest
 from factories import make_client, make_resident
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from idp.models import AccessToken, AuditEvent, Client, Consent, RefreshToken, Resident
+from idp.models import AuditEvent, Client, Consent, Grant, RefreshToken, Resident
 from idp.oidc.claims import encrypt_ci
 from idp.oidc.consent import (
     RAW_CI_HOLD,
@@ -24,7 +25,15 @@ from idp.oidc.consent import (
     missing_scopes,
     revoke_consent,
 )
-from idp.oidc.tokens import Authentication, issue_refresh_token, subject_for
+from idp.oidc.tokens import (
+    Authentication,
+    access_token_holds,
+    grant_of,
+    issue_refresh_token,
+    new_jti,
+    record_grant,
+    subject_for,
+)
 from idp.settings import Settings, data_fernet
 
 NOW = dt.datetime(2026, 11, 26, 6, 0, tzinfo=dt.UTC)
@@ -105,21 +114,13 @@ def test_consents_are_listed_with_their_services(db: Session, resident: Resident
 # -- withdrawing -----------------------------------------------------------------------------------------------------
 
 
-def issue_tokens(db: Session, settings: Settings, client: Client, resident: Resident) -> tuple[str, bytes]:
-    """An access-token row and a refresh token of the client for the resident (the jti and the digest)."""
+def issue_tokens(db: Session, settings: Settings, client: Client, resident: Resident) -> tuple[dict[str, Any], bytes]:
+    """A grant of the client for the resident, with an access token's claims and a refresh token's digest."""
     grant = uuid.uuid4()
-    jti = uuid.uuid4().hex
-    db.add(
-        AccessToken(
-            jti=jti,
-            grant_id=grant,
-            client_id=client.id,
-            resident_id=resident.id,
-            scope="openid",
-            issued_at=NOW,
-            expires_at=NOW + dt.timedelta(minutes=10),
-        )
+    record_grant(
+        db, settings, grant_id=grant, client=client, resident_id=resident.id, claims=None, refreshable=True, now=NOW
     )
+    access = {"jti": new_jti(grant), "client_id": client.id, "exp": int(NOW.timestamp()) + 600}
     signed_in = Authentication(
         resident=resident,
         sub=subject_for(client, resident.id, settings),
@@ -133,16 +134,14 @@ def issue_tokens(db: Session, settings: Settings, client: Client, resident: Resi
     )
     db.flush()
     refresh = db.scalars(select(RefreshToken.digest).where(RefreshToken.grant_id == grant)).one()
-    return jti, refresh
+    return access, refresh
 
 
-def revoked(db: Session, tokens: tuple[str, bytes]) -> tuple[bool, bool]:
+def revoked(db: Session, tokens: tuple[dict[str, Any], bytes]) -> tuple[bool, bool]:
     db.expire_all()
-    access = db.get(AccessToken, tokens[0])
     refresh = db.get(RefreshToken, tokens[1])
-    assert access is not None
     assert refresh is not None
-    return access.revoked_at is not None, refresh.revoked_at is not None
+    return not access_token_holds(db, tokens[0]), refresh.revoked_at is not None
 
 
 def test_withdrawn_consent_is_asked_for_again_and_the_services_tokens_stop_working(
@@ -159,7 +158,7 @@ def test_withdrawn_consent_is_asked_for_again_and_the_services_tokens_stop_worki
     assert missing_scopes(db, resident.id, client, ["openid", "profile"]) == ["openid", "profile"]
     assert missing_scopes(db, resident.id, other, ["openid"]) == []
     assert revoked(db, mine) == (True, True)
-    assert db.get(AccessToken, mine[0]).revoked_at == later  # type: ignore[union-attr]
+    assert db.get(Grant, grant_of(mine[0]["jti"])).revoked_at == later  # type: ignore[union-attr]
     assert revoked(db, others) == (False, False)
     assert [event.client_id for event in events(db, "consent.revoked")] == [client.id]
 

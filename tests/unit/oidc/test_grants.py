@@ -22,9 +22,16 @@ from joserfc import jwt
 from sqlalchemy import select, update
 
 from idp.authn.assurance import AuthEvent, Method
-from idp.models import AccessToken, AuthorizationCode, RefreshToken, Resident, SessionClient
+from idp.models import AuthorizationCode, Grant, RefreshToken, Resident, SessionClient
 from idp.oidc.clients import CreatedClient
-from idp.oidc.tokens import Authentication, digest, issue_refresh_token, subject_for
+from idp.oidc.tokens import (
+    Authentication,
+    access_token_holds,
+    digest,
+    grant_of,
+    issue_refresh_token,
+    subject_for,
+)
 from idp.runtime import EXTENSION as RUNTIME
 from idp.runtime import db_session
 from idp.runtime import of as runtime_of
@@ -253,9 +260,11 @@ def test_code_is_spent_once_and_its_replay_revokes_what_it_issued(app: Flask, wo
     # RFC 6749 §4.1.2: a code used twice may be stolen; what it issued is revoked.
     assert refresh_row(app, first["refresh_token"]).revoked_at == NOW
     with runtime_of(app).sessions() as db:
-        access = db.get(AccessToken, claims_of(app, first["access_token"])["jti"])
-        assert access is not None
-        assert access.revoked_at == NOW
+        access = claims_of(app, first["access_token"])
+        assert not access_token_holds(db, access)
+        grant = db.get(Grant, grant_of(access["jti"]))
+        assert grant is not None
+        assert grant.revoked_at == NOW
 
 
 @pytest.mark.parametrize(
@@ -478,10 +487,10 @@ def test_client_credentials_never_grant_openid_or_offline_access(app: Flask, ser
     access = claims_of(app, body["access_token"])
     assert (access["sub"], access["client_id"], access["scope"]) == (service.client.id, service.client.id, "profile")
     assert "auth_time" not in access
+    # No resident, so no grant: the token holds until it expires or is revoked on its own.
+    assert grant_of(access["jti"]) is None
     with runtime_of(app).sessions() as db:
-        row = db.get(AccessToken, access["jti"])
-        assert row is not None
-        assert (row.resident_id, row.grant_id) == (None, None)
+        assert access_token_holds(db, access)
 
 
 def test_client_credentials_with_a_scope_the_client_was_not_allowed_is_invalid_scope(app: Flask, world: World) -> None:

@@ -10,6 +10,7 @@ import json
 import uuid
 from collections.abc import Callable
 from dataclasses import replace
+from typing import Any
 
 import pytest
 from factories import make_client, make_login_session, make_resident
@@ -20,7 +21,7 @@ from sqlalchemy.orm import Session
 
 from idp.authn.assurance import aal1
 from idp.keyring import Keyring, LoadedKeys
-from idp.models import AccessToken, AuthorizationCode, Client, Resident
+from idp.models import AuthorizationCode, Client, Grant, Resident, RevokedAccessToken
 from idp.oidc.claims import pairwise_sub
 from idp.oidc.tokens import (
     ACCESS_TOKEN_TYPE,
@@ -28,18 +29,24 @@ from idp.oidc.tokens import (
     MAX_TOKEN_LENGTH,
     Authentication,
     TokenInvalidError,
+    VerifiedAccessTokens,
+    access_token_holds,
     digest,
-    find_access_token,
     find_code,
     find_refresh_token,
+    grant_of,
     issue_access_token,
     issue_id_token,
     issue_refresh_token,
+    new_jti,
+    record_grant,
+    revoke_access_token,
     revoke_client_grants,
     revoke_grant,
     rotate_refresh_token,
     spend_code,
     subject_for,
+    token_holder,
     verify_access_token,
 )
 from idp.settings import Settings
@@ -177,21 +184,13 @@ def test_at_hash_is_the_left_half_of_the_access_tokens_hash_for_the_signing_algo
 # -- access tokens (RFC 9068) ----------------------------------------------------------------------------------------
 
 
-def test_access_token_is_an_rfc_9068_jwt_remembered_by_its_jti(
+def test_access_token_is_an_rfc_9068_jwt_whose_jti_names_its_grant(
     db: Session, keys: LoadedKeys, settings: Settings, client: Client, resident: Resident
 ) -> None:
     signed_in = authentication(db, resident, client, settings)
     grant = uuid.uuid4()
     token, expires_in = issue_access_token(
-        db,
-        keys,
-        settings,
-        client=client,
-        scope="openid phone",
-        now=NOW,
-        authentication=signed_in,
-        grant_id=grant,
-        userinfo_claims={"phone_number": None},
+        keys, settings, client=client, scope="openid phone", now=NOW, authentication=signed_in, grant_id=grant
     )
     assert expires_in == settings.access_token_ttl
     decoded = decode(token, keys)
@@ -205,30 +204,81 @@ def test_access_token_is_an_rfc_9068_jwt_remembered_by_its_jti(
     assert claims["iat"] == epoch(NOW)
     assert claims["sub"] == subject_for(client, resident.id, settings)
     assert (claims["scope"], claims["auth_time"], claims["amr"]) == ("openid phone", epoch(SIGNED_IN), ["sms", "mca"])
-    row = find_access_token(db, claims["jti"])
+    assert grant_of(claims["jti"]) == grant
+    # Nothing is stored for the token: its grant's row is what UserInfo and introspection read.
+    assert token_holder(db, claims) is None
+    record_grant(
+        db,
+        settings,
+        grant_id=grant,
+        client=client,
+        resident_id=resident.id,
+        claims={"userinfo": {"phone_number": None}},
+        refreshable=False,
+        now=NOW,
+    )
+    holder = token_holder(db, claims)
+    assert holder is not None
+    assert (holder.resident.id, holder.claims) == (resident.id, {"phone_number": None})
+    row = db.get(Grant, grant)
     assert row is not None
-    assert (row.grant_id, row.client_id, row.resident_id, row.scope) == (grant, client.id, resident.id, "openid phone")
-    assert row.claims == {"phone_number": None}
+    assert (row.client_id, row.resident_id, row.revoked_at) == (client.id, resident.id, None)
     assert row.expires_at == NOW + dt.timedelta(seconds=settings.access_token_ttl)
-    assert row.revoked_at is None
+
+
+def test_a_grant_with_refresh_tokens_is_kept_until_the_last_access_token_of_its_family_expires(
+    db: Session, settings: Settings, client: Client, resident: Resident
+) -> None:
+    grant = uuid.uuid4()
+    record_grant(
+        db, settings, grant_id=grant, client=client, resident_id=resident.id, claims=None, refreshable=True, now=NOW
+    )
+    row = db.get(Grant, grant)
+    assert row is not None
+    lifetime = settings.refresh_token_absolute_ttl + settings.access_token_ttl
+    assert row.expires_at == NOW + dt.timedelta(seconds=lifetime)
+
+
+def test_access_token_of_another_client_does_not_find_the_grant(
+    db: Session, keys: LoadedKeys, settings: Settings, client: Client, resident: Resident
+) -> None:
+    other = make_client(db, now=NOW, name="다른 서비스").client
+    grant = uuid.uuid4()
+    record_grant(
+        db, settings, grant_id=grant, client=client, resident_id=resident.id, claims=None, refreshable=False, now=NOW
+    )
+    forged = {"jti": new_jti(grant), "client_id": other.id}
+    assert token_holder(db, forged) is None
+    assert not access_token_holds(db, forged)
 
 
 def test_client_credentials_access_token_has_the_client_as_its_subject(
     db: Session, keys: LoadedKeys, settings: Settings, client: Client
 ) -> None:
-    token, _ = issue_access_token(db, keys, settings, client=client, scope="profile", now=NOW)
+    token, _ = issue_access_token(keys, settings, client=client, scope="profile", now=NOW)
     claims = decode(token, keys).claims
     # RFC 9068 §2.2: with no resident, the service acts for itself.
     assert claims["sub"] == client.id
     assert not {"auth_time", "acr", "amr"} & set(claims)
-    row = find_access_token(db, claims["jti"])
-    assert row is not None
-    assert (row.resident_id, row.grant_id) == (None, None)
+    assert grant_of(claims["jti"]) is None
+    assert token_holder(db, claims) is None
+    assert access_token_holds(db, claims)
+    revoke_access_token(db, claims, now=NOW)
+    revoke_access_token(db, claims, now=NOW)  # twice is harmless
+    assert not access_token_holds(db, claims)
+    revoked_row = db.get(RevokedAccessToken, claims["jti"])
+    assert revoked_row is not None
+    assert revoked_row.expires_at == NOW + dt.timedelta(seconds=settings.access_token_ttl + CLOCK_LEEWAY)
+
+
+@pytest.mark.parametrize("jti", ["", "abc", "x" * 32 + ".y", "0" * 31 + ".y", "not-a-uuid-at-all-32-characters.", "."])
+def test_a_jti_without_a_well_formed_grant_names_none(jti: str) -> None:
+    assert grant_of(jti) is None
 
 
 def test_each_access_token_has_its_own_jti(db: Session, keys: LoadedKeys, settings: Settings, client: Client) -> None:
     jtis = {
-        decode(issue_access_token(db, keys, settings, client=client, scope="profile", now=NOW)[0], keys).claims["jti"]
+        decode(issue_access_token(keys, settings, client=client, scope="profile", now=NOW)[0], keys).claims["jti"]
         for _ in range(5)
     }
     assert len(jtis) == 5
@@ -237,7 +287,7 @@ def test_each_access_token_has_its_own_jti(db: Session, keys: LoadedKeys, settin
 def test_access_token_is_accepted_until_its_exp_plus_the_leeway(
     db: Session, keys: LoadedKeys, settings: Settings, client: Client
 ) -> None:
-    token, expires_in = issue_access_token(db, keys, settings, client=client, scope="profile", now=NOW)
+    token, expires_in = issue_access_token(keys, settings, client=client, scope="profile", now=NOW)
     last_moment = NOW + dt.timedelta(seconds=expires_in + CLOCK_LEEWAY)
     assert verify_access_token(token, keys, settings, now=last_moment)["client_id"] == client.id
     with pytest.raises(TokenInvalidError, match="expired"):
@@ -251,7 +301,7 @@ def test_eddsa_access_token_verifies_as_quietly_as_it_was_signed(
     keyring.rotate("EdDSA")
     keys = keyring.current()
     eddsa = replace(settings, access_token_alg="EdDSA")
-    token, _ = issue_access_token(db, keys, eddsa, client=client, scope="profile", now=NOW)
+    token, _ = issue_access_token(keys, eddsa, client=client, scope="profile", now=NOW)
     assert verify_access_token(token, keys, eddsa, now=NOW)["client_id"] == client.id
 
 
@@ -388,11 +438,15 @@ def make_code(
 
 def issue_under(
     db: Session, keys: LoadedKeys, settings: Settings, client: Client, resident: Resident, grant: uuid.UUID
-) -> tuple[str, str]:
-    """An access and a refresh token of the grant."""
+) -> tuple[dict[str, Any], str]:
+    """The claims of an access token and a refresh token of the grant."""
     signed_in = authentication(db, resident, client, settings)
+    if db.get(Grant, grant) is None:  # the grant is recorded at its code's exchange, once
+        record_grant(
+            db, settings, grant_id=grant, client=client, resident_id=resident.id, claims=None, refreshable=True, now=NOW
+        )
     access, _ = issue_access_token(
-        db, keys, settings, client=client, scope="openid", now=NOW, authentication=signed_in, grant_id=grant
+        keys, settings, client=client, scope="openid", now=NOW, authentication=signed_in, grant_id=grant
     )
     refresh = issue_refresh_token(
         db,
@@ -404,16 +458,14 @@ def issue_under(
         claims=None,
         now=NOW,
     )
-    return decode(access, keys).claims["jti"], refresh
+    return decode(access, keys).claims, refresh
 
 
-def revoked(db: Session, jti: str, refresh: str) -> tuple[bool, bool]:
+def revoked(db: Session, access: dict[str, Any], refresh: str) -> tuple[bool, bool]:
     db.expire_all()
-    access_row = db.get(AccessToken, jti)
     refresh_row = find_refresh_token(db, refresh)
-    assert access_row is not None
     assert refresh_row is not None
-    return access_row.revoked_at is not None, refresh_row.revoked_at is not None
+    return not access_token_holds(db, access), refresh_row.revoked_at is not None
 
 
 def test_code_is_found_only_for_the_client_it_was_issued_to(db: Session, client: Client, resident: Resident) -> None:
@@ -579,12 +631,12 @@ def test_reused_refresh_token_revokes_its_whole_family(
     used = rotate_refresh_token(db, first, client.id, now=NOW)
     assert used is not None
     # The legitimate client got a new pair under the same grant.
-    new_jti, second = issue_under(db, keys, settings, client, resident, grant)
+    renewed, second = issue_under(db, keys, settings, client, resident, grant)
     other_jti, other = issue_under(db, keys, settings, client, resident, uuid.uuid4())
 
     # RFC 9700 §4.14.2: the rotated token comes back (stolen, or a replay): the family is revoked.
     assert rotate_refresh_token(db, first, client.id, now=NOW + dt.timedelta(minutes=1)) is None
-    assert revoked(db, new_jti, second) == (True, True)
+    assert revoked(db, renewed, second) == (True, True)
     assert rotate_refresh_token(db, second, client.id, now=NOW + dt.timedelta(minutes=2)) is None
     assert revoked(db, other_jti, other) == (False, False)
 
@@ -646,7 +698,7 @@ def test_revoking_a_grant_leaves_other_grants_alone(
     # A second revocation keeps the first time.
     revoke_grant(db, grant, now=NOW + dt.timedelta(hours=1))
     db.expire_all()
-    assert db.get(AccessToken, issued[0]).revoked_at == NOW  # type: ignore[union-attr]
+    assert db.get(Grant, grant).revoked_at == NOW  # type: ignore[union-attr]
 
 
 def test_withdrawn_consent_revokes_the_clients_tokens_for_that_resident_only(
@@ -698,3 +750,53 @@ def test_pairwise_subject_depends_on_the_pairwise_secret(db: Session, settings: 
     client = make_client(db, now=NOW).client
     other = replace(settings, pairwise_secret="another-secret")
     assert subject_for(client, resident.id, settings) != subject_for(client, resident.id, other)
+
+
+# -- access tokens verified once per process ------------------------------------------------------------------------
+
+
+def test_a_token_presented_again_is_not_verified_again_but_still_expires(
+    keys: LoadedKeys, settings: Settings, client: Client
+) -> None:
+    verified = VerifiedAccessTokens()
+    token, expires_in = issue_access_token(keys, settings, client=client, scope="profile", now=NOW)
+    first = verified.verify(token, keys, settings, now=NOW)
+    assert first["client_id"] == client.id
+    assert verified.verify(token, keys, settings, now=NOW + dt.timedelta(seconds=60)) is first  # remembered
+    last_moment = NOW + dt.timedelta(seconds=expires_in + CLOCK_LEEWAY)
+    assert verified.verify(token, keys, settings, now=last_moment) is first
+    with pytest.raises(TokenInvalidError, match="expired"):
+        verified.verify(token, keys, settings, now=last_moment + dt.timedelta(seconds=1))
+
+
+def test_a_refused_token_is_refused_every_time(keys: LoadedKeys, settings: Settings, client: Client) -> None:
+    verified = VerifiedAccessTokens()
+    token, _ = issue_access_token(keys, settings, client=client, scope="profile", now=NOW)
+    header, _claims, signature = token.split(".")
+    tampered = f"{header}.{_segment({'iss': ISSUER, 'sub': 'someone else'})}.{signature}"
+    for _ in range(2):
+        with pytest.raises(TokenInvalidError):
+            verified.verify(tampered, keys, settings, now=NOW)
+    assert verified.verify(token, keys, settings, now=NOW)["client_id"] == client.id
+
+
+def test_a_token_of_a_withdrawn_key_is_refused_though_it_was_verified_before(
+    keyring: Keyring, settings: Settings, client: Client
+) -> None:
+    verified = VerifiedAccessTokens()
+    before = keyring.current()
+    token, _ = issue_access_token(before, settings, client=client, scope="profile", now=NOW)
+    verified.verify(token, before, settings, now=NOW)
+    keyring.retire(before.active("ES256").kid, now=True)  # a leaked key: dropped from the JWKS at once
+    after = keyring.current()
+    assert after is not before
+    with pytest.raises(TokenInvalidError):
+        verified.verify(token, after, settings, now=NOW)
+
+
+def test_the_memory_of_verified_tokens_is_bounded(keys: LoadedKeys, settings: Settings, client: Client) -> None:
+    verified = VerifiedAccessTokens(limit=3)
+    issued = [issue_access_token(keys, settings, client=client, scope="profile", now=NOW)[0] for _ in range(7)]
+    for token in issued:
+        verified.verify(token, keys, settings, now=NOW)
+    assert 1 <= len(verified._claims) <= 3
