@@ -281,13 +281,20 @@ class Running:
 
 
 @contextlib.contextmanager
-def running_servers(args: argparse.Namespace, database: Database, work: Path) -> Iterator[Running]:
-    """The sandbox agency and `idp serve --workers N` on the bench database, ready; both stopped on exit."""
+def running_servers(
+    args: argparse.Namespace, database: Database, work: Path, *, explain: bool = False
+) -> Iterator[Running]:
+    """The sandbox agency and `idp serve --workers N` on the bench database, ready; both stopped on exit. With
+    `explain`, the IdP records its statements (bench/explain.py)."""
     port, sandbox_port = free_port(), free_port()
     agency = f"http://{HOST}:{sandbox_port}"
     issuer = f"http://localhost:{port}"
     env = idp_environment(work, database.url, database.population, issuer=issuer, agency=agency)
     write_sandbox_state(work / "instance" / "sandbox", database.population)
+    if explain:
+        from explain import capture_environment
+
+        env.update(capture_environment(work))
     servers: list[Server] = []
     try:
         sandbox = start_server(
@@ -382,6 +389,23 @@ async def drive(kind: str, target: Target, residents: Residents, *, concurrency:
     return load
 
 
+def event_loop() -> str:
+    """uvloop when it is installed (a quarter less CPU per sign-in here), else asyncio's own loop."""
+    try:
+        import uvloop  # noqa: F401
+    except ImportError:
+        return "asyncio"
+    return "uvloop"
+
+
+def run_on_loop(coroutine: Any) -> Any:
+    if event_loop() == "uvloop":
+        import uvloop
+
+        return uvloop.run(coroutine)
+    return asyncio.run(coroutine)
+
+
 def percentile(values: Sequence[float], fraction: float) -> float:
     if not values:
         return float("nan")
@@ -460,7 +484,7 @@ def measure_kind(
     residents = Residents(population)
     target = running.target
     print(f"{kind}: warm-up {args.warmup:g} s at {max(args.concurrency)} …", flush=True)
-    warm = asyncio.run(drive(kind, target, residents, concurrency=max(args.concurrency), seconds=args.warmup))
+    warm = run_on_loop(drive(kind, target, residents, concurrency=max(args.concurrency), seconds=args.warmup))
     if not warm.latencies:
         raise BenchError(f"{kind}: no sign-in succeeded in the warm-up: {warm.error_samples[:3]}")
     before = settle_and_read(admin, database, args.settle)
@@ -468,7 +492,7 @@ def measure_kind(
     for concurrency in args.concurrency:
         print(f"{kind}: {concurrency} at once for {args.seconds:g} s …", flush=True)
         start = meters.read()
-        load = asyncio.run(drive(kind, target, residents, concurrency=concurrency, seconds=args.seconds))
+        load = run_on_loop(drive(kind, target, residents, concurrency=concurrency, seconds=args.seconds))
         end = meters.read()
         after = settle_and_read(admin, database, args.settle)
         result = LevelResult(kind, concurrency, load, end.minus(start), after.minus(before))
@@ -530,7 +554,7 @@ def run(args: argparse.Namespace, work: Path) -> dict[str, Any]:
             if args.explain:
                 from explain import run_explain
 
-                with running_servers(args, database, work, explain=True) as running:  # type: ignore[call-arg]
+                with running_servers(args, database, work, explain=True) as running:
                     explained = run_explain(running, database, work, admin)
                 return {"explain": explained}
             with running_servers(args, database, work) as running:
@@ -550,6 +574,7 @@ def run(args: argparse.Namespace, work: Path) -> dict[str, Any]:
                     "python": platform.python_version(),
                     "cpus": os.cpu_count(),
                     "idp_workers": args.workers,
+                    "event_loop": event_loop(),
                     "seconds": args.seconds,
                     "warmup": args.warmup,
                     "postgresql": postgres_version(admin),
