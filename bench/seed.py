@@ -21,7 +21,6 @@ own, so the lookup by credential id is as real as the lookup by phone.
 from __future__ import annotations
 
 import base64
-import contextlib
 import dataclasses
 import datetime as dt
 import functools
@@ -33,7 +32,7 @@ import sys
 import tempfile
 import time
 import uuid
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -51,7 +50,6 @@ PHONE_BASE = 50_000_000
 SURNAMES = "김이박최정강조윤장임한오서신권황안송류홍"
 SYLLABLES = "민서준지현우수영하은도윤예성진주원혜경태"
 CARRIERS = ("SKT", "KT", "LGU")
-SIGN_IN_EVERY = 7  # the carrier lines are residents 0, 2, 4, … (even: no authenticator app, see Population)
 REDIRECT_URI = "http://localhost/callback"
 CLIENT_SCOPES = ("openid", "profile", "phone")
 # ES256 in COSE (RFC 9053): kty EC2, alg ES256, crv P-256, as an authenticator sends the credential key.
@@ -499,28 +497,3 @@ def seed_residents(url: str, settings: Any, population: Population) -> tuple[Ben
         analyze_seconds=round(analyze_seconds, 1),
     )
     return client, report
-
-
-@contextlib.contextmanager
-def timed(label: str) -> Iterator[None]:
-    started = time.monotonic()
-    yield
-    print(f"{label}: {time.monotonic() - started:.1f} s", flush=True)
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    """Seed a scratch SQLite-free check: print the first residents' derived values (for debugging)."""
-    import argparse
-
-    parser = argparse.ArgumentParser(description="Show the residents a seed derives (the bench seeds with signins.py)")
-    parser.add_argument("--residents", type=int, default=4)
-    args = parser.parse_args(argv)
-    population = Population.new(args.residents, carrier_lines=2)
-    for i in range(args.residents):
-        person = population.person(i)
-        print(i, population.resident_id(i), person.name, person.birthdate, person.phone, population.has_totp(i))
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())
