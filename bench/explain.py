@@ -46,7 +46,6 @@ GROWING_TABLES = frozenset(
         "used_assertion",
     }
 )
-SEQ_SCAN = re.compile(r"Seq Scan on (\w+)")
 
 SITECUSTOMIZE = '''"""Written by bench/explain.py: record every statement the IdP runs (bench only)."""
 import datetime as _dt
@@ -241,30 +240,39 @@ def table_rows(engine: Any, table: str) -> int:
         return int(connection.execute(text(f'SELECT count(*) FROM "{table}"')).scalar_one())  # noqa: S608
 
 
-INDEX_SCAN = re.compile(r"(?:Index Scan|Index Only Scan|Bitmap Index Scan) (?:Backward )?using \w+ on (\w+)")
+SCAN = re.compile(
+    r"(?P<kind>Seq Scan|Index Scan|Index Only Scan|Bitmap Heap Scan)(?: Backward)?(?: using \w+)? on (?P<table>\w+)"
+)
 
 
-def index_lookup(plan: str, tables: list[str]) -> bool:
-    """Whether, in `plan`, every one of `tables` is read through an index by equality (`Index Cond: (x = …)`):
-    an index condition that is only `IS NULL` or a range reads a part of the table that grows with it."""
+def tables_read(plan: str) -> dict[str, bool]:
+    """Each table a plan reads, and whether every read of it is an index lookup by equality (`Index Cond: (x =
+    …)` under the scan): a sequential scan, or an index condition that is only `IS NULL` or a range, reads a part
+    of the table that grows with it."""
     lines = plan.splitlines()
-    served: set[str] = set()
+    read: dict[str, bool] = {}
     for number, line in enumerate(lines):
-        match = INDEX_SCAN.search(line)
+        match = SCAN.search(line)
         if match is None:
             continue
-        condition = next((later for later in lines[number + 1 : number + 4] if "Index Cond:" in later), "")
-        if " = " in condition:
-            served.add(match.group(1))
-    return set(tables) <= served
+        table = match.group("table")
+        lookup = False
+        if match.group("kind") != "Seq Scan":
+            depth = len(line) - len(line.lstrip())
+            for later in lines[number + 1 : number + 10]:
+                if later.strip().startswith("->") and len(later) - len(later.lstrip()) <= depth:
+                    break
+                if "Index Cond:" in later and " = " in later:
+                    lookup = True
+                    break
+        read[table] = read.get(table, True) and lookup
+    return read
 
 
 def findings(plan: str) -> tuple[list[str], list[str]]:
-    """Tables read by a sequential scan: (growing ones, others)."""
-    tables = SEQ_SCAN.findall(plan)
-    growing = sorted({table for table in tables if table in GROWING_TABLES})
-    other = sorted({table for table in tables if table not in GROWING_TABLES})
-    return growing, other
+    """Tables not read by an index lookup: (growing ones, others)."""
+    missed = [table for table, lookup in tables_read(plan).items() if not lookup]
+    return sorted(t for t in missed if t in GROWING_TABLES), sorted(t for t in missed if t not in GROWING_TABLES)
 
 
 def run_explain(running: Any, database: Any, work: Path, admin: Any) -> dict[str, Any]:
@@ -323,7 +331,7 @@ def run_explain(running: Any, database: Any, work: Path, admin: Any) -> dict[str
                 fallback = without_seq_scans(engine, found["sql"], _decode(found["params"]))
                 found["rows"] = {table: table_rows(engine, table) for table in growing}
                 found["plan_without_seq_scans"] = fallback
-                found["index_exists"] = index_lookup(fallback, growing)
+                found["index_exists"] = all(tables_read(fallback).get(table, False) for table in growing)
     finally:
         engine.dispose()
     result = {
