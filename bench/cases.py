@@ -2,7 +2,8 @@
 both servers know for them.
 
 A request is a path or a URL the server's discovery document names, with a method, body and headers; a value
-minted before each run (or each request) can stand in it for FRESH.
+minted before each run (or each request) can stand in it for FRESH; and a request can be the page a browser is
+sent to by another (`via`).
 """
 
 from __future__ import annotations
@@ -23,6 +24,9 @@ from servers import Server
 NODE_CLIENT_ID = "bench"
 REDIRECT_URI = "http://localhost/callback"
 CODE_SCOPE = "openid profile phone offline_access"
+# What the /authorize cases ask for. Without offline_access: node-oidc-provider drops it from a request without
+# prompt=consent (OIDC Core §11), so both servers would not be asked the same thing.
+AUTHORIZE_SCOPE = "openid profile phone"
 # PKCE (S256): both servers require it for these codes; one verifier serves every minted code.
 CODE_VERIFIER = "bench-code-verifier-0123456789-abcdefghijklmnopqrstuvwxyz"
 # The resident the codes and tokens are for; node's account has the same claims.
@@ -30,8 +34,9 @@ RESIDENT = {"name": "김경기", "birthdate": dt.date(1985, 3, 14), "phone": "+8
 # Replaced in a request's body and headers by a value minted before each run (or each request: `single_use`).
 FRESH = "__BENCH_FRESH__"
 
-# code: an authorization code; refresh_token; access_token: one the token endpoint issued for a code.
-MintKind = Literal["code", "refresh_token", "access_token"]
+# code: an authorization code; refresh_token; access_token: one the token endpoint issued for a code;
+# login_cookie: the Cookie header of a browser whose resident signed in and allowed the bench client.
+MintKind = Literal["code", "refresh_token", "access_token", "login_cookie"]
 
 
 def pkce_challenge(verifier: str) -> str:
@@ -45,6 +50,10 @@ class Request:
 
     With `fresh`, a value of that kind is minted before each run and replaces FRESH in the body and headers; with
     `single_use` as well, every request gets its own value (authorization codes, refresh tokens) and none is reused.
+    With `via`, the request is where the answer to `via` sends a browser: before each run `via` is sent once
+    without cookies, must answer with a redirect, and its Location, with the cookies it set, is what wrk asks for.
+    With `expect_redirect_with`, the answer must be a redirect (302 or 303) whose Location carries that query
+    parameter.
     """
 
     path: str | None = None
@@ -54,8 +63,10 @@ class Request:
     body: bytes | None = None
     headers: Mapping[str, str] = field(default_factory=dict)
     expect_status: int = 200
+    expect_redirect_with: str | None = None
     fresh: MintKind | None = None
     single_use: bool = False
+    via: Request | None = None
 
     @classmethod
     def get(cls, path: str) -> Request:
@@ -171,6 +182,40 @@ def introspection_request(client: Credentials) -> Request:
     )
 
 
+def authorization_query(client: Credentials) -> str:
+    """A service's authorization request for a code (OIDC Core §3.1.2.1), with PKCE: the same every time (neither
+    server requires a fresh state or nonce)."""
+    return urllib.parse.urlencode(
+        {
+            "response_type": "code",
+            "client_id": client.client_id,
+            "redirect_uri": REDIRECT_URI,
+            "scope": AUTHORIZE_SCOPE,
+            "state": "bench-state-0123456789",
+            "nonce": "bench-nonce-0123456789",
+            "code_challenge": pkce_challenge(CODE_VERIFIER),
+            "code_challenge_method": "S256",
+        }
+    )
+
+
+def authorize_request(client: Credentials) -> Request:
+    """/authorize from a browser whose resident is signed in and allowed the client: a redirect with a code."""
+    return Request(
+        discovery_field="authorization_endpoint",
+        query=authorization_query(client),
+        headers={"Cookie": FRESH},
+        fresh="login_cookie",
+        expect_redirect_with="code",
+    )
+
+
+def signin_page_request(client: Credentials) -> Request:
+    """The sign-in page as a browser arrives at it from /authorize without a signed-in resident: where /authorize
+    sends it, with the cookies /authorize set (the waiting request)."""
+    return Request(via=Request(discovery_field="authorization_endpoint", query=authorization_query(client)))
+
+
 # A POST case gives method, body and headers and wrk gets a Lua script for it; a case that needs credentials gives
 # a function of them.
 CASES: tuple[Case, ...] = (
@@ -183,4 +228,6 @@ CASES: tuple[Case, ...] = (
     Case("refresh_token", refresh_token_request, refresh_token_request, uses_database=True),
     Case("userinfo", userinfo_request, userinfo_request, uses_database=True),
     Case("introspection", introspection_request, introspection_request, uses_database=True),
+    Case("authorize", authorize_request, authorize_request, uses_database=True),
+    Case("signin_page", signin_page_request, signin_page_request, uses_database=True),
 )

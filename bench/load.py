@@ -15,7 +15,7 @@ from pathlib import Path
 
 from cases import FRESH, Credentials, Request
 from mint import Minter
-from servers import BenchError, Server, http_request, pinned
+from servers import BenchError, Server, http_request, pinned, set_cookie_header
 
 # Single-use values: each run gets rate x seconds x MINT_MARGIN of them (plus MINT_EXTRA and two per connection),
 # the rate being the last one measured for that server, or MINT_FIRST_GUESS before any.
@@ -23,6 +23,7 @@ MINT_FIRST_GUESS = 3000.0
 MINT_MARGIN = 1.5
 MINT_EXTRA = 200
 MINT_ATTEMPTS = 4
+REDIRECTS = (302, 303)  # RFC 6749 §4.1.2 leaves the status to the server: Authlib's 302, node-oidc-provider's 303
 
 
 @dataclass
@@ -164,17 +165,49 @@ def single_use_script(request: Request, values_path: Path, threads: int) -> str:
 # -- one case on one server ------------------------------------------------------------------------------------------
 
 
-def check_answer(server: Server, request: Request, url: str, status: int, body: bytes) -> None:
-    """The probe before a run: the expected status.
+def arrive(server: Server, request: Request) -> Request:
+    """Where `request.via` sends a browser that has no cookies for `server`: its Location, with the cookies it set.
+
+    Raises:
+        BenchError: `via` did not answer with a redirect.
+    """
+    assert request.via is not None
+    url = server.base_url + request.via.path_on(server)
+    status, headers, body = http_request(url)
+    location = headers.get("Location")
+    if status not in REDIRECTS or not location:
+        raise BenchError(
+            f"{server.name} GET {url}: status {status}, expected a redirect: {body[:300].decode(errors='replace')}"
+        )
+    target = urllib.parse.urlsplit(urllib.parse.urljoin(url, location))
+    if f"{target.scheme}://{target.netloc}" not in (server.base_url, server.discovery.get("issuer")):
+        raise BenchError(f"{server.name} GET {url} sends the browser to another server: {location}")
+    path = target.path + (f"?{target.query}" if target.query else "")
+    cookies = set_cookie_header(headers.get_all("Set-Cookie") or [], path=target.path)
+    return dataclasses.replace(
+        request, path=path, discovery_field=None, query="", via=None, headers={**request.headers, "Cookie": cookies}
+    )
+
+
+def check_answer(server: Server, request: Request, url: str, status: int, location: str | None, body: bytes) -> None:
+    """The probe before a run: the expected status, or a redirect carrying `expect_redirect_with`.
 
     Raises:
         BenchError: another answer.
     """
-    if status != request.expect_status:
-        raise BenchError(
-            f"{server.name} {request.method} {url}: status {status}, expected {request.expect_status}: "
-            f"{body[:300].decode(errors='replace')}"
-        )
+    if request.expect_redirect_with is not None:
+        query = urllib.parse.parse_qs(urllib.parse.urlsplit(location or "").query)
+        if status in REDIRECTS and query.get(request.expect_redirect_with):
+            return
+        expected = f"a redirect with {request.expect_redirect_with}"
+        got = f"status {status}" + (f" to {location}" if location else "")
+    else:
+        if status == request.expect_status:
+            return
+        expected, got = f"{request.expect_status}", f"status {status}"
+    raise BenchError(
+        f"{server.name} {request.method} {url}: {got}, expected {expected}: {body[:300].decode(errors='replace')}"
+    )
 
 
 def run_wrk(
@@ -190,12 +223,15 @@ def run_wrk(
     """Check the endpoint answers as expected once, warm it up (unless told not to), then measure it with wrk.
 
     A request with a fresh value gets one minted for the run; a single-use one gets a value per request, as many as
-    `rate` (requests per second expected) says the run needs, and more if they ran out.
+    `rate` (requests per second expected) says the run needs, and more if they ran out. A request a browser is sent
+    to (`via`) is arrived at once for the run.
 
     Raises:
-        BenchError: a wrong status, or wrk failed.
+        BenchError: a wrong answer, or wrk failed.
     """
     server = target.server
+    if request.via is not None:
+        request = arrive(server, request)
     url = server.base_url + request.path_on(server)
     if request.fresh is not None and not request.single_use:
         request = request.with_value(target.minter.mint(request.fresh, 1)[0])
@@ -203,8 +239,8 @@ def run_wrk(
     if request.single_use:
         assert request.fresh is not None
         checked = request.with_value(target.minter.mint(request.fresh, 1)[0])
-    status, _, body = http_request(url, method=checked.method, body=checked.body, headers=checked.headers)
-    check_answer(server, request, url, status, body)
+    status, headers, body = http_request(url, method=checked.method, body=checked.body, headers=checked.headers)
+    check_answer(server, request, url, status, headers.get("Location"), body)
     argv = ["wrk", f"-t{options.threads}", f"-c{options.connections}", "--latency", "--timeout", "5s"]
     if request.single_use:
         if warmup and options.warmup > 0:

@@ -1,5 +1,5 @@
 """The bench client and resident on each server, and the values the cases spend, minted before each run: codes,
-refresh tokens and access tokens.
+refresh tokens, access tokens and signed-in browsers' cookies.
 
 The idp's are made by the idp's own code, never by rows written here: `IdpMinter` is the one place the bench
 reaches into idp internals, so that a change there shows up (or breaks loudly) in one class. node-oidc-provider's
@@ -26,8 +26,8 @@ from cases import (
     authorization_code_request,
     pkce_challenge,
 )
-from flask import Flask
-from servers import HOST, BenchError, Server, http_request
+from flask import Flask, Response
+from servers import HOST, BenchError, Server, http_request, set_cookie_header
 from sqlalchemy.orm import Session
 
 from idp.app import create_app
@@ -36,7 +36,9 @@ from idp.authn.sessions import sign_in_resident
 from idp.models import Client, LoginSession, Resident
 from idp.oidc import tokens
 from idp.oidc.clients import ClientSpec, create_client, secret_digest_key
+from idp.oidc.consent import grant_consent
 from idp.oidc.grants import AuthorizationCodeGrant, AuthorizedResident
+from idp.oidc.interaction import set_session_cookie
 from idp.runtime import Runtime, db_session, of
 from idp.settings import Settings
 
@@ -62,12 +64,13 @@ class IdpMinter:
     `idp serve` runs (`create_app` on the same settings), without HTTP:
 
     - the client by `clients.create_client`; the resident's sign-in (carrier SMS, 30 s ago) by
-      `sessions.sign_in_resident`;
+      `sessions.sign_in_resident`, and their consent to the client's scopes by `consent.grant_consent`;
     - codes by the authorization-code grant of a real /authorize request, parsed once by the app's authorization
       server (`get_consent_grant`, in a request context) and asked `count` times for a code
       (`generate_authorization_code`, `save_authorization_code`): every row as /authorize saves it, one commit,
       the INSERTs batched by SQLAlchemy's unit of work;
     - refresh tokens by `tokens.issue_refresh_token`, a grant each (as after `count` sign-ins), one commit;
+    - login cookies: a sign-in each (`sign_in_resident`), the cookie as `interaction.set_session_cookie` sets it;
     - access tokens from the token endpoint itself, for a minted code (what a service holds).
     """
 
@@ -96,6 +99,7 @@ class IdpMinter:
             db.add(resident)
             db.flush()
             login, _ = self._sign_in(db, resident, now=now)
+            grant_consent(db, resident.id, created.client.id, CODE_SCOPE.split(), now=now)
             self.client_id, self.resident_id, self.login_id = created.client.id, resident.id, login.id
             db.commit()
         assert created.secret is not None
@@ -115,6 +119,8 @@ class IdpMinter:
             return self._codes(count)
         if kind == "refresh_token":
             return self._refresh_tokens(count)
+        if kind == "login_cookie":
+            return [self._login_cookie() for _ in range(count)]
         return [self._access_token() for _ in range(count)]
 
     @contextmanager
@@ -182,6 +188,19 @@ class IdpMinter:
             db.commit()
         return values
 
+    def _login_cookie(self) -> str:
+        """The Cookie header of a browser the bench resident just signed in on (carrier SMS)."""
+        now = dt.datetime.now(dt.UTC)
+        with self.runtime.sessions() as db:
+            resident = db.get(Resident, self.resident_id)
+            assert resident is not None
+            _, cookie_value = self._sign_in(db, resident, now=now)
+            db.commit()
+        with self.app.test_request_context("/"):
+            response = Response()
+            set_session_cookie(response, cookie_value)
+            return set_cookie_header(response.headers.getlist("Set-Cookie"))
+
     def _access_token(self) -> str:
         """An access token with the code's scope (openid included), from the token endpoint."""
         assert self.server is not None
@@ -198,7 +217,8 @@ class IdpMinter:
 
 
 class NodeMinter:
-    """Codes, refresh tokens and opaque access tokens saved by node-oidc-provider's own models (`--mint`)."""
+    """Codes, refresh tokens, opaque access tokens and login sessions saved by node-oidc-provider's own models
+    (`--mint`)."""
 
     def __init__(self, server: Server) -> None:
         self.server = server

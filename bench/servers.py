@@ -21,7 +21,7 @@ import time
 import urllib.error
 import urllib.parse
 import urllib.request
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from email.message import Message
 from pathlib import Path
@@ -52,6 +52,17 @@ class BenchError(Exception):
 # -- one request on the loopback interface ------------------------------------------------------------------------
 
 
+class _NoRedirects(urllib.request.HTTPRedirectHandler):
+    """A redirect is an answer to check (its status and Location), not a request to follow: /authorize answers
+    with one to the client's redirect URI, which is not a server on 127.0.0.1."""
+
+    def redirect_request(self, *args: Any, **kwargs: Any) -> None:
+        return None
+
+
+_OPENER = urllib.request.build_opener(_NoRedirects)
+
+
 def http_request(
     url: str,
     *,
@@ -60,15 +71,33 @@ def http_request(
     headers: Mapping[str, str] | None = None,
     timeout: float = 5.0,
 ) -> tuple[int, Message, bytes]:
-    """One request to a loopback URL: status, headers and body (error statuses are returned, not raised)."""
+    """One request to a loopback URL: status, headers and body (error statuses and redirects are returned, neither
+    raised nor followed)."""
     if not url.startswith(f"http://{HOST}:"):
         raise BenchError(f"refusing a request off the loopback interface: {url}")
     req = urllib.request.Request(url, data=body, method=method, headers=dict(headers or {}))  # noqa: S310  (http://127.0.0.1 only, checked above)
     try:
-        with urllib.request.urlopen(req, timeout=timeout) as response:  # noqa: S310
+        with _OPENER.open(req, timeout=timeout) as response:
             return response.status, response.headers, response.read()
     except urllib.error.HTTPError as exc:
         return exc.code, exc.headers, exc.read()
+
+
+def set_cookie_header(set_cookies: Iterable[str], *, path: str = "/") -> str:
+    """The Cookie header a browser sends to `path` after an answer with these Set-Cookie lines: each cookie whose
+    Path covers `path`, by name and value (cookies the answer deleted left out)."""
+    pairs: dict[str, str] = {}
+    for line in set_cookies:
+        pair, *attributes = line.split(";")
+        name, _, value = pair.strip().partition("=")
+        options: dict[str, str] = {}
+        for attribute in attributes:
+            key, _, setting = attribute.strip().partition("=")
+            options[key.lower()] = setting
+        deleted = options.get("max-age") == "0" or "1970" in options.get("expires", "")
+        if name and not deleted and path.startswith(options.get("path") or "/"):
+            pairs[name] = value
+    return "; ".join(f"{name}={value}" for name, value in pairs.items())
 
 
 def free_port() -> int:
