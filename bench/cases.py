@@ -182,7 +182,7 @@ def introspection_request(client: Credentials) -> Request:
     )
 
 
-def authorization_query(client: Credentials) -> str:
+def authorization_query(client: Credentials, *, scope: str = AUTHORIZE_SCOPE) -> str:
     """A service's authorization request for a code (OIDC Core §3.1.2.1), with PKCE: the same every time (neither
     server requires a fresh state or nonce)."""
     return urllib.parse.urlencode(
@@ -190,7 +190,7 @@ def authorization_query(client: Credentials) -> str:
             "response_type": "code",
             "client_id": client.client_id,
             "redirect_uri": REDIRECT_URI,
-            "scope": AUTHORIZE_SCOPE,
+            "scope": scope,
             "state": "bench-state-0123456789",
             "nonce": "bench-nonce-0123456789",
             "code_challenge": pkce_challenge(CODE_VERIFIER),

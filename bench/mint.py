@@ -18,13 +18,12 @@ from typing import Protocol
 
 from cases import (
     CODE_SCOPE,
-    CODE_VERIFIER,
     REDIRECT_URI,
     RESIDENT,
     Credentials,
     MintKind,
     authorization_code_request,
-    pkce_challenge,
+    authorization_query,
 )
 from flask import Flask, Response
 from servers import HOST, BenchError, Server, http_request, set_cookie_header
@@ -125,18 +124,9 @@ class IdpMinter:
 
     @contextmanager
     def _authorize_request(self) -> Iterator[AuthorizationCodeGrant]:
-        """The grant of /authorize?… for the bench resident's login session (a code request of the bench client
-        with PKCE and CODE_SCOPE), as the app's authorization server validated it, in that request's context."""
-        query = urllib.parse.urlencode(
-            {
-                "response_type": "code",
-                "client_id": self.client_id,
-                "redirect_uri": REDIRECT_URI,
-                "scope": CODE_SCOPE,
-                "code_challenge": pkce_challenge(CODE_VERIFIER),
-                "code_challenge_method": "S256",
-            }
-        )
+        """The grant of /authorize?… for the bench resident's login session (the bench client's code request with
+        PKCE, a nonce and CODE_SCOPE), as the app's authorization server validated it, in that request's context."""
+        query = authorization_query(self.credentials, scope=CODE_SCOPE)
         with self.app.test_request_context(f"/authorize?{query}"):
             login = db_session().get(LoginSession, self.login_id)
             assert login is not None
