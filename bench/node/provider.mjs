@@ -8,8 +8,9 @@
 // Listens on 127.0.0.1 only, logs no requests, and prints one "ready" line on stdout once it listens.
 //
 // --mint adds `POST /bench/mint?kind=KIND&count=N` for bench/run.py: N single-use authorization codes or refresh
-// tokens (or access tokens for UserInfo and introspection) saved through the provider's own models, as its
-// authorization and token endpoints would have saved them, returned as {"values": [...]}. A benchmark helper only.
+// tokens (or access tokens for UserInfo and introspection, or signed-in browsers' session cookies for /auth) saved
+// through the provider's own models, as its authorization and token endpoints would have saved them, returned as
+// {"values": [...]}. A benchmark helper only.
 
 import { createHash, randomBytes } from 'node:crypto';
 import { readFileSync } from 'node:fs';
@@ -93,6 +94,8 @@ const SCOPE = 'openid profile phone offline_access';
 // issues JWT access tokens only for a resource server, so every token request defaults to this one, whose audience
 // is the requesting client and whose scopes are the client's.
 const RESOURCE = 'urn:idp-bench:client-api';
+// How long a signed-in browser's session lives (node's default).
+const SESSION_TTL = 14 * 86400;
 // The resident of the bench: the claims the idp releases for the scopes above.
 const ACCOUNT_ID = 'bench-resident';
 const ACCOUNT_CLAIMS = {
@@ -137,7 +140,9 @@ const provider = new Provider(issuer, {
   // only late in their life unless told to.
   rotateRefreshToken: true,
   features: {
-    devInteractions: { enabled: false },
+    // Its own sign-in page (GET /interaction/:uid: the waiting interaction and its client looked up, a page
+    // rendered), measured beside the idp's /login by the signin_page case. Only pages: nothing signs in through it.
+    devInteractions: { enabled: true },
     clientCredentials: { enabled: true },
     introspection: {
       enabled: true,
@@ -170,7 +175,9 @@ const provider = new Provider(issuer, {
     ClientCredentials: 600,
     Grant: 14 * 86400,
     IdToken: 300,
+    Interaction: 3600,
     RefreshToken: 14 * 86400,
+    Session: SESSION_TTL,
   },
   findAccount: async (ctx, sub) => ({
     accountId: sub,
@@ -242,6 +249,24 @@ const MINTERS = {
       accountId, client, grantId: grant, gty: 'authorization_code', scope: SCOPE, sid,
     }).save();
   },
+  // The Cookie header of a browser the resident signed in on (carrier SMS, 30 s ago), whose session holds the
+  // grant to the client (what the default loadExistingGrant finds): /auth answers it with a code.
+  async login_cookie(client, grant, ctx) {
+    const { accountId, acr, amr, authTime } = authentication();
+    const session = new provider.Session({
+      accountId,
+      acr,
+      amr,
+      loginTs: authTime,
+      authorizations: { [CLIENT_ID]: { sid: randomBytes(16).toString('base64url'), grantId: grant } },
+    });
+    await session.save(SESSION_TTL);
+    // Set as the provider sets it (signed with the cookie keys), then read back off this response.
+    ctx.cookies.set(provider.cookieName('session'), session.id, { httpOnly: true, sameSite: 'lax' });
+    const cookie = [ctx.response.get('Set-Cookie')].flat().map((line) => line.split(';')[0]).join('; ');
+    ctx.remove('Set-Cookie');
+    return cookie;
+  },
 };
 
 if (values.mint) {
@@ -262,7 +287,7 @@ if (values.mint) {
     const grant = await benchGrant();
     const minted = new Array(count);
     for (let i = 0; i < count; i += 1) {
-      minted[i] = await MINTERS[kind](client, grant); // eslint-disable-line no-await-in-loop
+      minted[i] = await MINTERS[kind](client, grant, ctx); // eslint-disable-line no-await-in-loop
     }
     ctx.body = { values: minted, code_verifier: CODE_VERIFIER };
     return undefined;
