@@ -5,9 +5,9 @@ from __future__ import annotations
 import datetime as dt
 import logging
 import uuid
-from typing import Any
+from typing import Any, cast
 
-from sqlalchemy import and_, or_, select
+from sqlalchemy import Table, and_, insert, or_, select
 from sqlalchemy.orm import Session
 
 from idp.models import AuditEvent
@@ -23,6 +23,10 @@ SIGN_IN_EVENTS = ("signin", "signin.refused", "passkey.clone_suspected")
 FAILED_ATTEMPT_EVENTS = ("totp.verify", "carrier.verify")
 
 
+# A plain INSERT built once (no unit of work): every sign-in records events, and nothing reads them back in the request.
+INSERT_EVENT = insert(cast(Table, AuditEvent.__table__))
+
+
 def record_event(
     db: Session,
     event: str,
@@ -33,28 +37,29 @@ def record_event(
     client_ip: str | None = None,
     now: dt.datetime | None = None,
     **details: Any,
-) -> AuditEvent:
-    """Add an audit event (flushed with the caller's transaction) and log it.
+) -> None:
+    """Add an audit event (in the caller's transaction) and log it.
 
     `details` must already be free of secrets, codes, CIs and full phone numbers: callers pass masked values.
     """
-    entry = AuditEvent(
-        event=event,
-        result=result,
-        resident_id=resident_id,
-        client_id=client_id,
-        client_ip=client_ip,
-        details=details,
-        at=now or dt.datetime.now(dt.UTC),
+    db.execute(
+        INSERT_EVENT,
+        {
+            "event": event,
+            "result": result,
+            "resident_id": resident_id,
+            "client_id": client_id,
+            "client_ip": client_ip,
+            "details": details,
+            "at": now or dt.datetime.now(dt.UTC),
+        },
     )
-    db.add(entry)
     log.info(
         "%s %s",
         event,
         result,
         extra={"resident_id": str(resident_id) if resident_id else None, "client_ip": client_ip, **details},
     )
-    return entry
 
 
 def sign_in_history(db: Session, resident_id: uuid.UUID, *, limit: int) -> list[AuditEvent]:

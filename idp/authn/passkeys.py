@@ -7,9 +7,9 @@ import hashlib
 import json
 import secrets
 import uuid
-from typing import Any
+from typing import Any, cast
 
-from sqlalchemy import or_, select, update
+from sqlalchemy import Table, insert, or_, select, update
 from sqlalchemy.orm import Session
 from webauthn import (
     generate_authentication_options,
@@ -72,19 +72,23 @@ def _digest(value: bytes) -> bytes:
     return hashlib.sha256(value).digest()
 
 
+# A plain INSERT built once (no unit of work): every passkey sign-in stores a challenge.
+INSERT_CHALLENGE = insert(cast(Table, WebAuthnChallenge.__table__))
+
+
 def _store_challenge(
     db: Session, challenge: bytes, *, purpose: str, resident_id: uuid.UUID | None, binding: str, now: dt.datetime
 ) -> None:
-    db.add(
-        WebAuthnChallenge(
-            digest=_digest(challenge),
-            purpose=purpose,
-            resident_id=resident_id,
-            binding=_digest(binding.encode()),
-            expires_at=now + CHALLENGE_TTL,
-        )
+    db.execute(
+        INSERT_CHALLENGE,
+        {
+            "digest": _digest(challenge),
+            "purpose": purpose,
+            "resident_id": resident_id,
+            "binding": _digest(binding.encode()),
+            "expires_at": now + CHALLENGE_TTL,
+        },
     )
-    db.flush()
 
 
 def _consume_challenge(

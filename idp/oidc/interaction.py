@@ -24,7 +24,6 @@ from werkzeug.wrappers import Response
 
 from idp.authn.sessions import SessionEndedError, load_session
 from idp.models import Client, LoginSession
-from idp.oidc.clients import find_client
 from idp.oidc.consent import grant_consent
 from idp.runtime import current, db_session, request_time
 
@@ -161,9 +160,10 @@ def waiting_by_key(key: str) -> dict[str, str] | None:
 
 
 def waiting_client(db: Session, target: object) -> Client | None:
-    """The service whose authorization request `target` goes back to, if that request waits in this browser."""
+    """The service whose authorization request `target` goes back to, if that request waits in this browser (from
+    the server's cache of clients: every page of a sign-in names it)."""
     params = waiting_params(target)
-    return find_client(db, params.get("client_id", "")) if params else None
+    return current().oidc.clients.get(db, params.get("client_id", "")) if params else None
 
 
 def forget_request(params: dict[str, str]) -> None:

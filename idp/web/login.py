@@ -187,7 +187,7 @@ def _agency_down(error: CarrierVerificationError) -> bool:
 def login() -> str | BaseResponse:
     """The ways to sign in, strongest first."""
     target = safe_next(request.args.get("next"))
-    if target:
+    if target and session.get("next") != target:  # unchanged, the flow cookie is not signed and sent again
         session["next"] = target
     # OIDC login_hint: a phone number the service already knows fills the field (anything else is ignored).
     hint = (request.args.get("login_hint") or "")[:40]
