@@ -8,6 +8,8 @@ from typing import Any
 
 from flask import Flask, Response
 from flask.json.provider import DefaultJSONProvider
+from sqlalchemy import Engine
+from sqlalchemy.orm import Session, sessionmaker
 
 from idp import db, oidc, ops, runtime, web
 from idp.authn.attestation import AttestationPolicy
@@ -105,9 +107,7 @@ def build_runtime(settings: Settings) -> Runtime:
         keyring=keyring,
         engine=engine,
         sessions=sessions,
-        # Requests that only read (UserInfo, introspection) need no transaction: without one, PostgreSQL is asked
-        # once per statement, not BEGIN, the statement and ROLLBACK.
-        read_sessions=db.make_session_factory(engine.execution_options(isolation_level="AUTOCOMMIT")),
+        read_sessions=_read_sessions(engine, sessions),
         limiter=limiter,
         carrier=CarrierSignIn(gateway=gateway, limiter=limiter, issuer=settings.issuer, ci_pepper=settings.ci_pepper),
         attestation=attestation,
@@ -118,6 +118,16 @@ def build_runtime(settings: Settings) -> Runtime:
         logout=DeliveryWorker(sessions, keyring, settings),
         pages=WebPages(),
     )
+
+
+def _read_sessions(engine: Engine, sessions: sessionmaker[Session]) -> sessionmaker[Session]:
+    """Sessions for requests that only read (UserInfo, introspection). On PostgreSQL they run without a transaction:
+    one round trip per statement, not BEGIN, the statement and ROLLBACK. SQLite begins a transaction only before a
+    write, so its reads cost nothing more in a transaction (and switching its connections out of one and back costs
+    a statement each time)."""
+    if engine.dialect.name == "sqlite":
+        return sessions
+    return db.make_session_factory(engine.execution_options(isolation_level="AUTOCOMMIT"))
 
 
 def _security_headers(response: Response) -> Response:

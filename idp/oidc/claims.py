@@ -10,7 +10,7 @@ from typing import Any, Protocol
 
 from cryptography.fernet import InvalidToken
 
-from idp.models import Client, Resident
+from idp.models import Client
 from idp.settings import Settings, data_fernet
 
 # OIDC Core §5.4 scopes, plus the restricted `kr_ci` (the raw CI, for services an admin allows it).
@@ -124,7 +124,7 @@ def verified_claims(resident: ClaimsSource, request: object = None) -> dict[str,
 
 
 def id_token_claims(
-    resident: Resident, scope: str, claims_request: dict[str, Any] | None, client: Client, settings: Settings
+    resident: ClaimsSource, scope: str, claims_request: dict[str, Any] | None, client: Client, settings: Settings
 ) -> dict[str, Any]:
     """Claims for the ID token. Scope claims go to UserInfo when an access token is issued (OIDC Core §5.4),
     except that this provider also puts them in the ID token, which most relying services read directly."""

@@ -14,7 +14,7 @@ from authlib.oidc.core import OpenIDCode
 
 from idp.authn.sessions import session_assurance
 from idp.db import load
-from idp.models import LoginSession, RefreshToken, Resident
+from idp.models import LoginSession, Resident
 from idp.oidc import tokens
 from idp.oidc.claims import AUTH_METHODS, id_token_claims
 from idp.oidc.server import IdpAuthorizationServer, OAuthClient
@@ -66,7 +66,7 @@ class CodeRecord:
 class RefreshRecord:
     """What Authlib asks of a refresh token, over our row."""
 
-    def __init__(self, row: RefreshToken) -> None:
+    def __init__(self, row: tokens.RefreshRow) -> None:
         self.row = row
 
     def get_scope(self) -> str:
@@ -182,7 +182,7 @@ class AuthorizationCodeGrant(grants.AuthorizationCodeGrant):
     def delete_authorization_code(self, authorization_code: CodeRecord) -> None:
         """Nothing to delete: the code was spent by a compare-and-set before the tokens were made."""
 
-    def authenticate_user(self, authorization_code: CodeRecord) -> Resident | None:
+    def authenticate_user(self, authorization_code: CodeRecord) -> tokens.ResidentClaims | None:
         return authorization_code.found.resident
 
     def generate_token(
@@ -252,8 +252,8 @@ class RefreshTokenGrant(grants.RefreshTokenGrant):
     def authenticate_refresh_token(self, refresh_token: str) -> RefreshRecord | None:
         raise NotImplementedError("looked up and rotated in _validate_request_token")
 
-    def authenticate_user(self, refresh_token: RefreshRecord) -> Resident | None:
-        resident: Resident | None = getattr(self, "checked_resident", None)
+    def authenticate_user(self, refresh_token: RefreshRecord) -> Resident | tokens.ResidentClaims | None:
+        resident: Resident | tokens.ResidentClaims | None = getattr(self, "checked_resident", None)
         if resident is None or resident.id != refresh_token.row.resident_id:
             resident = load(db_session(), Resident, refresh_token.row.resident_id)
         return None if resident is None or resident.is_locked else resident
@@ -269,7 +269,7 @@ class RefreshTokenGrant(grants.RefreshTokenGrant):
         expires_in: int | None = None,
         include_refresh_token: bool = True,
     ) -> dict[str, Any]:
-        old: RefreshToken = self.request.refresh_token.row
+        old: tokens.RefreshRow = self.request.refresh_token.row
         authentication = tokens.Authentication(
             resident=user,
             sub=tokens.subject_for(self.request.client.model, user.id, _server(self).settings),

@@ -46,7 +46,7 @@ class TokenInvalidError(Exception):
 class Authentication:
     """How the resident signed in, carried from the code to every token of the grant."""
 
-    resident: Resident
+    resident: Resident | ResidentClaims
     sub: str  # the subject the grant's client sees (`subject_for`), computed once per request
     sid: str | None
     acr: str
@@ -372,38 +372,91 @@ def half_hash(value: str, key: SigningKey) -> str:
 # -- authorization codes --------------------------------------------------------------------------------------------
 
 
-# Statements on the token endpoint's path, built once. A code is looked up, checked (client, redirect URI, PKCE),
-# then spent by a compare-and-set; a refresh token's compare-and-set returns the row it used.
-# With the code come its resident and whether its login session already knows the client (for logout): what the
-# exchange needs, in one statement.
+@dataclass(frozen=True, slots=True)
+class CodeRow:
+    """An authorization code's row (`AuthorizationCode`'s columns), as its exchange reads it."""
+
+    digest: bytes
+    grant_id: uuid.UUID
+    client_id: str
+    resident_id: uuid.UUID
+    sid: str | None
+    redirect_uri: str
+    scope: str
+    nonce: str | None
+    code_challenge: str | None
+    code_challenge_method: str | None
+    claims: dict[str, Any] | None
+    acr: str
+    amr: list[str]
+    auth_time: dt.datetime
+    created_at: dt.datetime
+    expires_at: dt.datetime
+    consumed_at: dt.datetime | None
+
+
+@dataclass(frozen=True, slots=True)
+class RefreshRow:
+    """A refresh token's row (`RefreshToken`'s columns), as the refresh grant reads it."""
+
+    digest: bytes
+    grant_id: uuid.UUID
+    client_id: str
+    resident_id: uuid.UUID
+    sid: str | None
+    scope: str
+    claims: dict[str, Any] | None
+    acr: str
+    amr: list[str]
+    auth_time: dt.datetime
+    created_at: dt.datetime
+    expires_at: dt.datetime
+    family_expires_at: dt.datetime
+    rotated_at: dt.datetime | None
+    revoked_at: dt.datetime | None
+
+
+_code, _refresh = cast(Table, AuthorizationCode.__table__), cast(Table, RefreshToken.__table__)
+_login, _link = cast(Table, LoginSession.__table__), cast(Table, SessionClient.__table__)
+CODE_COLUMNS = tuple(_code.c[name] for name in CodeRow.__slots__)
+REFRESH_COLUMNS = tuple(_refresh.c[name] for name in RefreshRow.__slots__)
+RESIDENT_COLUMNS = tuple(_resident[name] for name in ResidentClaims.__slots__)
+
+# Statements on the token endpoint's path, built once, on the tables (no ORM objects). A code is looked up, checked
+# (client, redirect URI, PKCE), then spent by a compare-and-set; a refresh token's compare-and-set returns the row it
+# used. With the code come its resident and whether its login session already knows the client (for logout): what
+# the exchange needs, in one statement.
 FIND_CODE = (
-    select(AuthorizationCode, Resident, LoginSession.id, SessionClient.id)
-    .join(Resident, Resident.id == AuthorizationCode.resident_id)
-    .outerjoin(LoginSession, LoginSession.sid == AuthorizationCode.sid)
-    .outerjoin(
-        SessionClient,
-        and_(SessionClient.session_id == LoginSession.id, SessionClient.client_id == AuthorizationCode.client_id),
-    )
-    .where(AuthorizationCode.digest == bindparam("token_digest"))
+    select(*CODE_COLUMNS, *RESIDENT_COLUMNS, _login.c.id, _link.c.id)
+    .select_from(_code)
+    .join(Resident.__table__, _resident.id == _code.c.resident_id)
+    .outerjoin(_login, _login.c.sid == _code.c.sid)
+    .outerjoin(_link, and_(_link.c.session_id == _login.c.id, _link.c.client_id == _code.c.client_id))
+    .where(_code.c.digest == bindparam("token_digest"))
 )
 SPEND_CODE = (
-    update(AuthorizationCode)
-    .where(AuthorizationCode.digest == bindparam("token_digest"), AuthorizationCode.consumed_at.is_(None))
+    update(_code)
+    .where(_code.c.digest == bindparam("token_digest"), _code.c.consumed_at.is_(None))
     .values(consumed_at=bindparam("used_at"))
-    .execution_options(synchronize_session=False)
 )
 ROTATE_REFRESH_TOKEN = (
-    update(RefreshToken)
+    update(_refresh)
     .where(
-        RefreshToken.digest == bindparam("token_digest"),
-        RefreshToken.client_id == bindparam("asking_client"),
-        RefreshToken.rotated_at.is_(None),
-        RefreshToken.revoked_at.is_(None),
+        _refresh.c.digest == bindparam("token_digest"),
+        _refresh.c.client_id == bindparam("asking_client"),
+        _refresh.c.rotated_at.is_(None),
+        _refresh.c.revoked_at.is_(None),
     )
     .values(rotated_at=bindparam("used_at"))
-    .returning(RefreshToken)
-    .execution_options(synchronize_session=False)
+    .returning(*REFRESH_COLUMNS)
 )
+FIND_REFRESH_TOKEN = (
+    select(*REFRESH_COLUMNS, *RESIDENT_COLUMNS)
+    .select_from(_refresh)
+    .join(Resident.__table__, _resident.id == _refresh.c.resident_id)
+    .where(_refresh.c.digest == bindparam("token_digest"))
+)
+CODE_WIDTH, REFRESH_WIDTH, RESIDENT_WIDTH = len(CODE_COLUMNS), len(REFRESH_COLUMNS), len(RESIDENT_COLUMNS)
 
 
 def save_code(db: Session, row: dict[str, Any]) -> None:
@@ -415,13 +468,13 @@ def save_code(db: Session, row: dict[str, Any]) -> None:
 class FoundCode:
     """A code as its exchange needs it: the row, its resident, and its login session's link to the client."""
 
-    code: AuthorizationCode
-    resident: Resident
+    code: CodeRow
+    resident: ResidentClaims
     login_session_id: uuid.UUID | None  # None when the session ended and was purged
     client_known: bool  # the session already records the client (SessionClient)
 
 
-def find_code(db: Session, code: str, client_id: str, *, now: dt.datetime) -> AuthorizationCode | None:
+def find_code(db: Session, code: str, client_id: str, *, now: dt.datetime) -> CodeRow | None:
     """The code issued to this client (see `find_code_for_exchange`)."""
     found = find_code_for_exchange(db, code, client_id, now=now)
     return found.code if found is not None else None
@@ -439,7 +492,9 @@ def find_code_for_exchange(db: Session, code: str, client_id: str, *, now: dt.da
     row = db.execute(FIND_CODE, {"token_digest": digest(code)}).first()
     if row is None:
         return None
-    record, resident, login_id, link_id = row
+    record = CodeRow(*row[:CODE_WIDTH])
+    resident = ResidentClaims(*row[CODE_WIDTH : CODE_WIDTH + RESIDENT_WIDTH])
+    login_id, link_id = row[CODE_WIDTH + RESIDENT_WIDTH :]
     if record.client_id != client_id:
         return None
     if record.consumed_at is None and record.expires_at <= now:
@@ -447,7 +502,7 @@ def find_code_for_exchange(db: Session, code: str, client_id: str, *, now: dt.da
     return FoundCode(record, resident, login_id, link_id is not None)
 
 
-def spend_code(db: Session, record: AuthorizationCode, *, now: dt.datetime) -> bool:
+def spend_code(db: Session, record: CodeRow, *, now: dt.datetime) -> bool:
     """Use the checked code once (a compare-and-set); False when it was used already, which revokes what it issued.
 
     Only the client itself gets here with a used code (its verifier and redirect URI passed): a replay, so the code
@@ -499,7 +554,7 @@ def issue_refresh_token(
     return token
 
 
-def rotate_refresh_token(db: Session, token: str, client_id: str, *, now: dt.datetime) -> RefreshToken | None:
+def rotate_refresh_token(db: Session, token: str, client_id: str, *, now: dt.datetime) -> RefreshRow | None:
     """Use a refresh token once (compare-and-set). A token already rotated means theft: revoke the family.
 
     Returns None for unknown, expired, revoked or reused tokens and tokens of another client.
@@ -507,13 +562,14 @@ def rotate_refresh_token(db: Session, token: str, client_id: str, *, now: dt.dat
     if not token or len(token) > 256:
         return None
     key = digest(token)
-    record = db.scalars(ROTATE_REFRESH_TOKEN, {"token_digest": key, "asking_client": client_id, "used_at": now}).first()
-    if record is None:
+    row = db.execute(ROTATE_REFRESH_TOKEN, {"token_digest": key, "asking_client": client_id, "used_at": now}).first()
+    if row is None:
         used = db.get(RefreshToken, key)
         if used is not None and used.client_id == client_id and used.revoked_at is None:
             # RFC 9700 §4.14.2: reuse of a rotated refresh token revokes the whole family.
             revoke_grant(db, used.grant_id, now=now)
         return None
+    record = RefreshRow(*row)
     if record.expires_at <= now:
         return None
     return record
@@ -561,16 +617,11 @@ def find_refresh_token(db: Session, token: str) -> RefreshToken | None:
     return load(db, RefreshToken, digest(token))
 
 
-FIND_REFRESH_TOKEN = (
-    select(RefreshToken, Resident)
-    .join(Resident, Resident.id == RefreshToken.resident_id)
-    .where(RefreshToken.digest == bindparam("token_digest"))
-)
-
-
-def find_refresh_token_and_resident(db: Session, token: str) -> tuple[RefreshToken, Resident] | None:
+def find_refresh_token_and_resident(db: Session, token: str) -> tuple[RefreshRow, ResidentClaims] | None:
     """A refresh token and its resident, in one statement (the refresh grant checks both before rotating)."""
     if not token or len(token) > 256:
         return None
     row = db.execute(FIND_REFRESH_TOKEN, {"token_digest": digest(token)}).first()
-    return (row[0], row[1]) if row is not None else None
+    if row is None:
+        return None
+    return RefreshRow(*row[:REFRESH_WIDTH]), ResidentClaims(*row[REFRESH_WIDTH:])

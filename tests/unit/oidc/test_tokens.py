@@ -28,6 +28,7 @@ from idp.oidc.tokens import (
     CLOCK_LEEWAY,
     MAX_TOKEN_LENGTH,
     Authentication,
+    CodeRow,
     TokenInvalidError,
     VerifiedAccessTokens,
     access_token_holds,
@@ -468,10 +469,14 @@ def revoked(db: Session, access: dict[str, Any], refresh: str) -> tuple[bool, bo
     return not access_token_holds(db, access), refresh_row.revoked_at is not None
 
 
+def digest_of(found: CodeRow | None) -> bytes | None:
+    return found.digest if found is not None else None
+
+
 def test_code_is_found_only_for_the_client_it_was_issued_to(db: Session, client: Client, resident: Resident) -> None:
     record = make_code(db, client, resident)
     other = make_client(db, now=NOW, name="다른 서비스").client
-    assert find_code(db, "the-code", client.id, now=NOW) is record
+    assert digest_of(find_code(db, "the-code", client.id, now=NOW)) == record.digest
     assert find_code(db, "the-code", other.id, now=NOW) is None
     assert find_code(db, "another-code", client.id, now=NOW) is None
     assert find_code(db, "", client.id, now=NOW) is None
@@ -480,7 +485,10 @@ def test_code_is_found_only_for_the_client_it_was_issued_to(db: Session, client:
 
 def test_unused_code_is_not_found_once_expired(db: Session, client: Client, resident: Resident) -> None:
     record = make_code(db, client, resident)
-    assert find_code(db, "the-code", client.id, now=record.expires_at - dt.timedelta(seconds=1)) is record
+    assert (
+        digest_of(find_code(db, "the-code", client.id, now=record.expires_at - dt.timedelta(seconds=1)))
+        == record.digest
+    )
     assert find_code(db, "the-code", client.id, now=record.expires_at) is None
 
 
