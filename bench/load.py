@@ -57,6 +57,9 @@ class WrkResult:
     response_bytes: int
     command: str
     single_use_values: int = 0  # minted for the run (codes or refresh tokens), each sent at most once
+    # CPU the server's processes used during the measured run, per request it answered (ms): what a request costs,
+    # whatever else the machine was doing at the time.
+    server_cpu_ms_per_request: float | None = None
 
 
 # -- wrk's output ---------------------------------------------------------------------------------------------------
@@ -254,8 +257,9 @@ def run_wrk(
     if warmup and options.warmup > 0:
         _wrk(pinned(options.wrk_cpus, [*argv, f"-d{options.warmup}s", url]), options.warmup)
     command = pinned(options.wrk_cpus, [*argv, f"-d{options.duration}s", url])
+    cpu_before = server.cpu_seconds()
     output = _wrk(command, options.duration)
-    return parse_wrk(output, " ".join(command), len(body))
+    return with_cpu(parse_wrk(output, " ".join(command), len(body)), server.cpu_seconds() - cpu_before)
 
 
 def _single_use_wrk(
@@ -286,8 +290,9 @@ def _single_use_wrk(
         script = work / f"{label}.lua"
         script.write_text(single_use_script(request, values_path, options.threads))
         command = pinned(options.wrk_cpus, [*argv, "-s", str(script), f"-d{seconds}s", url])
+        cpu_before = target.server.cpu_seconds()
         output = _wrk(command, seconds)
-        result = parse_wrk(output, " ".join(command), 0)
+        result = with_cpu(parse_wrk(output, " ".join(command), 0), target.server.cpu_seconds() - cpu_before)
         measured = result.requests_per_second
         exhausted = EXHAUSTED.search(output)
         if exhausted is None:
@@ -297,6 +302,13 @@ def _single_use_wrk(
         print(f"  {len(values)} single-use values ran out after {result.requests} requests; again with more")
         rate = max(rate, measured) * 2
     raise BenchError(f"{target.label} {request.fresh}: single-use values kept running out")
+
+
+def with_cpu(result: WrkResult, cpu_seconds: float) -> WrkResult:
+    """The result with the server's CPU per request it answered."""
+    if result.requests <= 0:
+        return result
+    return dataclasses.replace(result, server_cpu_ms_per_request=round(cpu_seconds * 1000 / result.requests, 4))
 
 
 def _wrk(argv: list[str], duration: int) -> str:

@@ -61,13 +61,23 @@ def case_rows(case: Case, runs: Mapping[str, Sequence[WrkResult]], databases: Se
     measured = [db for db in databases if db.key in runs] if case.uses_database else [SQLITE]
     throughput: list[Row] = []
     latency: list[Row] = []
+    cpu: list[Row] = []
     for database in measured:
         suffix = f" [{database.label}]" if case.uses_database else ""
         idp_rps = statistics.median(r.requests_per_second for r in runs[database.key])
         idp_p99 = statistics.median(r.latency_p99_ms for r in runs[database.key])
         throughput.append(Row(f"{case.name} req/s{suffix}", idp_rps, node_rps, "higher"))
         latency.append(Row(f"{case.name} p99 latency ms{suffix} (lower is better)", idp_p99, node_p99, "lower"))
-    return throughput + latency
+        idp_cpu = _cpu_median(runs[database.key])
+        node_cpu = _cpu_median(runs["node"])
+        if idp_cpu is not None and node_cpu is not None:
+            cpu.append(Row(f"{case.name} CPU ms/request{suffix} (lower is better)", idp_cpu, node_cpu, "lower"))
+    return throughput + latency + cpu
+
+
+def _cpu_median(runs: Sequence[WrkResult]) -> float | None:
+    values = [r.server_cpu_ms_per_request for r in runs if r.server_cpu_ms_per_request is not None]
+    return statistics.median(values) if values else None
 
 
 # -- the table printed --------------------------------------------------------------------------------------------
@@ -117,7 +127,8 @@ def _ratio(value: float | None) -> str:
 
 
 def _median(runs: Sequence[Mapping[str, Any]], figure: str) -> float | None:
-    return statistics.median(run[figure] for run in runs) if runs else None
+    values = [run[figure] for run in runs if run.get(figure) is not None]
+    return statistics.median(values) if values else None
 
 
 def _markdown_table(header: Sequence[str], lines: Sequence[Sequence[str]]) -> list[str]:
@@ -164,6 +175,13 @@ def render_markdown(results: Mapping[str, Any]) -> str:
         out += _http_table(results, "requests_per_second", higher_is_better=True)
         out += ["", "## p99 latency in ms (lower is better; ratio node/idp)", ""]
         out += _http_table(results, "latency_p99_ms", higher_is_better=False)
+        out += ["", "## Server CPU per request in ms (lower is better; ratio node/idp)", ""]
+        out += [
+            "What each server's processes spent on the CPU during a run, divided by the requests it answered: per",
+            "core, and steadier than requests per second on a shared machine.",
+            "",
+        ]
+        out += _http_table(results, "server_cpu_ms_per_request", higher_is_better=False)
         out.append("")
     in_process = [
         _in_process_line(f"{alg} ID token sign/s", sides["idp"], sides["node"], "jose in node")

@@ -123,6 +123,25 @@ def cpu_set(spec: str) -> set[int]:
 # -- processes ---------------------------------------------------------------------------------------------------
 
 
+CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+
+
+def process_group_cpu(pgid: int) -> float:
+    """Seconds of CPU used by the live processes of process group `pgid` (utime + stime from /proc/PID/stat)."""
+    total = 0
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            fields = (entry / "stat").read_text().rpartition(")")[2].split()
+        except OSError:
+            continue  # gone meanwhile
+        # After the command: state ppid pgrp session tty tpgid flags minflt cminflt majflt cmajflt utime stime
+        if int(fields[2]) == pgid:
+            total += int(fields[11]) + int(fields[12])
+    return total / CLOCK_TICKS
+
+
 @dataclass
 class Server:
     """A server we started in its own process group, with its output in a log file."""
@@ -148,6 +167,12 @@ class Server:
         if not isinstance(url, str):
             raise BenchError(f"{self.name}'s discovery document has no {discovery_field}")
         return urllib.parse.urlsplit(url).path or "/"
+
+    def cpu_seconds(self) -> float:
+        """CPU time (user and system) the server's processes have used so far: its whole process group (granian's
+        workers, node's process), read from /proc. A measure of work per request that does not depend on how busy
+        the rest of the machine is."""
+        return process_group_cpu(self.process.pid)
 
     def log_tail(self, lines: int = 20) -> str:
         try:
