@@ -5,12 +5,9 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import hmac
-import math
 import re
 import secrets
-import threading
 import time
-import weakref
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -18,14 +15,15 @@ from urllib.parse import urlsplit
 
 from joserfc.errors import JoseError
 from joserfc.jwk import KeySet
-from sqlalchemy import event, select, update
+from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
 from idp.audit import SUCCESS, record_event
 from idp.authn.assurance import acr_order
 from idp.db import load
+from idp.generations import CLIENT_GENERATION, GenerationCache, watch
 from idp.keyring import ALGORITHMS, PRIVATE_MEMBERS
-from idp.models import CacheGeneration, Client, InitialAccessToken
+from idp.models import Client, InitialAccessToken
 from idp.oidc.claims import AUTH_METHODS, GRANT_TYPES, RESTRICTED_SCOPES, SCOPES, SUBJECT_TYPES
 from idp.oidc.outbound import destination_refusal
 
@@ -377,40 +375,30 @@ def find_client(db: Session, client_id: str) -> Client | None:
     return load(db, Client, client_id)
 
 
-CLIENT_GENERATION = "client"  # CacheGeneration.name
 CLIENT_CACHE_CHECK_INTERVAL = 1.0  # seconds: a change made anywhere is seen by every process within this
 CLIENT_CACHE_LIMIT = 10_000  # entries before the cache starts over: never grows with made-up client ids
-READ_CLIENT_GENERATION = select(CacheGeneration.value).where(CacheGeneration.name == CLIENT_GENERATION)
-BUMP_CLIENT_GENERATION = (
-    update(CacheGeneration).where(CacheGeneration.name == CLIENT_GENERATION).values(value=CacheGeneration.value + 1)
-)
 
 
-class ClientCache:
+class ClientCache(GenerationCache):
     """Clients as the protocol endpoints read them, kept per process: every token, introspection and authorization
     request names a client, and most name the same few.
 
-    A copy is trusted until the `client` generation moves. Every change to a client through the ORM bumps the
-    generation in its own transaction (`_bump_client_generation`); a process reads the generation at most once per
-    `check_interval`, so a changed, rotated or deleted client is seen everywhere within that. The copies are
-    detached from any session and only read; code that changes a client loads it with `find_client`."""
+    A copy is trusted until the `client` generation moves: every change to a client through the ORM moves it in its
+    own transaction (idp.generations), so a changed, rotated or deleted client is seen by every process within
+    `check_interval`. The copies are detached from any session and only read; code that changes a client loads it
+    with `find_client`."""
 
     def __init__(
         self, *, check_interval: float = CLIENT_CACHE_CHECK_INTERVAL, clock: Callable[[], float] = time.monotonic
     ) -> None:
-        self.check_interval = check_interval
-        self._clock = clock
+        super().__init__(CLIENT_GENERATION, check_interval=check_interval, clock=clock)
         self._clients: dict[str, Client] = {}
-        self._generation: int | None = None
-        self._checked_at = -math.inf
-        self._lock = threading.Lock()
-        _CACHES.add(self)
 
     def get(self, db: Session, client_id: str) -> Client | None:
         """The client with this id (as `find_client`), from the cache when its generation still holds."""
         if not isinstance(client_id, str) or not CLIENT_ID_PATTERN.fullmatch(client_id):
             return None
-        self._check_generation(db)
+        self.check(db)
         cached = self._clients.get(client_id)
         if cached is not None:
             return cached
@@ -425,44 +413,10 @@ class ClientCache:
 
     def clear(self) -> None:
         self._clients = {}
-        self._checked_at = -math.inf
-
-    def _check_generation(self, db: Session) -> None:
-        now = self._clock()
-        if now - self._checked_at < self.check_interval:
-            return
-        with self._lock:
-            if now - self._checked_at < self.check_interval:
-                return
-            generation = db.execute(READ_CLIENT_GENERATION).scalar()
-            if generation != self._generation:
-                self._clients = {}
-                self._generation = generation
-            self._checked_at = now
+        super().clear()
 
 
-_CACHES: weakref.WeakSet[ClientCache] = weakref.WeakSet()
-
-
-@event.listens_for(Session, "before_flush")
-def _bump_client_generation(db: Session, _context: Any, _instances: Any) -> None:
-    """A flush that adds, changes or deletes a client moves the generation, in the same transaction."""
-    if any(isinstance(obj, Client) for obj in (*db.new, *db.dirty, *db.deleted)):
-        db.connection().execute(BUMP_CLIENT_GENERATION)
-        db.info[CLIENT_GENERATION] = True
-
-
-@event.listens_for(Session, "after_commit")
-def _forget_changed_clients(db: Session) -> None:
-    """This process's own caches drop their copies at once; other processes see the new generation."""
-    if db.info.pop(CLIENT_GENERATION, False):
-        for cache in list(_CACHES):
-            cache.clear()
-
-
-@event.listens_for(Session, "after_rollback")
-def _keep_clients(db: Session) -> None:
-    db.info.pop(CLIENT_GENERATION, None)
+watch(Client, on_add=(CLIENT_GENERATION,), on_change=(CLIENT_GENERATION,))
 
 
 def list_clients(db: Session) -> list[Client]:

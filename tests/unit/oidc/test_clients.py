@@ -17,11 +17,10 @@ from sqlalchemy.orm import Session
 
 from idp.authn.assurance import PHR, PHRH, aal1, aal2
 from idp.db import make_engine, make_session_factory
+from idp.generations import BUMP_GENERATION, CLIENT_GENERATION, READ_GENERATION
 from idp.models import AuditEvent, Client, InitialAccessToken
 from idp.oidc.clients import (
-    BUMP_CLIENT_GENERATION,
     MAX_SECRET_LENGTH,
-    READ_CLIENT_GENERATION,
     ClientCache,
     ClientInvalidError,
     ClientRedirectUriInvalidError,
@@ -676,7 +675,7 @@ def committed(fresh_database_url: str) -> Iterator[tuple[Engine, Callable[[], Se
 
 def generation(engine: Engine) -> int:
     with engine.connect() as connection:
-        value: int = connection.execute(READ_CLIENT_GENERATION).scalar_one()
+        value: int = connection.execute(READ_GENERATION, {"generation": CLIENT_GENERATION}).scalar_one()
         return value
 
 
@@ -721,7 +720,7 @@ def test_a_change_committed_by_another_process_is_seen_within_the_interval(
     # Another process deletes the client: its ORM flush moves the generation, which is all this process sees.
     with engine.begin() as connection:
         connection.execute(delete(Client).where(Client.id == created.client.id))
-        connection.execute(BUMP_CLIENT_GENERATION)
+        connection.execute(BUMP_GENERATION, {"generation": CLIENT_GENERATION})
     ticks.now += 0.5
     with sessions() as db:
         assert cache.get(db, created.client.id) is not None  # within the interval: the copy still serves
