@@ -5,9 +5,9 @@ from __future__ import annotations
 import datetime as dt
 import logging
 import uuid
-from typing import Any, cast
+from typing import Any
 
-from sqlalchemy import Table, and_, insert, or_, select
+from sqlalchemy import and_, or_, select
 from sqlalchemy.orm import Session
 
 from idp.models import AuditEvent
@@ -21,10 +21,6 @@ FAILURE = "failure"
 # at a way to sign in that named this resident, so that one they did not make can be noticed ("was that me?").
 SIGN_IN_EVENTS = ("signin", "signin.refused", "passkey.clone_suspected")
 FAILED_ATTEMPT_EVENTS = ("totp.verify", "carrier.verify")
-
-
-# A plain INSERT built once (no unit of work): every sign-in records events, and nothing reads them back in the request.
-INSERT_EVENT = insert(cast(Table, AuditEvent.__table__))
 
 
 def record_event(
@@ -42,17 +38,18 @@ def record_event(
 
     `details` must already be free of secrets, codes, CIs and full phone numbers: callers pass masked values.
     """
-    db.execute(
-        INSERT_EVENT,
-        {
-            "event": event,
-            "result": result,
-            "resident_id": resident_id,
-            "client_id": client_id,
-            "client_ip": client_ip,
-            "details": details,
-            "at": now or dt.datetime.now(dt.UTC),
-        },
+    # Added to the unit of work, not written at once: the row goes in with the caller's other writes, so on SQLite
+    # the database's write lock is not taken before the limiter's own connection has counted (idp.authn.lockout).
+    db.add(
+        AuditEvent(
+            event=event,
+            result=result,
+            resident_id=resident_id,
+            client_id=client_id,
+            client_ip=client_ip,
+            details=details,
+            at=now or dt.datetime.now(dt.UTC),
+        )
     )
     log.info(
         "%s %s",

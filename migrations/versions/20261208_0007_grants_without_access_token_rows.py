@@ -5,11 +5,14 @@ Revision ID: 0007
 Revises: 0006
 Create Date: 2026-12-08
 
-Access tokens issued before this upgrade carry a jti without a grant: UserInfo and introspection answer them as
-invalid (they live `IDP_ACCESS_TOKEN_TTL`, ten minutes by default); services refresh or sign the resident in again.
+Every refresh-token family gets its grant row, so the access tokens its refreshes issue hold. Access tokens issued
+before this upgrade carry a jti without a grant: UserInfo and introspection answer them as invalid (they live
+`IDP_ACCESS_TOKEN_TTL`, ten minutes by default); services refresh or sign the resident in again.
 """
 
+import datetime as dt
 from collections.abc import Sequence
+from typing import Any
 
 import sqlalchemy as sa
 from alembic import op
@@ -57,11 +60,63 @@ def upgrade() -> None:
         sa.PrimaryKeyConstraint("name", name=op.f("pk_cache_generation")),
     )
     op.bulk_insert(generation, [{"name": "client", "value": 0}])
+    _grants_of_refresh_families()
     op.drop_index("ix_access_token_client_id", table_name="access_token")
     op.drop_index("ix_access_token_expires_at", table_name="access_token")
     op.drop_index("ix_access_token_grant_id", table_name="access_token")
     op.drop_index("ix_access_token_resident_id", table_name="access_token")
     op.drop_table("access_token")
+
+
+# An access token issued at a family's last moment lives this much longer (the default IDP_ACCESS_TOKEN_TTL; a grant
+# kept a little too long costs a row, one purged too early would refuse a live token).
+ACCESS_TOKEN_MARGIN = dt.timedelta(hours=1)
+BATCH = 5000
+
+
+def _grants_of_refresh_families() -> None:
+    """A `token_grant` row for each refresh-token family, as the code's exchange now records it."""
+    bind = op.get_bind()
+    refresh = sa.table(
+        "refresh_token",
+        sa.column("grant_id", sa.Uuid()),
+        sa.column("client_id", sa.String()),
+        sa.column("resident_id", sa.Uuid()),
+        sa.column("claims", sa.JSON()),
+        sa.column("created_at", sa.DateTime(timezone=True)),
+        sa.column("family_expires_at", sa.DateTime(timezone=True)),
+        sa.column("revoked_at", sa.DateTime(timezone=True)),
+    )
+    grant = sa.table(
+        "token_grant",
+        sa.column("id", sa.Uuid()),
+        sa.column("client_id", sa.String()),
+        sa.column("resident_id", sa.Uuid()),
+        sa.column("claims", sa.JSON()),
+        sa.column("created_at", sa.DateTime(timezone=True)),
+        sa.column("expires_at", sa.DateTime(timezone=True)),
+        sa.column("revoked_at", sa.DateTime(timezone=True)),
+    )
+    families: dict[Any, dict[str, Any]] = {}
+    rows = bind.execute(sa.select(refresh).order_by(refresh.c.grant_id, refresh.c.created_at))
+    for row in rows:
+        family = families.get(row.grant_id)
+        if family is None:
+            claims = row.claims if isinstance(row.claims, dict) else None
+            families[row.grant_id] = {
+                "id": row.grant_id,
+                "client_id": row.client_id,
+                "resident_id": row.resident_id,
+                "claims": claims.get("userinfo") if claims else None,
+                "created_at": row.created_at,
+                "expires_at": row.family_expires_at + ACCESS_TOKEN_MARGIN,
+                "revoked_at": row.revoked_at,
+            }
+        elif row.revoked_at is not None and family["revoked_at"] is None:
+            family["revoked_at"] = row.revoked_at
+    values = list(families.values())
+    for start in range(0, len(values), BATCH):
+        bind.execute(sa.insert(grant), values[start : start + BATCH])
 
 
 def downgrade() -> None:
