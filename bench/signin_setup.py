@@ -7,102 +7,21 @@ import argparse
 import contextlib
 import os
 import secrets
-import signal
-import socket
 import subprocess
 import sys
-import time
-import urllib.error
-import urllib.request
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from journeys import Target
 from seed import BenchClient, Population, SeedError, SeedReport, seed_residents, write_sandbox_state
+from servers import BenchError, Server, free_port, start_server, wait_ready
 
 REPO_DIR = Path(__file__).resolve().parent.parent
 VENV_BIN = Path(sys.executable).parent
 HOST = "127.0.0.1"
-READY_TIMEOUT = 60.0
-STOP_TIMEOUT = 10.0
 DATABASE_PREFIX = "idp_signins_"
-
-
-class BenchError(Exception):
-    """The run cannot go on; the message is one line for the person running it."""
-
-
-# -- servers -------------------------------------------------------------------------------------------------------
-
-
-@dataclass
-class Server:
-    name: str
-    process: subprocess.Popen[bytes]
-    port: int
-    log_path: Path
-
-    def log_tail(self, lines: int = 20) -> str:
-        try:
-            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
-        except OSError:
-            return ""
-
-    def stop(self) -> None:
-        """SIGTERM the process group, SIGKILL it if it lingers."""
-        if self.process.poll() is None:
-            _signal_group(self.process.pid, signal.SIGTERM)
-            try:
-                self.process.wait(timeout=STOP_TIMEOUT)
-            except subprocess.TimeoutExpired:
-                _signal_group(self.process.pid, signal.SIGKILL)
-                self.process.wait(timeout=STOP_TIMEOUT)
-        _signal_group(self.process.pid, signal.SIGKILL)
-
-
-def _signal_group(pgid: int, sig: signal.Signals) -> None:
-    with contextlib.suppress(ProcessLookupError, PermissionError):
-        os.killpg(pgid, sig)
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind((HOST, 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
-def start_server(name: str, argv: Sequence[str], *, env: Mapping[str, str], port: int, log_path: Path) -> Server:
-    with log_path.open("wb") as log:
-        process = subprocess.Popen(
-            list(argv),
-            cwd=REPO_DIR,
-            env=dict(env),
-            stdin=subprocess.DEVNULL,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-    return Server(name, process, port, log_path)
-
-
-def wait_ready(server: Server, path: str) -> None:
-    deadline = time.monotonic() + READY_TIMEOUT
-    last = "no answer"
-    while time.monotonic() < deadline:
-        if server.process.poll() is not None:
-            raise BenchError(f"{server.name} exited with status {server.process.returncode}:\n{server.log_tail()}")
-        try:
-            with urllib.request.urlopen(f"http://{HOST}:{server.port}{path}", timeout=2) as response:
-                if response.status == 200:
-                    return
-                last = f"status {response.status}"
-        except (OSError, urllib.error.URLError) as exc:
-            last = str(exc)
-        time.sleep(0.1)
-    raise BenchError(f"{server.name} not ready after {READY_TIMEOUT:.0f} s ({path}: {last}):\n{server.log_tail()}")
 
 
 # -- the database --------------------------------------------------------------------------------------------------

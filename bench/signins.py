@@ -44,8 +44,8 @@ from meters import (  # noqa: E402
     read_database_counters,
 )
 from seed import Population, SeedError  # noqa: E402
+from servers import BenchError  # noqa: E402
 from signin_setup import (  # noqa: E402
-    BenchError,
     Running,
     bench_database,
     forget_limits,

@@ -17,7 +17,13 @@ from werkzeug.exceptions import HTTPException
 
 from idp.keyring import KeyringError
 from idp.oidc import views
-from idp.oidc.errors import UNAVAILABLE_ERRORS, UNAVAILABLE_RETRY_AFTER, TemporarilyUnavailableError, json_error
+from idp.oidc.errors import (
+    UNAVAILABLE_ERRORS,
+    UNAVAILABLE_RETRY_AFTER,
+    TemporarilyUnavailableError,
+    json_error,
+    log_unavailable,
+)
 from idp.runtime import db_session, reading_only
 
 if TYPE_CHECKING:
@@ -89,12 +95,7 @@ class DirectEndpoints:
         except KeyringError:
             return json_error(TemporarilyUnavailableError(views.KEYRING_RETRY_AFTER))
         except UNAVAILABLE_ERRORS as error:
-            # The cause's first line only: the statement and its parameters (codes, tokens) stay out of the log.
-            cause = getattr(error, "orig", None) or error
-            summary = (str(cause).splitlines() or [""])[0][:200]
-            errors.warning(
-                "database unavailable on %s %s: %s: %s", received.method, received.path, type(cause).__name__, summary
-            )
+            log_unavailable(errors, error, received.method, received.path)
             with contextlib.suppress(Exception):
                 db_session().rollback()
             return json_error(TemporarilyUnavailableError(UNAVAILABLE_RETRY_AFTER))

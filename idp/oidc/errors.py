@@ -4,6 +4,7 @@ the one place an error becomes a JSON answer (pages for residents are rendered b
 from __future__ import annotations
 
 import json
+import logging
 import re
 
 from authlib.oauth2.rfc6749 import OAuth2Error
@@ -25,6 +26,16 @@ UNAVAILABLE_ERRORS: tuple[type[Exception], ...] = (
     RedisTimeoutError,
 )
 UNAVAILABLE_RETRY_AFTER = 5
+
+
+def log_unavailable(log: logging.Logger, error: Exception, method: str, path: str) -> None:
+    """One warning line for a backing service out of reach: the cause's first line only, so the statement and its
+    parameters (codes, tokens) stay out of the log."""
+    cause = getattr(error, "orig", None) or error
+    summary = (str(cause).splitlines() or [""])[0][:200]
+    log.warning("database unavailable on %s %s: %s: %s", method, path, type(cause).__name__, summary)
+
+
 # RFC 6749 §5.2: error_description is printable ASCII without `"` and `\` (Authlib refuses anything else).
 UNFIT_FOR_DESCRIPTION = re.compile(r"[^\x20-\x21\x23-\x5b\x5d-\x7e]")
 

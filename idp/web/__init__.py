@@ -18,7 +18,13 @@ from werkzeug.exceptions import HTTPException, InternalServerError
 from idp.models import Client
 from idp.oidc import views as oidc_views
 from idp.oidc.authorization import ReceivedRequest
-from idp.oidc.errors import UNAVAILABLE_ERRORS, UNAVAILABLE_RETRY_AFTER, TemporarilyUnavailableError, json_error
+from idp.oidc.errors import (
+    UNAVAILABLE_ERRORS,
+    UNAVAILABLE_RETRY_AFTER,
+    TemporarilyUnavailableError,
+    json_error,
+    log_unavailable,
+)
 from idp.oidc.interaction import waiting_client, waiting_key, waiting_params
 from idp.oidc.views import json_http_error
 from idp.runtime import Runtime, current, db_session
@@ -304,12 +310,7 @@ def init_app(app: Flask, runtime: Runtime) -> None:
         return json_http_error(error)
 
     def backend_unavailable(error: Exception) -> Response:
-        # The cause's first line only: the statement and its parameters (codes, tokens) stay out of the log.
-        cause = getattr(error, "orig", None) or error
-        summary = (str(cause).splitlines() or [""])[0][:200]
-        log.warning(
-            "database unavailable on %s %s: %s: %s", request.method, request.path, type(cause).__name__, summary
-        )
+        log_unavailable(log, error, request.method, request.path)
         with contextlib.suppress(Exception):
             db_session().rollback()
         if wants_html():
