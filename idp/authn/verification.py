@@ -6,9 +6,9 @@ import contextlib
 import datetime as dt
 import hashlib
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
-from sqlalchemy import update
+from sqlalchemy import Table, bindparam, update
 from sqlalchemy.orm import Session
 
 from idp.audit import FAILURE, SUCCESS, record_event
@@ -58,6 +58,16 @@ class SignedIn:
     cookie_value: str | None
     account: AccountResult
     event: AuthEvent
+
+
+# A verification's events, found by their transaction (an index of carrier events alone: the events of abandoned
+# verifications and of unknown numbers, which never get a resident, are never read).
+_EVENTS = cast(Table, AuditEvent.__table__)
+LINK_EVENTS = (
+    update(_EVENTS)
+    .where(_EVENTS.c.txn == bindparam("of_txn"), _EVENTS.c.resident_id.is_(None))
+    .values(resident_id=bindparam("to_resident"))
+)
 
 
 def txn_digest(txn_id: str) -> str:
@@ -219,16 +229,7 @@ def sign_in(
     """
     account = resident_for_identity(db, identity, pepper=service.ci_pepper, now=now, client_ip=client_ip)
     # The verification's own events belong to the resident from now on, so erasing them erases those too.
-    db.execute(
-        update(AuditEvent)
-        .where(
-            AuditEvent.event.like("carrier.%"),
-            AuditEvent.resident_id.is_(None),
-            AuditEvent.details["txn"].as_string() == txn_digest(identity.agency_txn_id),
-        )
-        .values(resident_id=account.resident.id)
-        .execution_options(synchronize_session=False)
-    )
+    db.execute(LINK_EVENTS, {"of_txn": txn_digest(identity.agency_txn_id), "to_resident": account.resident.id})
     method = Method.CARRIER_APP if identity.method is VerificationMethod.APP else Method.CARRIER_SMS
     event = AuthEvent.of(method, issuer=service.issuer, at=now)
     if has_totp(db, account.resident.id):
