@@ -267,8 +267,8 @@ def authenticate(
     refused unchecked while either is locked (`lockout.judge_attempt`), so parallel guesses get no more checks
     than guesses one after another. `check` judges `code` against the confirmed device without writing (raising
     a TotpError when it is wrong) and returns what consumes it (marks the time step, burns the recovery code).
-    Consuming comes last, after the lockout counters are settled: with SQLite a request holding the write lock
-    would make the counters, kept on their own connection so they survive a rolled-back request, wait for it.
+    The counters are kept in `db`'s transaction (with database storage): the caller commits it on every outcome,
+    and the attempt, its judgment and the sign-in are stored together.
 
     `resident` is None when the phone number typed names nobody: that fails exactly like a wrong code, so the
     answer never says whether a number has an account. `subject` keys the per-resident lockout (the resident's
@@ -295,15 +295,15 @@ def authenticate(
 
     subjects = [(TOTP_FAILURES_PER_RESIDENT, subject), (TOTP_FAILURES_PER_IP, client_ip)]
     try:
-        device, consume = judge_attempt(limiter, subjects, attempt, failures=(TotpError,), now=now)
+        device, consume = judge_attempt(limiter, subjects, attempt, failures=(TotpError,), now=now, db=db)
         try:
             consume()
         except TotpError:
-            # Another process consumed the same code a moment earlier: a replay after all, and it counts again
-            # (the success had already been forgiven or uncounted).
-            db.rollback()
+            # Another process consumed the same code a moment earlier (with Redis storage: database counters make
+            # attempts on one resident wait for each other): a replay after all, and it counts again (the success
+            # had already been forgiven or uncounted). The consume wrote nothing.
             for backoff, key in subjects:
-                limiter.fail(backoff, key, now=now)
+                limiter.fail(backoff, key, now=now, db=db)
             raise
     except TotpError as error:
         _record_failure(db, "totp.verify", error, resident_id, client_ip, now)

@@ -89,6 +89,15 @@ def _limit(service: CarrierSignIn, limit: Limit, subject: str, now: dt.datetime)
         raise _limit_error(limit, exc.retry_after) from None
 
 
+def _limit_each(service: CarrierSignIn, hits: list[tuple[Limit, str]], now: dt.datetime) -> None:
+    """`_limit` for several limits in turn, counted in one step; the first one over refuses the attempt, and those
+    after it are not counted."""
+    try:
+        service.limiter.hit_each(hits, now=now)
+    except RateLimitedError as exc:
+        raise _limit_error(exc.limit, exc.retry_after) from None
+
+
 def _give_back_if_unanswered(
     service: CarrierSignIn, error: CarrierVerificationError, limit: Limit, subject: str, now: dt.datetime
 ) -> None:
@@ -126,9 +135,11 @@ def start_verification(
     try:
         # Every start counts against the address, even one the agency never answered (it may be someone trying
         # numbers). Against the phone counts every start the agency answered, a text message or an app approval
-        # alike: both reach the resident's phone, and both let someone try names and birth dates against it.
-        _limit(service, CARRIER_STARTS_PER_IP, request.client_ip, now)
-        _limit(service, CARRIER_SENDS_PER_PHONE, request.phone, now)
+        # alike: both reach the resident's phone, and both let someone try names and birth dates against it. A
+        # start refused for the address is not counted against the phone. Both in one step.
+        _limit_each(
+            service, [(CARRIER_STARTS_PER_IP, request.client_ip), (CARRIER_SENDS_PER_PHONE, request.phone)], now
+        )
         try:
             transaction = service.gateway.start(request)
         except CarrierVerificationError as error:
