@@ -23,7 +23,7 @@ from idp.oidc.interaction import waiting_client, waiting_key, waiting_params
 from idp.oidc.views import json_http_error
 from idp.runtime import Runtime, current, db_session
 from idp.settings import HelpHours, Settings
-from idp.web.cookies import drop_malformed_flow_members
+from idp.web.cookies import FlowCookie, drop_malformed_flow_members
 
 LOCALES = ("ko", "en")
 DEFAULT_LOCALE = "ko"
@@ -276,6 +276,7 @@ def init_app(app: Flask, runtime: Runtime) -> None:
         BABEL_DEFAULT_LOCALE=DEFAULT_LOCALE,
         BABEL_TRANSLATION_DIRECTORIES=str(TRANSLATIONS),
     )
+    app.session_interface = FlowCookie()
     Babel(app, locale_selector=select_locale)
     app.jinja_env.globals.update(
         get_locale=get_locale, language_link=language_link, waiting_service=waiting_service, help_desk=help_desk

@@ -6,7 +6,9 @@ from __future__ import annotations
 import uuid
 from collections.abc import Callable
 
-from flask import session
+from flask import Flask, session
+from flask.sessions import SecureCookieSessionInterface
+from itsdangerous import URLSafeTimedSerializer
 
 from idp.authn.assurance import AuthEvent
 from idp.authn.carrier import CarrierErrorCode
@@ -70,6 +72,21 @@ FLOW_MEMBERS: dict[str, Callable[[object], bool]] = {
     # What idp.oidc.interaction keeps here (the authorization requests waiting, a raw CI waiting for consent).
     **INTERACTION_MEMBERS,
 }
+
+
+class FlowCookie(SecureCookieSessionInterface):
+    """Flask's signed cookie session (the flow cookie), with its signing serializer built once per key instead of
+    twice per request (to open the cookie and to sign it again)."""
+
+    def __init__(self) -> None:
+        self._built: tuple[tuple[object, ...], URLSafeTimedSerializer | None] | None = None
+
+    def get_signing_serializer(self, app: Flask) -> URLSafeTimedSerializer | None:
+        keys = (app.secret_key, *(app.config.get("SECRET_KEY_FALLBACKS") or ()))
+        built = self._built
+        if built is None or built[0] != keys:
+            built = self._built = (keys, super().get_signing_serializer(app))
+        return built[1]
 
 
 def drop_malformed_flow_members() -> None:

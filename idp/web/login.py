@@ -6,6 +6,7 @@ import datetime as dt
 import json
 import math
 import secrets
+from collections.abc import Callable
 from typing import Any
 from urllib.parse import parse_qsl, urlsplit
 
@@ -183,6 +184,15 @@ def _agency_down(error: CarrierVerificationError) -> bool:
     return error.code in (CarrierErrorCode.AGENCY_UNAVAILABLE, CarrierErrorCode.AGENCY_TIMEOUT)
 
 
+# Why a signed-in resident is asked to sign in again (/authorize's `reason`), translated only when shown.
+SIGN_IN_REASONS: dict[str, Callable[[], str]] = {
+    "acr_too_low": lambda: _("The service asks for a stronger sign-in. Sign in with your passkey."),
+    "prompt_login": lambda: _("The service asks you to sign in again."),
+    "max_age": lambda: _("The service asks you to sign in again."),
+    "carrier_verification": lambda: _("The service needs your identity confirmed: sign in with your mobile phone."),
+}
+
+
 @bp.get("/login")
 def login() -> str | BaseResponse:
     """The ways to sign in, strongest first."""
@@ -195,13 +205,8 @@ def login() -> str | BaseResponse:
         phone = normalize_phone(hint) if hint else ""
     except ValueError:
         phone = ""
-    reasons = {
-        "acr_too_low": _("The service asks for a stronger sign-in. Sign in with your passkey."),
-        "prompt_login": _("The service asks you to sign in again."),
-        "max_age": _("The service asks you to sign in again."),
-        "carrier_verification": _("The service needs your identity confirmed: sign in with your mobile phone."),
-    }
-    return render_template("login.html", phone=phone, reason=reasons.get(request.args.get("reason", "")))
+    reason = SIGN_IN_REASONS.get(request.args.get("reason", ""))
+    return render_template("login.html", phone=phone, reason=reason() if reason else None)
 
 
 @bp.route("/login/carrier", methods=["GET", "POST"])
