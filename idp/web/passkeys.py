@@ -110,7 +110,7 @@ def sign_in_verify() -> Response:
         )
     except PasskeyRejectedError as error:
         return _refused(error)
-    resident = db_session().get(Resident, passkey.resident_id)
+    resident = db_session().get(Resident, passkey.resident_id)  # read with the passkey: no query
     if resident is None or resident.is_locked:
         db_session().rollback()
         return _json(
