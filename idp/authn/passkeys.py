@@ -7,6 +7,7 @@ import hashlib
 import json
 import secrets
 import uuid
+from dataclasses import dataclass
 from typing import Any, cast
 
 from sqlalchemy import Table, bindparam, insert, or_, select, update
@@ -367,10 +368,18 @@ def authentication_options(db: Session, *, rp_id: str, binding: str, now: dt.dat
     return options_to_json(options)
 
 
+@dataclass(frozen=True, slots=True)
+class VerifiedPasskey:
+    """A passkey an assertion proved, and its resident (read with it)."""
+
+    passkey: Passkey
+    resident: Resident
+
+
 def authenticate_passkey(
     db: Session, response_json: str, *, rp_id: str, origin: str, binding: str, now: dt.datetime, client_ip: str | None
-) -> Passkey:
-    """Verify an assertion and return the passkey it proves; the counter and backup state are updated.
+) -> VerifiedPasskey:
+    """Verify an assertion; the passkey it proves and its resident. The counter and backup state are updated.
 
     Raises:
         PasskeyClonedError: the counter went backwards (the passkey is marked and refused from now on).
@@ -383,11 +392,10 @@ def authenticate_passkey(
         raise PasskeyRejectedError("malformed_credential") from None
     challenge = _client_data_challenge(response)
     _consume_challenge(db, challenge, purpose=AUTHENTICATE, resident_id=None, binding=binding, now=now)
-    # The resident comes along into the session's identity map: the caller signs them in without another query.
     found = db.execute(FIND_PASSKEY, {"credential_id": credential.raw_id}).first()
     if found is None:
         raise PasskeyRejectedError("unknown_credential")
-    passkey = found[0]
+    passkey, resident = found
     if passkey.suspected_clone_at is not None:
         raise PasskeyClonedError("credential_marked_cloned")
     # WebAuthn §7.2 step 6: the user handle, when given, must be the passkey owner's.
@@ -419,7 +427,7 @@ def authenticate_passkey(
     db.execute(RECORD_USE, {"passkey": passkey.id, "count": used["sign_count"], "synced": used["backed_up"], "at": now})
     for column, value in used.items():
         set_committed_value(passkey, column, value)  # as stored: nothing left for the unit of work
-    return passkey
+    return VerifiedPasskey(passkey, resident)
 
 
 # -- management ------------------------------------------------------------------------------------------------------

@@ -28,7 +28,7 @@ from idp.authn.passkeys import (
     sign_in_method,
 )
 from idp.authn.sessions import recently_signed_in
-from idp.models import Passkey, Resident
+from idp.models import Passkey
 from idp.oidc.interaction import carry_over, current_login
 from idp.runtime import current, db_session, request_time
 from idp.settings import Settings
@@ -99,7 +99,7 @@ def sign_in_options() -> Response:
 def sign_in_verify() -> Response:
     settings, now = _settings(), request_time()
     try:
-        passkey = authenticate_passkey(
+        verified = authenticate_passkey(
             db_session(),
             request.get_data(as_text=True),
             rp_id=settings.rp_id,
@@ -110,8 +110,8 @@ def sign_in_verify() -> Response:
         )
     except PasskeyRejectedError as error:
         return _refused(error)
-    resident = db_session().get(Resident, passkey.resident_id)  # read with the passkey: no query
-    if resident is None or resident.is_locked:
+    passkey, resident = verified.passkey, verified.resident
+    if resident.is_locked:
         db_session().rollback()
         return _json(
             {"error": "locked", "message": _("This account is locked. Contact the help desk to unlock it.")}, 403
