@@ -113,6 +113,17 @@ def test_login_page_names_the_service_that_asked(app: Flask) -> None:
     assert f"Sign in to {PORTAL}" in text(english.get(to_login(english, created.client.id)))
 
 
+def test_a_service_name_is_escaped_in_the_sentences_that_name_it(app: Flask) -> None:
+    # The pages' gettext puts the name into the translated sentence: markup in it is text, in either language.
+    created = register(app, name='<b onclick="x()">포털</b>')
+    escaped = "&lt;b onclick=&#34;x()&#34;&gt;포털&lt;/b&gt;"
+    for language, sentence in (("ko", f"{escaped}에 로그인합니다"), ("en", f"Sign in to {escaped}")):
+        browser = browser_in(app, language)
+        page = text(browser.get(to_login(browser, created.client.id)))
+        assert sentence in page
+        assert "<b onclick" not in page
+
+
 def test_carrier_pages_name_the_service_that_asked(app: Flask, sandbox: SandboxAgency) -> None:
     created = register(app, name=PORTAL)
     browser = browser_in(app)
