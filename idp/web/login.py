@@ -46,7 +46,7 @@ from idp.oidc.clients import find_client
 from idp.oidc.consent import hold_raw_ci
 from idp.oidc.interaction import authorize_url, carry_over, current_login, hold_ci, waiting_by_key, waiting_client
 from idp.phones import normalize_phone
-from idp.runtime import current, db_session, request_time
+from idp.runtime import current, db_session, reading_only, request_time
 from idp.settings import data_fernet
 from idp.web import LOCALES, page_settings, render_error
 from idp.web.forms import CARRIER_LABELS, KOREA, ActionForm, CarrierStartForm, CodeForm
@@ -196,6 +196,7 @@ SIGN_IN_REASONS: dict[str, Callable[[], str]] = {
 @bp.get("/login")
 def login() -> str | BaseResponse:
     """The ways to sign in, strongest first."""
+    reading_only()  # the service's name is all this page reads: no transaction for it
     target = safe_next(request.args.get("next"))
     if target and session.get("next") != target:  # unchanged, the flow cookie is not signed and sent again
         session["next"] = target
@@ -212,6 +213,7 @@ def login() -> str | BaseResponse:
 @bp.route("/login/carrier", methods=["GET", "POST"])
 def carrier_start() -> str | BaseResponse | tuple[str, int]:
     if request.method == "GET":
+        reading_only()
         return _render_start_again() or render_template(
             "carrier_start.html", form=_blank_start_form(), carriers=CARRIER_LABELS
         )
@@ -384,6 +386,7 @@ def _seconds_until(moment: object, now: dt.datetime) -> int:
 
 @bp.get("/login/carrier/verify")
 def carrier_verify() -> tuple[str, int] | BaseResponse:
+    reading_only()
     flow = _flow()
     if flow is None:
         return _see_other("web.carrier_start")

@@ -44,7 +44,7 @@ from idp.authn.totp import (
 )
 from idp.models import LoginSession, Resident, TotpDevice
 from idp.oidc.interaction import carry_over, current_login
-from idp.runtime import current, db_session, request_time
+from idp.runtime import current, db_session, reading_only, request_time
 from idp.settings import data_fernet, recovery_code_key
 from idp.web import page_settings, render_error
 from idp.web.account import confirmed, render_confirmation, report, take_report
@@ -118,6 +118,7 @@ def sign_in() -> Answer:
     pending = _second_factor(now)
     form = TotpCodeForm() if pending else TotpSignInForm()
     if request.method == "GET":
+        reading_only()  # the service's name is all the page reads
         form.kind.data = "recovery" if request.args.get("kind") == "recovery" else "totp"
         if not pending and request.args.get("phone"):
             form.phone.data = request.args["phone"][:20]
