@@ -60,7 +60,9 @@ def _binding() -> str:
 
 
 def _json(body: object, status: int = 200) -> Response:
-    response = Response(json.dumps(body, ensure_ascii=False), status=status, mimetype="application/json")
+    """`body` as JSON; a str is JSON already (py_webauthn's options), sent as it is."""
+    text = body if isinstance(body, str) else json.dumps(body, ensure_ascii=False)
+    response = Response(text, status=status, mimetype="application/json")
     response.headers["Cache-Control"] = "no-store"
     return response
 
@@ -92,7 +94,7 @@ def passkey_event(passkey: Passkey, issuer: str, now: dt.datetime) -> AuthEvent:
 def sign_in_options() -> Response:
     options = authentication_options(db_session(), rp_id=_settings().rp_id, binding=_binding(), now=request_time())
     db_session().commit()
-    return _json(json.loads(options))
+    return _json(options)
 
 
 @bp.post("/login/passkey/verify")
@@ -181,7 +183,7 @@ def register_options() -> Response:
         now=request_time(),
     )
     db_session().commit()
-    return _json(json.loads(options))
+    return _json(options)
 
 
 @bp.post("/account/passkeys/verify")
