@@ -32,14 +32,20 @@ def record_event(
     client_id: str | None = None,
     client_ip: str | None = None,
     now: dt.datetime | None = None,
+    txn: str | None = None,
     **details: Any,
 ) -> None:
     """Add an audit event (in the caller's transaction) and log it.
 
-    `details` must already be free of secrets, codes, CIs and full phone numbers: callers pass masked values.
+    `txn` names the carrier verification the event belongs to (a digest of the agency's transaction id); it is
+    kept in the details too. `details` must already be free of secrets, codes, CIs and full phone numbers: callers
+    pass masked values.
     """
+    if txn is not None:
+        details["txn"] = txn
     # Added to the unit of work, not written at once: the row goes in with the caller's other writes, so on SQLite
-    # the database's write lock is not taken before the limiter's own connection has counted (idp.authn.lockout).
+    # the database's write lock is not taken before a limiter counting on its own connection has counted
+    # (idp.authn.lockout).
     db.add(
         AuditEvent(
             event=event,
@@ -48,6 +54,7 @@ def record_event(
             client_id=client_id,
             client_ip=client_ip,
             details=details,
+            txn=txn,
             at=now or dt.datetime.now(dt.UTC),
         )
     )

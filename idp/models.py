@@ -7,7 +7,7 @@ import enum
 import uuid
 from typing import Any
 
-from sqlalchemy import BigInteger, ForeignKey, Index, LargeBinary, String, UniqueConstraint
+from sqlalchemy import BigInteger, ForeignKey, Index, LargeBinary, String, UniqueConstraint, text
 from sqlalchemy.orm import Mapped, mapped_column, relationship
 
 from idp.db import Base, bool_false, created_at, utcnow, uuid_pk
@@ -114,7 +114,16 @@ class AuditEvent(Base):
     """Who did what, when, from where, with what result: never a secret, code, CI or full phone number."""
 
     __tablename__ = "audit_event"
-    __table_args__ = (Index("ix_audit_event_resident_id_at", "resident_id", "at"),)
+    __table_args__ = (
+        Index("ix_audit_event_resident_id_at", "resident_id", "at"),
+        # Only carrier verifications' events have a transaction: the index holds those rows alone.
+        Index(
+            "ix_audit_event_txn",
+            "txn",
+            postgresql_where=text("txn IS NOT NULL"),
+            sqlite_where=text("txn IS NOT NULL"),
+        ),
+    )
 
     id: Mapped[int] = mapped_column(primary_key=True, autoincrement=True)
     at: Mapped[dt.datetime] = mapped_column(default=utcnow, index=True)
@@ -125,6 +134,9 @@ class AuditEvent(Base):
     client_id: Mapped[str | None] = mapped_column(String(64))
     client_ip: Mapped[str | None] = mapped_column(String(45))
     details: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    # The carrier verification an event belongs to (idp.authn.verification.txn_digest, also in `details`): the
+    # sign-in that ends the verification finds its events by it, to give them to the resident.
+    txn: Mapped[str | None] = mapped_column(String(16))
 
 
 class CarrierResult(Base):

@@ -14,13 +14,14 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, Protocol, cast
 
 import httpx
 from joserfc import jws
 from joserfc.errors import JoseError
 from joserfc.jwk import KeySet
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy import Table
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
 from idp.keyring import jws_registry
@@ -463,6 +464,16 @@ def session_binding_for(secret: str) -> str:
     return base64.urlsafe_b64encode(hashlib.sha256(secret.encode()).digest()).rstrip(b"=").decode()
 
 
+# A result's jti is stored once: the second INSERT of the same one changes nothing (one statement, no savepoint).
+_RESULTS = cast(Table, CarrierResult.__table__)
+MARK_RESULT_USED = {
+    "postgresql": postgresql.insert(_RESULTS)
+    .on_conflict_do_nothing(index_elements=[_RESULTS.c.jti])
+    .returning(_RESULTS.c.jti),
+    "sqlite": sqlite.insert(_RESULTS).on_conflict_do_nothing(index_elements=[_RESULTS.c.jti]).returning(_RESULTS.c.jti),
+}
+
+
 def redeem_identity(db: Session, identity: VerifiedIdentity, *, binding_secret: str) -> None:
     """Accept a verified identity once, for the login flow that started it.
 
@@ -472,14 +483,14 @@ def redeem_identity(db: Session, identity: VerifiedIdentity, *, binding_secret: 
     """
     if not hmac.compare_digest(identity.session_binding, session_binding_for(binding_secret)):
         raise CarrierVerificationError(CarrierErrorCode.INTEGRITY_FAILED, "result of another login session")
-    try:
-        with db.begin_nested():
-            db.add(
-                CarrierResult(
-                    jti=identity.jti,
-                    agency_txn_digest=hashlib.sha256(identity.agency_txn_id.encode()).hexdigest(),
-                    expires_at=identity.expires_at,
-                )
-            )
-    except IntegrityError:
-        raise CarrierVerificationError(CarrierErrorCode.REPLAYED, "result already used") from None
+    used = db.execute(
+        MARK_RESULT_USED[db.get_bind().dialect.name],
+        {
+            "jti": identity.jti,
+            "agency_txn_digest": hashlib.sha256(identity.agency_txn_id.encode()).hexdigest(),
+            "used_at": dt.datetime.now(dt.UTC),
+            "expires_at": identity.expires_at,
+        },
+    )
+    if used.scalar() is None:
+        raise CarrierVerificationError(CarrierErrorCode.REPLAYED, "result already used")

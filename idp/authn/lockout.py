@@ -8,11 +8,12 @@ import hmac
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Protocol, TypeVar
+from typing import Protocol, TypeVar, cast
 
-from sqlalchemy import Engine, case, delete, null, select, update
+from sqlalchemy import Connection, Engine, Executable, Table, bindparam, case, delete, null, select, text, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+from sqlalchemy.orm import Session
 
 from idp.models import RateLimitCounter
 
@@ -103,11 +104,27 @@ class Slot:
 
 
 class RateLimiter(Protocol):
+    """Limits and lockouts, in the database or in Redis.
+
+    Hits (`hit`, `hit_each`, `take_back`) count at once, whatever the caller does next: they are counted before a
+    call to the carrier agency, which other requests must not wait for. Lockouts (`reserve`, `release`, `reset`,
+    `fail`) count in the caller's transaction when they are given it (`db`; the database limiter, see its class):
+    the caller then commits them with its own record of the attempt, a refusal included."""
+
     def hit(self, limit: Limit, subject: str, *, now: dt.datetime) -> int:
         """Count one hit; the hits in the window so far, this one included.
 
         Raises:
             RateLimitedError: the hit went over the limit (it is still counted).
+        """
+
+    def hit_each(self, hits: Sequence[tuple[Limit, str]], *, now: dt.datetime) -> None:
+        """Count one hit of each limit on its subject, in order, in one step, up to the first that goes over its
+        limit.
+
+        Raises:
+            RateLimitedError: that first one went over (it and those before it stay counted, those after it are not
+                counted).
         """
 
     def take_back(self, limit: Limit, subject: str, *, now: dt.datetime) -> None:
@@ -117,10 +134,12 @@ class RateLimiter(Protocol):
     def peek(self, limit: Limit, subject: str, *, now: dt.datetime) -> int:
         """The hits in the current window, without counting one."""
 
-    def reset(self, limit: Limit | Backoff, subject: str) -> None:
+    def reset(self, limit: Limit | Backoff, subject: str, *, db: Session | None = None) -> None:
         """Forget the subject's hits or failures (after a success that should reset a lockout)."""
 
-    def reserve(self, subjects: Sequence[tuple[Backoff, str]], *, now: dt.datetime) -> tuple[Slot, ...]:
+    def reserve(
+        self, subjects: Sequence[tuple[Backoff, str]], *, now: dt.datetime, db: Session | None = None
+    ) -> tuple[Slot, ...]:
         """Count one attempt as a failure against every subject at once, before it is judged, and lock each subject
         for the back-off that failure earns; a slot per subject, in order.
 
@@ -131,15 +150,16 @@ class RateLimiter(Protocol):
             LockedOutError: a subject is locked (the first in order is named); nothing was counted.
         """
 
-    def release(self, slot: Slot) -> None:
+    def release(self, slot: Slot, *, db: Session | None = None) -> None:
         """Uncount an attempt that did not fail: one failure fewer, and the lock it earned in advance lifted unless
         a later one has replaced it."""
 
-    def fail(self, backoff: Backoff, subject: str, *, now: dt.datetime) -> int:
+    def fail(self, backoff: Backoff, subject: str, *, now: dt.datetime, db: Session | None = None) -> int:
         """Count one failure and lock the subject for the back-off it earned; the failures so far."""
 
-    def locked_for(self, backoff: Backoff, subject: str, *, now: dt.datetime) -> int:
-        """Seconds until the subject may try again; 0 when it is not locked."""
+    def locked_for(self, backoff: Backoff, subject: str, *, now: dt.datetime, db: Session | None = None) -> int:
+        """Seconds until the subject may try again; 0 when it is not locked (as `db`'s transaction sees it, when
+        given)."""
 
 
 def judge_attempt(
@@ -149,16 +169,18 @@ def judge_attempt(
     *,
     failures: tuple[type[Exception], ...],
     now: dt.datetime,
+    db: Session | None = None,
 ) -> T:
     """Count → judge → settle: count the attempt as a failure against every subject first (refused while any is
     locked), then judge it; a failure stays counted, a success is forgiven where `Backoff.forgiven_by_success` and
-    uncounted elsewhere, and any other outcome is uncounted.
+    uncounted elsewhere, and any other outcome is uncounted. With `db`, all of it in the caller's transaction
+    (`RateLimiter`): the caller commits it whatever the outcome.
 
     Raises:
         LockedOutError: a subject is locked; `attempt` was not called and nothing was counted.
         Any of `failures`: what `attempt` raised, counted.
     """
-    slots = limiter.reserve(subjects, now=now)
+    slots = limiter.reserve(subjects, now=now, db=db)
     try:
         result = attempt()
     except failures:
@@ -166,13 +188,13 @@ def judge_attempt(
     except Exception:
         # Not a wrong guess (the database went away, an admin locked the account): neither counted nor forgiven.
         for slot in slots:
-            limiter.release(slot)
+            limiter.release(slot, db=db)
         raise
     for slot in slots:
         if slot.backoff.forgiven_by_success:
-            limiter.reset(slot.backoff, slot.subject)
+            limiter.reset(slot.backoff, slot.subject, db=db)
         else:
-            limiter.release(slot)
+            limiter.release(slot, db=db)
     return result
 
 
@@ -193,151 +215,237 @@ def retry_after(limit: Limit, now: dt.datetime) -> int:
     return max(1, math.ceil((end - now).total_seconds()))
 
 
-class DatabaseRateLimiter:
-    """Fixed-window counters in the database, each hit committed at once in its own transaction.
+COUNTER = cast(Table, RateLimitCounter.__table__)
+READ_COUNTER = select(COUNTER.c.count, COUNTER.c.window_start, COUNTER.c.locked_until).where(
+    COUNTER.c.key == bindparam("counter")
+)
+FORGET = delete(COUNTER).where(COUNTER.c.key == bindparam("counter"))
+LOCK = update(COUNTER).where(COUNTER.c.key == bindparam("counter")).values(locked_until=bindparam("until"))
+# A hit given back only within the window it was counted in; never below nothing.
+TAKE_BACK = (
+    update(COUNTER)
+    .where(COUNTER.c.key == bindparam("counter"), COUNTER.c.window_start == bindparam("start"), COUNTER.c.count > 0)
+    .values(count=COUNTER.c.count - 1)
+)
+UNCOUNT = (
+    update(COUNTER).where(COUNTER.c.key == bindparam("counter"), COUNTER.c.count > 0).values(count=COUNTER.c.count - 1)
+)
+# The lock an attempt earned in advance is lifted only while it is still that lock (a later attempt's stays).
+UNCOUNT_AND_UNLOCK = (
+    update(COUNTER)
+    .where(COUNTER.c.key == bindparam("counter"), COUNTER.c.count > 0)
+    .values(
+        count=COUNTER.c.count - 1,
+        locked_until=case((COUNTER.c.locked_until == bindparam("until"), null()), else_=COUNTER.c.locked_until),
+    )
+)
 
-    Its own transaction matters: the request that hit the limit usually fails and rolls back, and the
-    failed attempt must still count.
+
+class DatabaseRateLimiter:
+    """Fixed-window counters and back-off locks in the database, in statements built once.
+
+    Hits are committed at once, in a transaction of their own: they are counted before the carrier agency is called,
+    and other requests must see them while it answers (a request never holds a transaction open across that call).
+
+    Lockouts run in the caller's transaction when `db` is given, so an attempt's counting, its settling and the
+    request's own writes (the sign-in, the audit event) are one transaction. The counter rows an attempt counts
+    against stay locked until that transaction ends (a row lock on PostgreSQL; SQLite has one writer), so an attempt
+    on the same subject at the same moment waits for it and then sees its count: still counted first, judged after.
+    The caller commits on every outcome, a refusal included; a request that rolls back (a crash, the database gone)
+    counted nothing, as `judge_attempt` uncounts any outcome other than a failure. Without `db`, each call is a
+    transaction of its own.
     """
 
     def __init__(self, engine: Engine, secret: bytes) -> None:
         self.engine = engine
         self.secret = secret
+        self._insert = pg_insert if engine.dialect.name == "postgresql" else sqlite_insert
+        self._hit = self._hit_statement()
+        self._fail = self._fail_statement()
+        # By the number of subjects an attempt counts against (two for a TOTP sign-in): built on first use.
+        self._take_rows: dict[int, Executable] = {}
+        self._count_rows: dict[int, Executable] = {}
+
+    def _run(self, db: Session | None, work: Callable[[Connection], T]) -> T:
+        """`work` in the caller's transaction, or in one of its own that commits."""
+        if db is not None:
+            return work(db.connection())
+        with self.engine.begin() as connection:
+            return work(connection)
+
+    # -- hits ----------------------------------------------------------------------------------------------------
+
+    def _hit_statement(self) -> Executable:
+        values = self._insert(COUNTER).values(
+            key=bindparam("counter"), window_start=bindparam("start"), count=1, expires_at=bindparam("end")
+        )
+        # One statement, so concurrent processes never lose a hit: a new window restarts the count at 1.
+        same_window = COUNTER.c.window_start == values.excluded.window_start
+        return values.on_conflict_do_update(
+            index_elements=[COUNTER.c.key],
+            set_={
+                "count": case((same_window, COUNTER.c.count + 1), else_=1),
+                "window_start": values.excluded.window_start,
+                "expires_at": values.excluded.expires_at,
+            },
+        ).returning(COUNTER.c.count)
+
+    def _count_hit(self, connection: Connection, limit: Limit, subject: str, now: dt.datetime) -> int:
+        start = window_start(limit, now)
+        parameters = {"counter": counter_key(limit, subject, self.secret), "start": start, "end": start + limit.window}
+        return int(connection.execute(self._hit, parameters).scalar_one())
 
     def hit(self, limit: Limit, subject: str, *, now: dt.datetime) -> int:
-        key = counter_key(limit, subject, self.secret)
-        start = window_start(limit, now)
-        insert = pg_insert if self.engine.dialect.name == "postgresql" else sqlite_insert
-        values = insert(RateLimitCounter).values(key=key, window_start=start, count=1, expires_at=start + limit.window)
-        # One statement, so concurrent processes never lose a hit: a new window restarts the count at 1.
-        same_window = RateLimitCounter.window_start == values.excluded.window_start
-        statement = values.on_conflict_do_update(
-            index_elements=[RateLimitCounter.key],
-            set_={
-                "count": case((same_window, RateLimitCounter.count + 1), else_=1),
-                "window_start": start,
-                "expires_at": start + limit.window,
-            },
-        ).returning(RateLimitCounter.count)
         with self.engine.begin() as connection:
-            count = int(connection.execute(statement).scalar_one())
+            count = self._count_hit(connection, limit, subject, now)
         if count > limit.count:
             raise RateLimitedError(limit, retry_after(limit, now))
         return count
 
+    def hit_each(self, hits: Sequence[tuple[Limit, str]], *, now: dt.datetime) -> None:
+        over: Limit | None = None
+        with self.engine.begin() as connection:
+            for limit, subject in hits:
+                if self._count_hit(connection, limit, subject, now) > limit.count:
+                    over = limit
+                    break
+        if over is not None:
+            raise RateLimitedError(over, retry_after(over, now))
+
     def take_back(self, limit: Limit, subject: str, *, now: dt.datetime) -> None:
-        counter = RateLimitCounter
         with self.engine.begin() as connection:
             connection.execute(
-                update(counter)
-                .where(
-                    counter.key == counter_key(limit, subject, self.secret),
-                    counter.window_start == window_start(limit, now),
-                    counter.count > 0,
-                )
-                .values(count=counter.count - 1)
+                TAKE_BACK,
+                {"counter": counter_key(limit, subject, self.secret), "start": window_start(limit, now)},
             )
 
     def peek(self, limit: Limit, subject: str, *, now: dt.datetime) -> int:
         with self.engine.connect() as connection:
-            row = connection.execute(
-                select(RateLimitCounter.count, RateLimitCounter.window_start).where(
-                    RateLimitCounter.key == counter_key(limit, subject, self.secret)
-                )
-            ).first()
+            row = connection.execute(READ_COUNTER, {"counter": counter_key(limit, subject, self.secret)}).first()
         if row is None or _aware(row[1]) != window_start(limit, now):
             return 0
         return int(row[0])
 
-    def reset(self, limit: Limit | Backoff, subject: str) -> None:
-        with self.engine.begin() as connection:
-            connection.execute(
-                delete(RateLimitCounter).where(RateLimitCounter.key == counter_key(limit, subject, self.secret))
-            )
+    def reset(self, limit: Limit | Backoff, subject: str, *, db: Session | None = None) -> None:
+        key = counter_key(limit, subject, self.secret)
+        self._run(db, lambda connection: connection.execute(FORGET, {"counter": key}))
 
-    def reserve(self, subjects: Sequence[tuple[Backoff, str]], *, now: dt.datetime) -> tuple[Slot, ...]:
+    # -- lockouts ------------------------------------------------------------------------------------------------
+
+    def _rows(self, subjects: int, *, count: bool) -> Executable:
+        """The counters of `subjects` subjects (parameters key_N and memory_N, and now), in one statement: taken
+        (inserted when missing, locked either way) with their locks read back, or `count`ed.
+
+        Written out as SQL (the same for PostgreSQL and SQLite): SQLAlchemy compiles an INSERT of several rows
+        again for every execution, which cost more than the rest of a TOTP sign-in's counting."""
+        built = (self._count_rows if count else self._take_rows).get(subjects)
+        if built is not None:
+            return built
+        rows = ", ".join(f"(:key_{n}, :now, 0, :memory_{n})" for n in range(subjects))
+        if count:
+            # The rows are taken already, none of them locked: an expired memory starts again at 1.
+            change = (
+                "count = CASE WHEN rate_limit_counter.expires_at > :now THEN rate_limit_counter.count + 1 ELSE 1 END, "
+                "expires_at = excluded.expires_at"
+            )
+            read = COUNTER.c.count
+        else:
+            # Changes nothing in a row that exists, but takes it (the row lock, or SQLite's write lock) before any
+            # count is read or written.
+            change = "count = rate_limit_counter.count"
+            read = COUNTER.c.locked_until
+        statement = (
+            text(
+                f'INSERT INTO rate_limit_counter ("key", window_start, count, expires_at) VALUES {rows} '  # noqa: S608  (constants and parameter names, no input)
+                f'ON CONFLICT ("key") DO UPDATE SET {change} RETURNING "key", {read.name}'
+            )
+            .bindparams(
+                bindparam("now", type_=COUNTER.c.window_start.type),
+                *(bindparam(f"key_{n}", type_=COUNTER.c.key.type) for n in range(subjects)),
+                *(bindparam(f"memory_{n}", type_=COUNTER.c.expires_at.type) for n in range(subjects)),
+            )
+            .columns(COUNTER.c.key, read)
+        )
+        (self._count_rows if count else self._take_rows)[subjects] = statement
+        return statement
+
+    def reserve(
+        self, subjects: Sequence[tuple[Backoff, str]], *, now: dt.datetime, db: Session | None = None
+    ) -> tuple[Slot, ...]:
         keys = [counter_key(backoff, subject, self.secret) for backoff, subject in subjects]
-        insert = pg_insert if self.engine.dialect.name == "postgresql" else sqlite_insert
-        counter = RateLimitCounter
-        counted: dict[int, tuple[int, dt.datetime | None]] = {}
-        with self.engine.begin() as connection:
-            # Each upsert counts the attempt and keeps the row locked (PostgreSQL; SQLite has one writer at a time)
-            # until the lock it earns is written, so no other attempt reads a count between the two. Rows are taken
-            # in key order, so two attempts over the same subjects cannot deadlock.
-            for index in sorted(range(len(keys)), key=keys.__getitem__):
-                backoff = subjects[index][0]
-                values = insert(counter).values(
-                    key=keys[index], window_start=now, count=1, expires_at=now + backoff.memory
-                )
-                locked = counter.locked_until > now
-                statement = values.on_conflict_do_update(
-                    index_elements=[counter.key],
-                    set_={
-                        # A locked subject's attempt is refused below: it neither counts nor lengthens the memory.
-                        # An expired memory starts again at 1.
-                        "count": case((locked, counter.count), (counter.expires_at > now, counter.count + 1), else_=1),
-                        "expires_at": case((locked, counter.expires_at), else_=values.excluded.expires_at),
-                    },
-                ).returning(counter.count, counter.locked_until)
-                row = connection.execute(statement).one()
-                counted[index] = (int(row[0]), _aware(row[1]) if row[1] is not None else None)
+        # Rows in key order, so two attempts over the same subjects cannot deadlock.
+        order = sorted(range(len(keys)), key=keys.__getitem__)
+        parameters: dict[str, object] = {"now": now}
+        for position, index in enumerate(order):
+            parameters[f"key_{position}"] = keys[index]
+            parameters[f"memory_{position}"] = now + subjects[index][0].memory
+
+        def count(connection: Connection) -> tuple[Slot, ...]:
+            # First every row taken and its lock read: a locked subject refuses the attempt before anything is
+            # counted against any subject. Then the count, which no other attempt can read in between.
+            locks: dict[str, dt.datetime | None] = {
+                key: until for key, until in connection.execute(self._rows(len(keys), count=False), parameters)
+            }
             for index, (backoff, _) in enumerate(subjects):
-                until = counted[index][1]
-                if until is not None and until > now:
-                    # Leaving the block rolls back what was counted against the other subjects.
-                    raise LockedOutError(backoff, _seconds_until(until, now))
+                until = locks[keys[index]]
+                if until is not None and _aware(until) > now:
+                    raise LockedOutError(backoff, _seconds_until(_aware(until), now))
+            counts: dict[str, int] = {
+                key: count for key, count in connection.execute(self._rows(len(keys), count=True), parameters)
+            }
             slots = []
             for index, (backoff, subject) in enumerate(subjects):
-                failures = counted[index][0]
+                failures = int(counts[keys[index]])
                 delay = backoff.delay(failures)
                 lock = now + delay if delay else None
                 if lock is not None:
-                    connection.execute(update(counter).where(counter.key == keys[index]).values(locked_until=lock))
+                    connection.execute(LOCK, {"counter": keys[index], "until": lock})
                 slots.append(Slot(backoff, subject, failures, lock))
-        return tuple(slots)
+            return tuple(slots)
 
-    def release(self, slot: Slot) -> None:
-        counter = RateLimitCounter
-        lifted = (
-            case((counter.locked_until == slot.locked_until, null()), else_=counter.locked_until)
-            if slot.locked_until is not None
-            else counter.locked_until
+        return self._run(db, count)
+
+    def release(self, slot: Slot, *, db: Session | None = None) -> None:
+        key = counter_key(slot.backoff, slot.subject, self.secret)
+        if slot.locked_until is None:
+            self._run(db, lambda connection: connection.execute(UNCOUNT, {"counter": key}))
+        else:
+            parameters = {"counter": key, "until": slot.locked_until}
+            self._run(db, lambda connection: connection.execute(UNCOUNT_AND_UNLOCK, parameters))
+
+    def _fail_statement(self) -> Executable:
+        values = self._insert(COUNTER).values(
+            key=bindparam("counter"), window_start=bindparam("now"), count=1, expires_at=bindparam("memory")
         )
-        with self.engine.begin() as connection:
-            connection.execute(
-                update(counter)
-                .where(counter.key == counter_key(slot.backoff, slot.subject, self.secret), counter.count > 0)
-                .values(count=counter.count - 1, locked_until=lifted)
-            )
-
-    def fail(self, backoff: Backoff, subject: str, *, now: dt.datetime) -> int:
-        key = counter_key(backoff, subject, self.secret)
-        insert = pg_insert if self.engine.dialect.name == "postgresql" else sqlite_insert
-        values = insert(RateLimitCounter).values(key=key, window_start=now, count=1, expires_at=now + backoff.memory)
         # One statement for the count, so concurrent failures are never lost; an expired memory starts again at 1.
-        statement = values.on_conflict_do_update(
-            index_elements=[RateLimitCounter.key],
+        return values.on_conflict_do_update(
+            index_elements=[COUNTER.c.key],
             set_={
-                "count": case((RateLimitCounter.expires_at > now, RateLimitCounter.count + 1), else_=1),
-                "expires_at": now + backoff.memory,
+                "count": case((COUNTER.c.expires_at > bindparam("now"), COUNTER.c.count + 1), else_=1),
+                "expires_at": values.excluded.expires_at,
             },
-        ).returning(RateLimitCounter.count)
-        with self.engine.begin() as connection:
-            count = int(connection.execute(statement).scalar_one())
-            delay = backoff.delay(count)
-            if delay:
-                connection.execute(
-                    update(RateLimitCounter).where(RateLimitCounter.key == key).values(locked_until=now + delay)
-                )
-        return count
+        ).returning(COUNTER.c.count)
 
-    def locked_for(self, backoff: Backoff, subject: str, *, now: dt.datetime) -> int:
-        with self.engine.connect() as connection:
-            until = connection.execute(
-                select(RateLimitCounter.locked_until).where(
-                    RateLimitCounter.key == counter_key(backoff, subject, self.secret)
-                )
-            ).scalar()
+    def fail(self, backoff: Backoff, subject: str, *, now: dt.datetime, db: Session | None = None) -> int:
+        key = counter_key(backoff, subject, self.secret)
+
+        def count(connection: Connection) -> int:
+            failures = int(
+                connection.execute(
+                    self._fail, {"counter": key, "now": now, "memory": now + backoff.memory}
+                ).scalar_one()
+            )
+            delay = backoff.delay(failures)
+            if delay:
+                connection.execute(LOCK, {"counter": key, "until": now + delay})
+            return failures
+
+        return self._run(db, count)
+
+    def locked_for(self, backoff: Backoff, subject: str, *, now: dt.datetime, db: Session | None = None) -> int:
+        key = counter_key(backoff, subject, self.secret)
+        row = self._run(db, lambda connection: connection.execute(READ_COUNTER, {"counter": key}).first())
+        until = row[2] if row is not None else None
         if until is None or _aware(until) <= now:
             return 0
         return _seconds_until(_aware(until), now)
@@ -345,7 +453,7 @@ class DatabaseRateLimiter:
     def purge(self, *, now: dt.datetime) -> int:
         """Drop counters whose window has ended."""
         with self.engine.begin() as connection:
-            result = connection.execute(delete(RateLimitCounter).where(RateLimitCounter.expires_at < now))
+            result = connection.execute(delete(COUNTER).where(COUNTER.c.expires_at < now))
         return int(result.rowcount)
 
 
@@ -411,7 +519,8 @@ return 0
 
 
 class RedisRateLimiter:
-    """Fixed-window counters in Redis (`IDP_RATELIMIT_STORAGE=redis://…`), for a fleet."""
+    """Fixed-window counters in Redis (`IDP_RATELIMIT_STORAGE=redis://…`), for a fleet. Every call counts at once,
+    atomically in Redis; a caller's database transaction (`db`) plays no part."""
 
     def __init__(self, url: str, secret: bytes) -> None:
         import redis
@@ -435,6 +544,10 @@ class RedisRateLimiter:
             raise RateLimitedError(limit, retry_after(limit, now))
         return count
 
+    def hit_each(self, hits: Sequence[tuple[Limit, str]], *, now: dt.datetime) -> None:
+        for limit, subject in hits:
+            self.hit(limit, subject, now=now)
+
     def take_back(self, limit: Limit, subject: str, *, now: dt.datetime) -> None:
         self._take_back(keys=[self._key(limit, subject, now)])
 
@@ -442,7 +555,7 @@ class RedisRateLimiter:
         value = self.client.get(self._key(limit, subject, now))
         return int(value) if value is not None else 0
 
-    def reset(self, limit: Limit | Backoff, subject: str) -> None:
+    def reset(self, limit: Limit | Backoff, subject: str, *, db: Session | None = None) -> None:
         if isinstance(limit, Backoff):
             base = self._backoff_key(limit, subject)
             self.client.delete(f"{base}:n", f"{base}:until")
@@ -453,7 +566,9 @@ class RedisRateLimiter:
     def _backoff_key(self, backoff: Backoff, subject: str) -> str:
         return f"idp:lock:{counter_key(backoff, subject, self.secret)}"
 
-    def reserve(self, subjects: Sequence[tuple[Backoff, str]], *, now: dt.datetime) -> tuple[Slot, ...]:
+    def reserve(
+        self, subjects: Sequence[tuple[Backoff, str]], *, now: dt.datetime, db: Session | None = None
+    ) -> tuple[Slot, ...]:
         keys: list[str] = []
         arguments: list[str | int] = [_milliseconds(now)]
         for backoff, subject in subjects:
@@ -476,13 +591,13 @@ class RedisRateLimiter:
             slots.append(Slot(backoff, subject, failures, until))
         return tuple(slots)
 
-    def release(self, slot: Slot) -> None:
+    def release(self, slot: Slot, *, db: Session | None = None) -> None:
         base = self._backoff_key(slot.backoff, slot.subject)
         # The lock as the script wrote it: it is lifted only while it is still the one this attempt earned.
         lock = f"{slot.locked_until.timestamp():.3f}" if slot.locked_until is not None else ""
         self._release(keys=[f"{base}:n", f"{base}:until"], args=[lock])
 
-    def fail(self, backoff: Backoff, subject: str, *, now: dt.datetime) -> int:
+    def fail(self, backoff: Backoff, subject: str, *, now: dt.datetime, db: Session | None = None) -> int:
         base = self._backoff_key(backoff, subject)
         memory = int(backoff.memory.total_seconds())
         pipe = self.client.pipeline()
@@ -495,7 +610,7 @@ class RedisRateLimiter:
             self.client.set(f"{base}:until", until.timestamp(), ex=max(1, math.ceil(delay.total_seconds())))
         return count
 
-    def locked_for(self, backoff: Backoff, subject: str, *, now: dt.datetime) -> int:
+    def locked_for(self, backoff: Backoff, subject: str, *, now: dt.datetime, db: Session | None = None) -> int:
         value = self.client.get(f"{self._backoff_key(backoff, subject)}:until")
         if value is None:
             return 0

@@ -7,10 +7,12 @@ import hashlib
 import json
 import secrets
 import uuid
+from dataclasses import dataclass
 from typing import Any, cast
 
-from sqlalchemy import Table, insert, or_, select, update
+from sqlalchemy import Table, bindparam, insert, or_, select, update
 from sqlalchemy.orm import Session
+from sqlalchemy.orm.attributes import set_committed_value
 from webauthn import (
     generate_authentication_options,
     generate_registration_options,
@@ -76,6 +78,36 @@ def _digest(value: bytes) -> bytes:
 INSERT_CHALLENGE = insert(cast(Table, WebAuthnChallenge.__table__))
 
 
+_CHALLENGES = cast(Table, WebAuthnChallenge.__table__)
+# Single use, for this flow and purpose, while it lives: a compare-and-set built once (one for the sign-in's
+# challenges, which name no resident, one for a resident's own).
+_CONSUME = (
+    update(_CHALLENGES)
+    .where(
+        _CHALLENGES.c.digest == bindparam("of_digest"),
+        _CHALLENGES.c.purpose == bindparam("of_purpose"),
+        _CHALLENGES.c.binding == bindparam("of_binding"),
+        _CHALLENGES.c.consumed_at.is_(None),
+        _CHALLENGES.c.expires_at > bindparam("at"),
+    )
+    .values(consumed_at=bindparam("at"))
+)
+CONSUME_CHALLENGE = _CONSUME.where(_CHALLENGES.c.resident_id.is_(None))
+CONSUME_RESIDENTS_CHALLENGE = _CONSUME.where(_CHALLENGES.c.resident_id == bindparam("of_resident"))
+# The passkey an assertion names, with its resident (who signs in): one statement, built once.
+FIND_PASSKEY = (
+    select(Passkey, Resident)
+    .join(Resident, Resident.id == Passkey.resident_id)
+    .where(Passkey.credential_id == bindparam("credential_id"))
+)
+_PASSKEYS = cast(Table, Passkey.__table__)
+RECORD_USE = (
+    update(_PASSKEYS)
+    .where(_PASSKEYS.c.id == bindparam("passkey"))
+    .values(sign_count=bindparam("count"), backed_up=bindparam("synced"), last_used_at=bindparam("at"))
+)
+
+
 def _store_challenge(
     db: Session, challenge: bytes, *, purpose: str, resident_id: uuid.UUID | None, binding: str, now: dt.datetime
 ) -> None:
@@ -105,21 +137,16 @@ def _consume_challenge(
     Raises:
         PasskeyRejectedError: unknown, expired, replayed, or issued to another flow.
     """
-    consumed = db.execute(
-        update(WebAuthnChallenge)
-        .where(
-            WebAuthnChallenge.digest == _digest(client_data_challenge),
-            WebAuthnChallenge.purpose == purpose,
-            WebAuthnChallenge.binding == _digest(binding.encode()),
-            WebAuthnChallenge.consumed_at.is_(None),
-            WebAuthnChallenge.expires_at > now,
-            WebAuthnChallenge.resident_id.is_(None)
-            if resident_id is None
-            else WebAuthnChallenge.resident_id == resident_id,
-        )
-        .values(consumed_at=now)
-        .execution_options(synchronize_session=False)
-    )
+    parameters = {
+        "of_digest": _digest(client_data_challenge),
+        "of_purpose": purpose,
+        "of_binding": _digest(binding.encode()),
+        "at": now,
+    }
+    if resident_id is None:
+        consumed = db.execute(CONSUME_CHALLENGE, parameters)
+    else:
+        consumed = db.execute(CONSUME_RESIDENTS_CHALLENGE, {**parameters, "of_resident": resident_id})
     if consumed.rowcount != 1:  # type: ignore[attr-defined]  # CursorResult of an UPDATE
         raise PasskeyRejectedError("challenge_unknown_expired_or_used")
 
@@ -341,10 +368,18 @@ def authentication_options(db: Session, *, rp_id: str, binding: str, now: dt.dat
     return options_to_json(options)
 
 
+@dataclass(frozen=True, slots=True)
+class VerifiedPasskey:
+    """A passkey an assertion proved, and its resident (read with it)."""
+
+    passkey: Passkey
+    resident: Resident
+
+
 def authenticate_passkey(
     db: Session, response_json: str, *, rp_id: str, origin: str, binding: str, now: dt.datetime, client_ip: str | None
-) -> Passkey:
-    """Verify an assertion and return the passkey it proves; the counter and backup state are updated.
+) -> VerifiedPasskey:
+    """Verify an assertion; the passkey it proves and its resident. The counter and backup state are updated.
 
     Raises:
         PasskeyClonedError: the counter went backwards (the passkey is marked and refused from now on).
@@ -357,9 +392,10 @@ def authenticate_passkey(
         raise PasskeyRejectedError("malformed_credential") from None
     challenge = _client_data_challenge(response)
     _consume_challenge(db, challenge, purpose=AUTHENTICATE, resident_id=None, binding=binding, now=now)
-    passkey = db.scalar(select(Passkey).where(Passkey.credential_id == credential.raw_id))
-    if passkey is None:
+    found = db.execute(FIND_PASSKEY, {"credential_id": credential.raw_id}).first()
+    if found is None:
         raise PasskeyRejectedError("unknown_credential")
+    passkey, resident = found
     if passkey.suspected_clone_at is not None:
         raise PasskeyClonedError("credential_marked_cloned")
     # WebAuthn §7.2 step 6: the user handle, when given, must be the passkey owner's.
@@ -387,10 +423,11 @@ def authenticate_passkey(
             db, "passkey.clone_suspected", result=FAILURE, resident_id=passkey.resident_id, client_ip=client_ip
         )
         raise PasskeyClonedError("sign_count_went_backwards")
-    passkey.sign_count = verified.new_sign_count
-    passkey.backed_up = verified.credential_backed_up
-    passkey.last_used_at = now
-    return passkey
+    used = {"sign_count": verified.new_sign_count, "backed_up": verified.credential_backed_up, "last_used_at": now}
+    db.execute(RECORD_USE, {"passkey": passkey.id, "count": used["sign_count"], "synced": used["backed_up"], "at": now})
+    for column, value in used.items():
+        set_committed_value(passkey, column, value)  # as stored: nothing left for the unit of work
+    return VerifiedPasskey(passkey, resident)
 
 
 # -- management ------------------------------------------------------------------------------------------------------

@@ -9,7 +9,7 @@ import hmac
 import uuid
 from dataclasses import dataclass
 
-from sqlalchemy import select
+from sqlalchemy import bindparam, select
 from sqlalchemy.orm import Session
 
 from idp.audit import FAILURE, SUCCESS, record_event
@@ -43,6 +43,10 @@ def ci_index(ci: str, pepper: str) -> bytes:
     return hmac.new(pepper.encode(), ci.encode(), hashlib.sha256).digest()
 
 
+# Every carrier sign-in finds its resident by the CI's blind index: built once.
+BY_CI_INDEX = select(Resident).where(Resident.ci_index == bindparam("ci_index"))
+
+
 def resident_for_identity(
     db: Session,
     identity: VerifiedIdentity,
@@ -60,10 +64,10 @@ def resident_for_identity(
         ResidentLockedError: the resident is locked by an admin.
     """
     index = ci_index(identity.ci, pepper)
-    resident = db.scalar(select(Resident).where(Resident.ci_index == index))
+    resident = db.scalar(BY_CI_INDEX, {"ci_index": index})
     outcome = AccountOutcome.SIGNED_IN
     if resident is None and identity.ci_previous:
-        resident = db.scalar(select(Resident).where(Resident.ci_index == ci_index(identity.ci_previous, pepper)))
+        resident = db.scalar(BY_CI_INDEX, {"ci_index": ci_index(identity.ci_previous, pepper)})
         if resident is not None:
             resident.ci_index = index
             resident.ci_pepper_version = CI_PEPPER_VERSION

@@ -6,10 +6,12 @@ import datetime as dt
 import hashlib
 import secrets
 import uuid
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any, cast
 
-from sqlalchemy import bindparam, select, update
-from sqlalchemy.orm import Session, joinedload
+from sqlalchemy import Table, bindparam, insert, select, update
+from sqlalchemy.orm import Session, contains_eager, make_transient_to_detached
 
 from idp.audit import SUCCESS, record_event
 from idp.authn.assurance import PHR, PHRH, AuthEvent, assurance_within, best_acr, merge_amr
@@ -41,6 +43,10 @@ def digest_secret(secret: str) -> bytes:
     return hashlib.sha256(secret.encode()).digest()
 
 
+# A plain INSERT built once: every sign-in opens a session, and the unit of work would cost as much again.
+INSERT_SESSION = insert(cast(Table, LoginSession.__table__))
+
+
 def start_session(
     db: Session,
     resident: Resident,
@@ -49,27 +55,51 @@ def start_session(
     client_ip: str | None,
     user_agent: str | None,
     now: dt.datetime,
+    issuer: str = "",
+    later: Sequence[AuthEvent] = (),
 ) -> StartedSession:
-    """Open a new session for `resident` after `event`: a fresh sid and cookie at every sign-in (no fixation)."""
+    """Open a new session for `resident` after `event` (and the `later` events of the same sign-in, in order; the
+    acr they reach is judged under `issuer`): a fresh sid and cookie at every sign-in (no fixation)."""
     secret = secrets.token_urlsafe(32)
-    session = LoginSession(
-        id=uuid.uuid4(),
-        sid=secrets.token_urlsafe(24),
-        secret_digest=digest_secret(secret),
-        resident_id=resident.id,
-        auth_time=event.at,
-        acr=event.acr,
-        amr=list(event.amr),
-        events=[event.to_json()],
-        client_ip=client_ip,
-        user_agent=(user_agent or "")[:300] or None,
-        created_at=now,
-        last_seen_at=now,
-        expires_at=now + absolute_lifetime(event.acr),
-    )
+    row: dict[str, Any] = {
+        "id": uuid.uuid4(),
+        "sid": secrets.token_urlsafe(24),
+        "secret_digest": digest_secret(secret),
+        "resident_id": resident.id,
+        "auth_time": event.at,
+        "acr": event.acr,
+        "amr": list(event.amr),
+        "events": [event.to_json()],
+        "client_ip": client_ip,
+        "user_agent": (user_agent or "")[:300] or None,
+        "created_at": now,
+        "last_seen_at": now,
+        "expires_at": now + absolute_lifetime(event.acr),
+        "ended_at": None,
+    }
+    for further in later:
+        row.update(_raised(row, further, issuer=issuer, now=now))
+    db.flush()  # the resident may be new in this transaction: its row first
+    db.execute(INSERT_SESSION, row)
+    session = LoginSession(**row)
+    # The row is written: the object joins the session as if it had been read back, without a query.
+    make_transient_to_detached(session)
     db.add(session)
-    db.flush()
     return StartedSession(session=session, cookie_value=secret)
+
+
+def _raised(session: Mapping[str, Any], event: AuthEvent, *, issuer: str, now: dt.datetime) -> dict[str, Any]:
+    """What a session's columns become after a further authentication (step-up): amr grows, acr is the best
+    reached, the absolute lifetime is that of the new level (never longer than it was)."""
+    acr = best_acr([session["acr"], event.acr], issuer)
+    return {
+        "events": [*session["events"], event.to_json()],
+        "amr": merge_amr(session["amr"], event.amr),
+        "acr": acr,
+        "auth_time": event.at,
+        "expires_at": min(session["expires_at"], now + absolute_lifetime(acr)),
+        "last_seen_at": now,
+    }
 
 
 def absolute_lifetime(acr: str) -> dt.timedelta:
@@ -80,10 +110,12 @@ def idle_limit(acr: str) -> dt.timedelta | None:
     return STRONG_IDLE if acr in (PHR, PHRH) else None
 
 
-# The session with its resident, in one statement built once: every page and every /authorize reads both.
+# The session with its resident, in one statement built once: every page and every /authorize reads both. An
+# inner join (a session always has its resident) filled in as the relationship: less work than a joined load.
 FIND_SESSION = (
     select(LoginSession)
-    .options(joinedload(LoginSession.resident))
+    .join(LoginSession.resident)
+    .options(contains_eager(LoginSession.resident))
     .where(LoginSession.secret_digest == bindparam("secret_digest"))
 )
 
@@ -109,12 +141,9 @@ def load_session(db: Session, cookie_value: str, *, now: dt.datetime) -> LoginSe
 
 def add_event(db: Session, session: LoginSession, event: AuthEvent, *, issuer: str, now: dt.datetime) -> None:
     """Record a further authentication (step-up) in the session: amr grows, acr is the best reached."""
-    session.events = [*session.events, event.to_json()]
-    session.amr = merge_amr(session.amr, event.amr)
-    session.acr = best_acr([session.acr, event.acr], issuer)
-    session.auth_time = event.at
-    session.expires_at = min(session.expires_at, now + absolute_lifetime(session.acr))
-    session.last_seen_at = now
+    current = {"events": session.events, "amr": session.amr, "acr": session.acr, "expires_at": session.expires_at}
+    for column, value in _raised(current, event, issuer=issuer, now=now).items():
+        setattr(session, column, value)
     db.flush()
 
 
@@ -146,14 +175,23 @@ def sign_in_resident(
     """
     methods = "+".join(event.method.value for event in events)
     if current is None or current.resident_id != resident.id:
-        started = start_session(db, resident, events[0], client_ip=client_ip, user_agent=user_agent, now=now)
-        current, cookie_value, events = started.session, started.cookie_value, events[1:]
+        started = start_session(
+            db,
+            resident,
+            events[0],
+            client_ip=client_ip,
+            user_agent=user_agent,
+            now=now,
+            issuer=issuer,
+            later=events[1:],
+        )
+        current, cookie_value = started.session, started.cookie_value
     else:
         # A new cookie secret at every authentication, as at every sign-in; the sid that services know stays.
         cookie_value = secrets.token_urlsafe(32)
         current.secret_digest = digest_secret(cookie_value)
-    for event in events:
-        add_event(db, current, event, issuer=issuer, now=now)
+        for event in events:
+            add_event(db, current, event, issuer=issuer, now=now)
     record_event(
         db,
         "signin",

@@ -7,12 +7,14 @@ import re
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import cast
 
 import pyotp
 from cryptography.fernet import Fernet, InvalidToken
 from pyotp.exceptions import OTPVerificationError
-from sqlalchemy import or_, select, update
+from sqlalchemy import Table, bindparam, or_, select, update
 from sqlalchemy.orm import Session
+from sqlalchemy.orm.attributes import set_committed_value
 
 from idp.audit import FAILURE, SUCCESS, record_event
 from idp.authn.lockout import (
@@ -102,15 +104,32 @@ def _secret(device: TotpDevice, cipher: Fernet) -> str:
     return cipher.decrypt(device.secret_encrypted).decode()
 
 
+# Statements of every TOTP sign-in (and of every carrier sign-in, which asks whether TOTP must follow), built once.
+FIND_DEVICE = select(TotpDevice).where(TotpDevice.resident_id == bindparam("resident_id"))
+_DEVICES = cast(Table, TotpDevice.__table__)
+HAS_TOTP = select(_DEVICES.c.id).where(
+    _DEVICES.c.resident_id == bindparam("resident_id"), _DEVICES.c.confirmed_at.is_not(None)
+)
+# A compare-and-set: the step is marked only if no step as late was marked before.
+MARK_STEP = (
+    update(_DEVICES)
+    .where(
+        _DEVICES.c.id == bindparam("device"),
+        or_(_DEVICES.c.last_used_step.is_(None), _DEVICES.c.last_used_step < bindparam("step")),
+    )
+    .values(last_used_step=bindparam("step"), last_used_at=bindparam("at"))
+)
+
+
 def find_device(db: Session, resident_id: uuid.UUID) -> TotpDevice | None:
     """The resident's authenticator, confirmed or still being set up."""
-    return db.scalar(select(TotpDevice).where(TotpDevice.resident_id == resident_id))
+    found: TotpDevice | None = db.scalar(FIND_DEVICE, {"resident_id": resident_id})
+    return found
 
 
 def has_totp(db: Session, resident_id: uuid.UUID) -> bool:
     """Whether the resident has a confirmed authenticator (only then does TOTP sign them in)."""
-    confirmed = select(TotpDevice.id).where(TotpDevice.resident_id == resident_id, TotpDevice.confirmed_at.is_not(None))
-    return db.scalar(confirmed) is not None
+    return db.scalar(HAS_TOTP, {"resident_id": resident_id}) is not None
 
 
 def begin_enrolment(
@@ -182,18 +201,12 @@ def mark_step_used(db: Session, device: TotpDevice, step: int, *, now: dt.dateti
     Raises:
         TotpCodeReusedError: another request used this step (or a later one) first.
     """
-    marked = db.execute(
-        update(TotpDevice)
-        .where(
-            TotpDevice.id == device.id,
-            or_(TotpDevice.last_used_step.is_(None), TotpDevice.last_used_step < step),
-        )
-        .values(last_used_step=step, last_used_at=now)
-        .execution_options(synchronize_session=False)
-    )
+    marked = db.execute(MARK_STEP, {"device": device.id, "step": step, "at": now})
     if marked.rowcount != 1:  # type: ignore[attr-defined]  # CursorResult of an UPDATE
         raise TotpCodeReusedError
-    db.refresh(device)
+    # The object as stored, without reading it back.
+    set_committed_value(device, "last_used_step", step)
+    set_committed_value(device, "last_used_at", now)
 
 
 def verify_code(db: Session, device: TotpDevice, code: str, *, cipher: Fernet, now: dt.datetime) -> int:
@@ -267,8 +280,8 @@ def authenticate(
     refused unchecked while either is locked (`lockout.judge_attempt`), so parallel guesses get no more checks
     than guesses one after another. `check` judges `code` against the confirmed device without writing (raising
     a TotpError when it is wrong) and returns what consumes it (marks the time step, burns the recovery code).
-    Consuming comes last, after the lockout counters are settled: with SQLite a request holding the write lock
-    would make the counters, kept on their own connection so they survive a rolled-back request, wait for it.
+    The counters are kept in `db`'s transaction (with database storage): the caller commits it on every outcome,
+    and the attempt, its judgment and the sign-in are stored together.
 
     `resident` is None when the phone number typed names nobody: that fails exactly like a wrong code, so the
     answer never says whether a number has an account. `subject` keys the per-resident lockout (the resident's
@@ -295,15 +308,15 @@ def authenticate(
 
     subjects = [(TOTP_FAILURES_PER_RESIDENT, subject), (TOTP_FAILURES_PER_IP, client_ip)]
     try:
-        device, consume = judge_attempt(limiter, subjects, attempt, failures=(TotpError,), now=now)
+        device, consume = judge_attempt(limiter, subjects, attempt, failures=(TotpError,), now=now, db=db)
         try:
             consume()
         except TotpError:
-            # Another process consumed the same code a moment earlier: a replay after all, and it counts again
-            # (the success had already been forgiven or uncounted).
-            db.rollback()
+            # Another process consumed the same code a moment earlier (with Redis storage: database counters make
+            # attempts on one resident wait for each other): a replay after all, and it counts again (the success
+            # had already been forgiven or uncounted). The consume wrote nothing.
             for backoff, key in subjects:
-                limiter.fail(backoff, key, now=now)
+                limiter.fail(backoff, key, now=now, db=db)
             raise
     except TotpError as error:
         _record_failure(db, "totp.verify", error, resident_id, client_ip, now)

@@ -6,9 +6,9 @@ import contextlib
 import datetime as dt
 import hashlib
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
-from sqlalchemy import update
+from sqlalchemy import Table, bindparam, update
 from sqlalchemy.orm import Session
 
 from idp.audit import FAILURE, SUCCESS, record_event
@@ -60,6 +60,16 @@ class SignedIn:
     event: AuthEvent
 
 
+# A verification's events, found by their transaction (an index of carrier events alone: the events of abandoned
+# verifications and of unknown numbers, which never get a resident, are never read).
+_EVENTS = cast(Table, AuditEvent.__table__)
+LINK_EVENTS = (
+    update(_EVENTS)
+    .where(_EVENTS.c.txn == bindparam("of_txn"), _EVENTS.c.resident_id.is_(None))
+    .values(resident_id=bindparam("to_resident"))
+)
+
+
 def txn_digest(txn_id: str) -> str:
     # The audit log may show which agency transaction it was, never the id itself.
     return hashlib.sha256(txn_id.encode()).hexdigest()[:16]
@@ -77,6 +87,15 @@ def _limit(service: CarrierSignIn, limit: Limit, subject: str, now: dt.datetime)
         service.limiter.hit(limit, subject, now=now)
     except RateLimitedError as exc:
         raise _limit_error(limit, exc.retry_after) from None
+
+
+def _limit_each(service: CarrierSignIn, hits: list[tuple[Limit, str]], now: dt.datetime) -> None:
+    """`_limit` for several limits in turn, counted in one step; the first one over refuses the attempt, and those
+    after it are not counted."""
+    try:
+        service.limiter.hit_each(hits, now=now)
+    except RateLimitedError as exc:
+        raise _limit_error(exc.limit, exc.retry_after) from None
 
 
 def _give_back_if_unanswered(
@@ -116,9 +135,11 @@ def start_verification(
     try:
         # Every start counts against the address, even one the agency never answered (it may be someone trying
         # numbers). Against the phone counts every start the agency answered, a text message or an app approval
-        # alike: both reach the resident's phone, and both let someone try names and birth dates against it.
-        _limit(service, CARRIER_STARTS_PER_IP, request.client_ip, now)
-        _limit(service, CARRIER_SENDS_PER_PHONE, request.phone, now)
+        # alike: both reach the resident's phone, and both let someone try names and birth dates against it. A
+        # start refused for the address is not counted against the phone. Both in one step.
+        _limit_each(
+            service, [(CARRIER_STARTS_PER_IP, request.client_ip), (CARRIER_SENDS_PER_PHONE, request.phone)], now
+        )
         try:
             transaction = service.gateway.start(request)
         except CarrierVerificationError as error:
@@ -219,16 +240,7 @@ def sign_in(
     """
     account = resident_for_identity(db, identity, pepper=service.ci_pepper, now=now, client_ip=client_ip)
     # The verification's own events belong to the resident from now on, so erasing them erases those too.
-    db.execute(
-        update(AuditEvent)
-        .where(
-            AuditEvent.event.like("carrier.%"),
-            AuditEvent.resident_id.is_(None),
-            AuditEvent.details["txn"].as_string() == txn_digest(identity.agency_txn_id),
-        )
-        .values(resident_id=account.resident.id)
-        .execution_options(synchronize_session=False)
-    )
+    db.execute(LINK_EVENTS, {"of_txn": txn_digest(identity.agency_txn_id), "to_resident": account.resident.id})
     method = Method.CARRIER_APP if identity.method is VerificationMethod.APP else Method.CARRIER_SMS
     event = AuthEvent.of(method, issuer=service.issuer, at=now)
     if has_totp(db, account.resident.id):

@@ -92,7 +92,8 @@ def residents_unlock(reference: str, as_json: bool) -> None:
         engine = db.get_bind()
         assert isinstance(engine, Engine)  # database() binds its sessions to an engine, never to one connection
         limiter = make_rate_limiter(current.ratelimit_storage, engine, secret=current.secret_key)
-        limiter.reset(TOTP_FAILURES_PER_RESIDENT, str(resident.id))
+        # In this command's transaction (with database storage): its audit event holds SQLite's write lock already.
+        limiter.reset(TOTP_FAILURES_PER_RESIDENT, str(resident.id), db=db)
         data = _resident_json(resident, full=False)
     echo_json(data) if as_json else click.echo(f"{data['id']}: unlocked")
 

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import datetime as dt
 import uuid
+from typing import cast
 
 from cryptography.fernet import InvalidToken
-from sqlalchemy import delete, select
+from sqlalchemy import Table, bindparam, delete, select
 from sqlalchemy.orm import Session
 
 from idp.audit import SUCCESS, record_event
@@ -19,12 +20,19 @@ from idp.settings import Settings, data_fernet
 RAW_CI_HOLD = dt.timedelta(minutes=30)
 
 
+# What a resident allowed a client: every /authorize of a third-party client with a session asks. Built once.
+_CONSENTS = cast(Table, Consent.__table__)
+GRANTED_SCOPES = select(_CONSENTS.c.scopes).where(
+    _CONSENTS.c.resident_id == bindparam("resident_id"), _CONSENTS.c.client_id == bindparam("client_id")
+)
+
+
 def missing_scopes(db: Session, resident_id: uuid.UUID, client: Client, scopes: list[str]) -> list[str]:
     """The scopes of this request the resident has not allowed yet; none for first-party clients."""
     if client.first_party:
         return []
-    consent = db.scalar(select(Consent).where(Consent.resident_id == resident_id, Consent.client_id == client.id))
-    granted = set(consent.scopes) if consent else set()
+    allowed = db.scalar(GRANTED_SCOPES, {"resident_id": resident_id, "client_id": client.id})
+    granted = set(allowed or ())
     return [scope for scope in scopes if scope not in granted]
 
 

@@ -5,14 +5,20 @@ from __future__ import annotations
 import contextlib
 import logging
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
+from gettext import NullTranslations
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlencode
 
 from flask import Flask, Response, current_app, g, render_template, request, session, url_for
-from flask_babel import Babel, get_locale
+from flask_babel import Babel, get_locale, get_translations
 from flask_babel import gettext as _
 from flask_wtf.csrf import CSRFError, CSRFProtect
+from jinja2 import pass_context
+from jinja2.runtime import Context
+from markupsafe import Markup
 from werkzeug.exceptions import HTTPException, InternalServerError
 
 from idp.models import Client
@@ -29,7 +35,7 @@ from idp.oidc.interaction import waiting_client, waiting_key, waiting_params
 from idp.oidc.views import json_http_error
 from idp.runtime import Runtime, current, db_session
 from idp.settings import HelpHours, Settings
-from idp.web.cookies import drop_malformed_flow_members
+from idp.web.cookies import FlowCookie, drop_malformed_flow_members
 
 LOCALES = ("ko", "en")
 DEFAULT_LOCALE = "ko"
@@ -128,6 +134,45 @@ def waiting_service() -> Client | None:
         g.waiting_service = client
     found: Client | None = g.waiting_service
     return found
+
+
+def _page_gettext(catalogue: NullTranslations) -> Callable[..., str]:
+    """Jinja's new-style gettext (the i18n extension's `_` and `gettext`), bound to one catalogue."""
+
+    @pass_context
+    def gettext(context: Context, string: str, /, **variables: Any) -> str:
+        text = catalogue.gettext(string)
+        if context.eval_ctx.autoescape:
+            text = Markup(text)  # noqa: S704  (our own catalogue, as Jinja's i18n trusts it; `%` escapes the variables)
+        return text % variables
+
+    return gettext
+
+
+def _page_ngettext(catalogue: NullTranslations) -> Callable[..., str]:
+    """Jinja's new-style ngettext, bound to one catalogue (`num` is the count unless given)."""
+
+    @pass_context
+    def ngettext(context: Context, singular: str, plural: str, count: int, /, **variables: Any) -> str:
+        variables.setdefault("num", count)
+        text = catalogue.ngettext(singular, plural, count)
+        if context.eval_ctx.autoescape:
+            text = Markup(text)  # noqa: S704  (as above)
+        return text % variables
+
+    return ngettext
+
+
+def page_language() -> dict[str, Any]:
+    """What every page's template gets: the request's language, and gettext bound to its catalogue, found once per
+    page (Flask-Babel's own template functions find the request's locale and catalogue again for every string)."""
+    catalogue = get_translations()
+    locale = get_locale()
+    return {
+        "gettext": _page_gettext(catalogue),
+        "ngettext": _page_ngettext(catalogue),
+        "page_language": locale.language if locale is not None else DEFAULT_LOCALE,
+    }
 
 
 @dataclass(frozen=True, slots=True)
@@ -282,7 +327,9 @@ def init_app(app: Flask, runtime: Runtime) -> None:
         BABEL_DEFAULT_LOCALE=DEFAULT_LOCALE,
         BABEL_TRANSLATION_DIRECTORIES=str(TRANSLATIONS),
     )
+    app.session_interface = FlowCookie()
     Babel(app, locale_selector=select_locale)
+    app.context_processor(page_language)
     app.jinja_env.globals.update(
         get_locale=get_locale, language_link=language_link, waiting_service=waiting_service, help_desk=help_desk
     )

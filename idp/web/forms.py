@@ -4,17 +4,21 @@ contract: docs/architecture.md), with CSRF from Flask-WTF."""
 from __future__ import annotations
 
 import datetime as dt
+import gettext
 import re
 import unicodedata
 from dataclasses import dataclass
 from typing import Any
 
-from flask import request
+from babel import support
+from flask import current_app, request
+from flask_babel import get_locale
 from flask_babel import lazy_gettext as _l
 from flask_wtf import FlaskForm
 from flask_wtf.csrf import _FlaskFormCSRF
 from wtforms import BooleanField, Field, HiddenField, RadioField, SelectField, StringField
 from wtforms.fields.choices import SelectChoice  # type: ignore[attr-defined]  # new in WTForms 3.3; stubs lag
+from wtforms.i18n import messages_path
 from wtforms.validators import InputRequired, ValidationError
 
 from idp.authn.carrier import CODE_LENGTH, VerificationMethod
@@ -149,11 +153,29 @@ class PageCsrf(_FlaskFormCSRF):  # type: ignore[misc]  # Flask-WTF ships no type
             raise ValidationError("The CSRF tokens do not match.") from None
 
 
+# WTForms' own messages ("This field is required.") per language, read once per process: Flask-WTF reads the
+# catalogue from disk again for every request that makes a form.
+_WTFORMS_MESSAGES: dict[str, gettext.NullTranslations] = {}
+
+
+def wtforms_messages(language: str) -> gettext.NullTranslations:
+    """WTForms' message catalogue in `language` (English when it has none)."""
+    found = _WTFORMS_MESSAGES.get(language)
+    if found is None:
+        found = _WTFORMS_MESSAGES[language] = support.Translations.load(messages_path(), [language], domain="wtforms")
+    return found
+
+
 class PageForm(FlaskForm):  # type: ignore[misc]  # Flask-WTF ships no type information
     """A form of the resident's pages: read from posted form fields only."""
 
     class Meta(FlaskForm.Meta):  # type: ignore[misc]  # as above
         csrf_class = PageCsrf
+
+        def get_translations(self, form: FlaskForm) -> Any:
+            if not current_app.config.get("WTF_I18N_ENABLED", True):
+                return super().get_translations(form)
+            return wtforms_messages(str(get_locale()))
 
         def wrap_formdata(self, form: FlaskForm, formdata: Any) -> Any:
             # Flask-WTF would read a JSON body as the form, and fails on one that is not an object; the pages post

@@ -6,6 +6,7 @@ import datetime as dt
 import json
 import math
 import secrets
+from collections.abc import Callable
 from typing import Any
 from urllib.parse import parse_qsl, urlsplit
 
@@ -45,7 +46,7 @@ from idp.oidc.clients import find_client
 from idp.oidc.consent import hold_raw_ci
 from idp.oidc.interaction import authorize_url, carry_over, current_login, hold_ci, waiting_by_key, waiting_client
 from idp.phones import normalize_phone
-from idp.runtime import current, db_session, request_time
+from idp.runtime import current, db_session, reading_only, request_time
 from idp.settings import data_fernet
 from idp.web import LOCALES, page_settings, render_error
 from idp.web.forms import CARRIER_LABELS, KOREA, ActionForm, CarrierStartForm, CodeForm
@@ -183,9 +184,19 @@ def _agency_down(error: CarrierVerificationError) -> bool:
     return error.code in (CarrierErrorCode.AGENCY_UNAVAILABLE, CarrierErrorCode.AGENCY_TIMEOUT)
 
 
+# Why a signed-in resident is asked to sign in again (/authorize's `reason`), translated only when shown.
+SIGN_IN_REASONS: dict[str, Callable[[], str]] = {
+    "acr_too_low": lambda: _("The service asks for a stronger sign-in. Sign in with your passkey."),
+    "prompt_login": lambda: _("The service asks you to sign in again."),
+    "max_age": lambda: _("The service asks you to sign in again."),
+    "carrier_verification": lambda: _("The service needs your identity confirmed: sign in with your mobile phone."),
+}
+
+
 @bp.get("/login")
 def login() -> str | BaseResponse:
     """The ways to sign in, strongest first."""
+    reading_only()  # the service's name is all this page reads: no transaction for it
     target = safe_next(request.args.get("next"))
     if target and session.get("next") != target:  # unchanged, the flow cookie is not signed and sent again
         session["next"] = target
@@ -195,18 +206,14 @@ def login() -> str | BaseResponse:
         phone = normalize_phone(hint) if hint else ""
     except ValueError:
         phone = ""
-    reasons = {
-        "acr_too_low": _("The service asks for a stronger sign-in. Sign in with your passkey."),
-        "prompt_login": _("The service asks you to sign in again."),
-        "max_age": _("The service asks you to sign in again."),
-        "carrier_verification": _("The service needs your identity confirmed: sign in with your mobile phone."),
-    }
-    return render_template("login.html", phone=phone, reason=reasons.get(request.args.get("reason", "")))
+    reason = SIGN_IN_REASONS.get(request.args.get("reason", ""))
+    return render_template("login.html", phone=phone, reason=reason() if reason else None)
 
 
 @bp.route("/login/carrier", methods=["GET", "POST"])
 def carrier_start() -> str | BaseResponse | tuple[str, int]:
     if request.method == "GET":
+        reading_only()
         return _render_start_again() or render_template(
             "carrier_start.html", form=_blank_start_form(), carriers=CARRIER_LABELS
         )
@@ -379,6 +386,7 @@ def _seconds_until(moment: object, now: dt.datetime) -> int:
 
 @bp.get("/login/carrier/verify")
 def carrier_verify() -> tuple[str, int] | BaseResponse:
+    reading_only()
     flow = _flow()
     if flow is None:
         return _see_other("web.carrier_start")

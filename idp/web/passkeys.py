@@ -28,7 +28,7 @@ from idp.authn.passkeys import (
     sign_in_method,
 )
 from idp.authn.sessions import recently_signed_in
-from idp.models import Passkey, Resident
+from idp.models import Passkey
 from idp.oidc.interaction import carry_over, current_login
 from idp.runtime import current, db_session, request_time
 from idp.settings import Settings
@@ -60,7 +60,9 @@ def _binding() -> str:
 
 
 def _json(body: object, status: int = 200) -> Response:
-    response = Response(json.dumps(body, ensure_ascii=False), status=status, mimetype="application/json")
+    """`body` as JSON; a str is JSON already (py_webauthn's options), sent as it is."""
+    text = body if isinstance(body, str) else json.dumps(body, ensure_ascii=False)
+    response = Response(text, status=status, mimetype="application/json")
     response.headers["Cache-Control"] = "no-store"
     return response
 
@@ -92,14 +94,14 @@ def passkey_event(passkey: Passkey, issuer: str, now: dt.datetime) -> AuthEvent:
 def sign_in_options() -> Response:
     options = authentication_options(db_session(), rp_id=_settings().rp_id, binding=_binding(), now=request_time())
     db_session().commit()
-    return _json(json.loads(options))
+    return _json(options)
 
 
 @bp.post("/login/passkey/verify")
 def sign_in_verify() -> Response:
     settings, now = _settings(), request_time()
     try:
-        passkey = authenticate_passkey(
+        verified = authenticate_passkey(
             db_session(),
             request.get_data(as_text=True),
             rp_id=settings.rp_id,
@@ -110,8 +112,8 @@ def sign_in_verify() -> Response:
         )
     except PasskeyRejectedError as error:
         return _refused(error)
-    resident = db_session().get(Resident, passkey.resident_id)
-    if resident is None or resident.is_locked:
+    passkey, resident = verified.passkey, verified.resident
+    if resident.is_locked:
         db_session().rollback()
         return _json(
             {"error": "locked", "message": _("This account is locked. Contact the help desk to unlock it.")}, 403
@@ -181,7 +183,7 @@ def register_options() -> Response:
         now=request_time(),
     )
     db_session().commit()
-    return _json(json.loads(options))
+    return _json(options)
 
 
 @bp.post("/account/passkeys/verify")

@@ -13,7 +13,7 @@ from flask import Blueprint, redirect, render_template, request, session, url_fo
 from flask_babel import gettext as _
 from flask_babel import ngettext
 from markupsafe import Markup
-from sqlalchemy import select
+from sqlalchemy import bindparam, select
 from werkzeug.wrappers import Response as BaseResponse
 
 from idp.audit import FAILURE, record_event
@@ -44,7 +44,7 @@ from idp.authn.totp import (
 )
 from idp.models import LoginSession, Resident, TotpDevice
 from idp.oidc.interaction import carry_over, current_login
-from idp.runtime import current, db_session, request_time
+from idp.runtime import current, db_session, reading_only, request_time
 from idp.settings import data_fernet, recovery_code_key
 from idp.web import page_settings, render_error
 from idp.web.account import confirmed, render_confirmation, report, take_report
@@ -89,16 +89,20 @@ def _second_factor(now: dt.datetime) -> dict[str, Any] | None:
     return pending
 
 
+# A number may be stored on more than one resident (a line passed on); the one who set up TOTP is meant, the most
+# recently verified first. Built once: every TOTP sign-in by phone number asks.
+RESIDENT_BY_PHONE = (
+    select(Resident)
+    .join(TotpDevice, TotpDevice.resident_id == Resident.id)
+    .where(Resident.phone == bindparam("phone"), TotpDevice.confirmed_at.is_not(None))
+    .order_by(Resident.verified_at.desc())
+    .limit(1)
+)
+
+
 def _resident_by_phone(phone: str) -> Resident | None:
-    # A number may be stored on more than one resident (a line passed on); the one who set up TOTP is meant,
-    # the most recently verified first.
-    return db_session().scalar(
-        select(Resident)
-        .join(TotpDevice, TotpDevice.resident_id == Resident.id)
-        .where(Resident.phone == phone, TotpDevice.confirmed_at.is_not(None))
-        .order_by(Resident.verified_at.desc())
-        .limit(1)
-    )
+    found: Resident | None = db_session().scalar(RESIDENT_BY_PHONE, {"phone": phone})
+    return found
 
 
 def _render_sign_in(
@@ -114,6 +118,7 @@ def sign_in() -> Answer:
     pending = _second_factor(now)
     form = TotpCodeForm() if pending else TotpSignInForm()
     if request.method == "GET":
+        reading_only()  # the service's name is all the page reads
         form.kind.data = "recovery" if request.args.get("kind") == "recovery" else "totp"
         if not pending and request.args.get("phone"):
             form.phone.data = request.args["phone"][:20]

@@ -14,6 +14,7 @@ from flask.testing import FlaskClient
 from sandbox_agency import SandboxAgency
 from sqlalchemy import select
 from sqlalchemy.orm import Session
+from transactions import commits
 from werkzeug.test import TestResponse
 
 from idp.authn.lockout import CARRIER_CODES_PER_TXN, CARRIER_SENDS_PER_PHONE
@@ -108,6 +109,20 @@ def test_first_verification_creates_the_resident_and_signs_in(
     assert "김경기" in text(account)
     events = [e.event for e in db_session.scalars(select(AuditEvent).order_by(AuditEvent.id))]
     assert events[-4:] == ["carrier.start", "carrier.verify", "resident.created", "signin"]
+
+
+def test_a_start_commits_its_counts_before_the_agency_is_asked_and_its_result_after(
+    app: Flask, client: FlaskClient
+) -> None:
+    # The counts (per address and per phone) must be seen by other starts while the agency is asked: one
+    # transaction before the call, one after it for the audit event.
+    form = {"csrf_token": csrf(client, "/login/carrier"), "method": "sms", "consent": "y", **KIM}
+
+    with commits(runtime_of(app).engine) as committed:
+        started = client.post("/login/carrier", data=form)
+
+    assert started.status_code == 303
+    assert len(committed) == 2
 
 
 def test_same_person_on_another_line_signs_in_to_the_same_resident(

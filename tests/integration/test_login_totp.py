@@ -28,6 +28,7 @@ from oidc_flow import KIM, KIM_E164, REDIRECT, Authorization, csrf_of, decode, e
 from sandbox_agency import SandboxAgency
 from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
+from transactions import commits
 from werkzeug.test import TestResponse
 
 from idp.models import AuditEvent, LoginSession, RateLimitCounter, RecoveryCode, Resident, TotpDevice
@@ -535,6 +536,36 @@ def test_phone_and_code_sign_in_without_a_carrier_verification(
     assert (verify.result, verify.resident_id, verify.client_ip) == ("success", resident_id(app), "127.0.0.1")
     signin = audit(app, "signin")[-1]
     assert (signin.details["method"], signin.details["acr"]) == ("totp", AAL1)
+
+
+def test_a_sign_in_with_the_apps_code_is_one_transaction(
+    app: Flask, browser: FlaskClient, sandbox: SandboxAgency
+) -> None:
+    # The lockout counters (counted before the code is judged, settled after) go with the sign-in's own writes.
+    secret, _ = signed_up_with_totp(app, browser, sandbox)
+    form = {"csrf_token": csrf_of(totp_page(browser)), "code": pyotp.TOTP(secret).now(), "phone": KIM_PHONE}
+
+    with commits(runtime_of(app).engine) as committed:
+        signed_in = browser.post("/login/totp", data=form)
+
+    assert signed_in.status_code == 303, signed_in.get_data(as_text=True)[-600:]
+    assert len(committed) == 1
+
+
+def test_a_wrong_code_is_one_transaction_and_stays_counted(
+    app: Flask, browser: FlaskClient, sandbox: SandboxAgency
+) -> None:
+    secret, _ = signed_up_with_totp(app, browser, sandbox)
+    form = {"csrf_token": csrf_of(totp_page(browser)), "code": wrong_code(secret), "phone": KIM_PHONE}
+    before = {key: count for key, count, _ in counters(app)}
+
+    with commits(runtime_of(app).engine) as committed:
+        refused = browser.post("/login/totp", data=form)
+
+    assert_refused(refused)
+    assert len(committed) == 1
+    counted = {key: count - before.get(key, 0) for key, count, _ in counters(app) if count != before.get(key)}
+    assert sorted(counted.values()) == [1, 1]  # one failure against the resident, one against the address
 
 
 def test_codes_with_a_space_or_a_hyphen_are_accepted(app: Flask, browser: FlaskClient, sandbox: SandboxAgency) -> None:

@@ -14,8 +14,10 @@ from flask import Flask
 from flask.testing import FlaskClient
 from oidc_flow import KIM, KIM_E164, REDIRECT, REQUEST_ID, csrf_of, pkce, register
 from sandbox_agency import SandboxAgency
+from sqlalchemy import Connection, event
 from werkzeug.test import TestResponse
 
+from idp.runtime import of as runtime_of
 from idp.settings import Settings
 
 PORTAL = "경기 민원포털"
@@ -111,6 +113,42 @@ def test_login_page_names_the_service_that_asked(app: Flask) -> None:
     assert f"{PORTAL}에 로그인합니다" in text(korean.get(to_login(korean, created.client.id)))
     english = browser_in(app, "en")
     assert f"Sign in to {PORTAL}" in text(english.get(to_login(english, created.client.id)))
+
+
+def test_a_service_name_is_escaped_in_the_sentences_that_name_it(app: Flask) -> None:
+    # The pages' gettext puts the name into the translated sentence: markup in it is text, in either language.
+    created = register(app, name='<b onclick="x()">포털</b>')
+    escaped = "&lt;b onclick=&#34;x()&#34;&gt;포털&lt;/b&gt;"
+    for language, sentence in (("ko", f"{escaped}에 로그인합니다"), ("en", f"Sign in to {escaped}")):
+        browser = browser_in(app, language)
+        page = text(browser.get(to_login(browser, created.client.id)))
+        assert sentence in page
+        assert "<b onclick" not in page
+
+
+def test_the_sign_in_pages_read_the_service_without_a_transaction(app: Flask) -> None:
+    # On PostgreSQL a page that only reads runs each statement on its own: no BEGIN and ROLLBACK around them.
+    if runtime_of(app).engine.dialect.name != "postgresql":
+        pytest.skip("SQLite reads cost no transaction of their own")
+    created = register(app, name=PORTAL)
+    browser = browser_in(app)
+    login = to_login(browser, created.client.id)
+    isolation: list[object] = []
+
+    def statement(connection: Connection, *_: object) -> None:
+        isolation.append(connection.get_execution_options().get("isolation_level"))
+
+    event.listen(runtime_of(app).engine, "before_cursor_execute", statement)
+    try:
+        for path in (login, "/login/carrier", "/login/totp"):
+            runtime_of(app).oidc.clients.clear()  # the service's name is read from the database again
+            page = browser.get(path)
+            assert page.status_code == 200
+            assert PORTAL in text(page)
+    finally:
+        event.remove(runtime_of(app).engine, "before_cursor_execute", statement)
+    assert isolation
+    assert set(isolation) == {"AUTOCOMMIT"}
 
 
 def test_carrier_pages_name_the_service_that_asked(app: Flask, sandbox: SandboxAgency) -> None:

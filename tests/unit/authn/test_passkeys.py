@@ -90,9 +90,11 @@ def request_options(db: Session, *, binding: str = BINDING, now: dt.datetime = N
 
 
 def sign_in(db: Session, body: Body, *, binding: str = BINDING, now: dt.datetime = NOW) -> Passkey:
-    return authenticate_passkey(
+    verified = authenticate_passkey(
         db, text_of(body), rp_id=RP_ID, origin=ORIGIN, binding=binding, now=now, client_ip="203.0.113.7"
     )
+    assert verified.resident.id == verified.passkey.resident_id
+    return verified.passkey
 
 
 def passkeys_of(db: Session, resident: Resident) -> list[Passkey]:

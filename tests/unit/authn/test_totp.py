@@ -13,14 +13,16 @@ from collections.abc import Callable, Iterator
 import pyotp
 import pytest
 from cryptography.fernet import Fernet
-from sqlalchemy import Engine, delete, func, select
+from sqlalchemy import Engine, delete, func, select, text
 from sqlalchemy.orm import Session
+from waiting import wait_until
 
 from idp.authn.lockout import (
     TOTP_FAILURES_PER_IP,
     TOTP_FAILURES_PER_RESIDENT,
     DatabaseRateLimiter,
     LockedOutError,
+    RedisRateLimiter,
     counter_key,
 )
 from idp.authn.recovery import RecoveryCodeInvalidError, generate_recovery_codes, recovery_check
@@ -139,14 +141,14 @@ def verify_events(db: Session, client_ip: str) -> list[AuditEvent]:
     return list(db.scalars(query.order_by(AuditEvent.id)))
 
 
-def ip_failures(limiter: DatabaseRateLimiter, client_ip: str) -> int:
-    """The failures counted against `client_ip`, read without counting one."""
-    with limiter.engine.connect() as connection:
-        count = connection.execute(
-            select(RateLimitCounter.count).where(
-                RateLimitCounter.key == counter_key(TOTP_FAILURES_PER_IP, client_ip, limiter.secret)
-            )
-        ).scalar()
+def ip_failures(db: Session, limiter: DatabaseRateLimiter, client_ip: str) -> int:
+    """The failures counted against `client_ip` (in the test's transaction, where sign-ins count), read without
+    counting one."""
+    count = db.scalar(
+        select(RateLimitCounter.count).where(
+            RateLimitCounter.key == counter_key(TOTP_FAILURES_PER_IP, client_ip, limiter.secret)
+        )
+    )
     return int(count or 0)
 
 
@@ -390,11 +392,13 @@ def test_replay_race_between_processes_has_one_winner(
 
 
 def test_code_consumed_by_another_process_after_the_check_is_a_counted_replay(
-    engines: tuple[Engine, Engine], committed_resident: uuid.UUID, cipher: Fernet, client_ip: str
+    engines: tuple[Engine, Engine], committed_resident: uuid.UUID, cipher: Fernet, client_ip: str, redis_url: str
 ) -> None:
+    # With Redis storage the counters hold no database row, so another process can sign in with the same code
+    # between this one's check and its consume (database counters make it wait: the test below).
     code = code_at(NOW)
     subject = str(committed_resident)
-    limiter = DatabaseRateLimiter(engines[0], LIMITER_KEY)
+    limiter = RedisRateLimiter(redis_url, LIMITER_KEY)
     with Session(engines[0]) as first, Session(engines[1]) as second:
         first_resident = first.get(Resident, committed_resident)
         second_resident = second.get(Resident, committed_resident)
@@ -433,13 +437,74 @@ def test_code_consumed_by_another_process_after_the_check_is_a_counted_replay(
             ("success", {}),
             ("failure", {"reason": "replayed"}),
         ]
-    with engines[0].connect() as connection:
-        rows = connection.execute(select(RateLimitCounter.key, RateLimitCounter.count)).all()
-    counts = {row.key: row.count for row in rows}
     # The lost race counts as a failure against the resident (after the winner's success reset it) and the IP
-    # (which no success resets).
-    assert counts[counter_key(TOTP_FAILURES_PER_RESIDENT, subject, limiter.secret)] == 1
-    assert counts[counter_key(TOTP_FAILURES_PER_IP, client_ip, limiter.secret)] == 1
+    # (which no success resets): the next failure of each is its second.
+    assert limiter.fail(TOTP_FAILURES_PER_RESIDENT, subject, now=NOW) == 2
+    assert limiter.fail(TOTP_FAILURES_PER_IP, client_ip, now=NOW) == 2
+    assert stored_step(engines[0], committed_resident) == step_of(NOW)
+    limiter.reset(TOTP_FAILURES_PER_RESIDENT, subject)
+    limiter.reset(TOTP_FAILURES_PER_IP, client_ip)
+    limiter.client.close()
+
+
+def waiting_on_a_lock(engine: Engine) -> bool:
+    """Whether a connection to the test database waits for a lock another transaction holds (PostgreSQL)."""
+    with engine.connect() as connection:
+        waiting = connection.execute(
+            text(
+                "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND wait_event_type = 'Lock'"
+            )
+        ).scalar_one()
+    return bool(waiting)
+
+
+def test_an_attempt_on_a_resident_being_judged_waits_for_it_and_is_then_a_counted_replay(
+    engines: tuple[Engine, Engine], committed_resident: uuid.UUID, cipher: Fernet, client_ip: str
+) -> None:
+    # Database counters are kept in the request's transaction: the counter rows an attempt counts against stay
+    # taken until it is stored, so another attempt on the same resident (here with the same code) waits for it,
+    # then sees the code used.
+    code = code_at(NOW)
+    subject = str(committed_resident)
+    limiter = DatabaseRateLimiter(engines[0], LIMITER_KEY)
+    outcomes: dict[str, str] = {}
+
+    def attempt(engine: Engine, name: str, check: Callable[[Session], Check]) -> None:
+        with Session(engine) as db:
+            resident = db.get(Resident, committed_resident)
+            try:
+                authenticate(db, limiter, resident, check(db), code=code, subject=subject, client_ip=client_ip, now=NOW)
+                outcomes[name] = "signed in"
+            except TotpError as error:
+                outcomes[name] = error.reason
+            except Exception as error:  # reported by the assertion below, not lost in the thread
+                outcomes[name] = repr(error)
+            db.commit()
+
+    later = threading.Thread(
+        target=attempt, args=(engines[1], "later", lambda db: totp_check(db, code, cipher=cipher, now=NOW))
+    )
+
+    def check_while_another_tries(db: Session) -> Check:
+        judge = totp_check(db, code, cipher=cipher, now=NOW)
+
+        def check(device: TotpDevice | None) -> Consume:
+            consume = judge(device)
+            later.start()
+            if engines[1].dialect.name == "postgresql":
+                wait_until(lambda: waiting_on_a_lock(engines[0]), timeout=10, waiting_for="the later attempt to wait")
+            return consume
+
+        return check
+
+    attempt(engines[0], "first", check_while_another_tries)
+    later.join(timeout=30)
+    assert outcomes == {"first": "signed in", "later": "replayed"}
+    with Session(engines[0]) as db:
+        assert [event.details for event in verify_events(db, client_ip)] == [{}, {"reason": "replayed"}]
+    # The replay counts against the resident (after the first attempt's success reset it) and the address.
+    assert limiter.fail(TOTP_FAILURES_PER_RESIDENT, subject, now=NOW) == 2
+    assert limiter.fail(TOTP_FAILURES_PER_IP, client_ip, now=NOW) == 2
     assert stored_step(engines[0], committed_resident) == step_of(NOW)
     limiter.reset(TOTP_FAILURES_PER_RESIDENT, subject)
     limiter.reset(TOTP_FAILURES_PER_IP, client_ip)
@@ -821,7 +886,7 @@ def test_five_wrong_codes_are_free_and_the_sixth_locks_for_thirty_seconds(
     for _ in range(5):
         with pytest.raises(TotpCodeInvalidError):
             sign_in(db, limiter, resident, wrong_code(NOW), cipher=cipher, client_ip=client_ip)
-    assert limiter.locked_for(TOTP_FAILURES_PER_RESIDENT, str(resident.id), now=NOW) == 0
+    assert limiter.locked_for(TOTP_FAILURES_PER_RESIDENT, str(resident.id), now=NOW, db=db) == 0
     # The sixth wrong code is still judged, and it locks the resident.
     with pytest.raises(TotpCodeInvalidError):
         sign_in(db, limiter, resident, wrong_code(NOW), cipher=cipher, client_ip=client_ip)
@@ -873,7 +938,7 @@ def test_right_code_after_the_lock_ends_signs_in_and_resets_the_count(
     for _ in range(5):
         with pytest.raises(TotpCodeInvalidError):
             sign_in(db, limiter, resident, wrong_code(later), cipher=cipher, client_ip=client_ip, now=later)
-    assert limiter.locked_for(TOTP_FAILURES_PER_RESIDENT, str(resident.id), now=later) == 0
+    assert limiter.locked_for(TOTP_FAILURES_PER_RESIDENT, str(resident.id), now=later, db=db) == 0
 
 
 def test_success_resets_the_residents_failures_but_not_the_ips(
@@ -883,12 +948,12 @@ def test_success_resets_the_residents_failures_but_not_the_ips(
         with pytest.raises(TotpCodeInvalidError):
             sign_in(db, limiter, resident, wrong_code(NOW), cipher=cipher, client_ip=client_ip)
     sign_in(db, limiter, resident, code_at(NOW), cipher=cipher, client_ip=client_ip)
-    assert ip_failures(limiter, client_ip) == 5
+    assert ip_failures(db, limiter, client_ip) == 5
     for _ in range(6):
         with pytest.raises(TotpCodeInvalidError):
             sign_in(db, limiter, resident, wrong_code(NOW), cipher=cipher, client_ip=client_ip)
-    assert limiter.locked_for(TOTP_FAILURES_PER_RESIDENT, str(resident.id), now=NOW) == 30
-    assert ip_failures(limiter, client_ip) == 11
+    assert limiter.locked_for(TOTP_FAILURES_PER_RESIDENT, str(resident.id), now=NOW, db=db) == 30
+    assert ip_failures(db, limiter, client_ip) == 11
 
 
 def test_one_ip_is_locked_across_residents_after_twenty_free_failures(
@@ -934,8 +999,8 @@ def test_signing_in_to_ones_own_account_between_guesses_does_not_reset_the_ip(
             with pytest.raises(TotpCodeInvalidError):
                 sign_in(db, limiter, others[round_ % 5], wrong_code(now), cipher=cipher, client_ip=client_ip, now=now)
         assert sign_in(db, limiter, resident, code_at(now), cipher=cipher, client_ip=client_ip, now=now)
-    assert ip_failures(limiter, client_ip) == 20
-    assert limiter.locked_for(TOTP_FAILURES_PER_IP, client_ip, now=now) == 0
+    assert ip_failures(db, limiter, client_ip) == 20
+    assert limiter.locked_for(TOTP_FAILURES_PER_IP, client_ip, now=now, db=db) == 0
     # The 21st wrong code is judged, and locks the address despite the ten successes.
     with pytest.raises(TotpCodeInvalidError):
         sign_in(db, limiter, others[0], wrong_code(now), cipher=cipher, client_ip=client_ip, now=now)
@@ -945,7 +1010,7 @@ def test_signing_in_to_ones_own_account_between_guesses_does_not_reset_the_ip(
         assert (error.value.backoff, error.value.retry_after) == (TOTP_FAILURES_PER_IP, 30)
     # No resident was locked: the address was.
     for each in [resident, *others]:
-        assert limiter.locked_for(TOTP_FAILURES_PER_RESIDENT, str(each.id), now=now) == 0
+        assert limiter.locked_for(TOTP_FAILURES_PER_RESIDENT, str(each.id), now=now, db=db) == 0
     assert device.last_used_step == step_of(NOW + 9 * STEP)
 
 
@@ -964,16 +1029,16 @@ def test_ip_failures_are_forgotten_an_hour_after_the_last_one(
     for address in (remembered, forgotten):
         for minute in range(20):
             guess(address, NOW + minute * dt.timedelta(minutes=1))
-        assert ip_failures(limiter, address) == 20
+        assert ip_failures(db, limiter, address) == 20
     last = NOW + 19 * dt.timedelta(minutes=1)
     before = last + HOUR - dt.timedelta(seconds=1)
     guess(remembered, before)
-    assert ip_failures(limiter, remembered) == 21
-    assert limiter.locked_for(TOTP_FAILURES_PER_IP, remembered, now=before) == 30
+    assert ip_failures(db, limiter, remembered) == 21
+    assert limiter.locked_for(TOTP_FAILURES_PER_IP, remembered, now=before, db=db) == 30
     after = last + HOUR
     guess(forgotten, after)
-    assert ip_failures(limiter, forgotten) == 1
-    assert limiter.locked_for(TOTP_FAILURES_PER_IP, forgotten, now=after) == 0
+    assert ip_failures(db, limiter, forgotten) == 1
+    assert limiter.locked_for(TOTP_FAILURES_PER_IP, forgotten, now=after, db=db) == 0
 
 
 def test_twenty_failures_from_one_ip_do_not_lock_it(
@@ -996,7 +1061,7 @@ def test_locked_attempt_is_not_checked_and_is_audited(
     db: Session, device: TotpDevice, resident: Resident, cipher: Fernet, limiter: DatabaseRateLimiter, client_ip: str
 ) -> None:
     for _ in range(6):
-        limiter.fail(TOTP_FAILURES_PER_RESIDENT, str(resident.id), now=NOW)
+        limiter.fail(TOTP_FAILURES_PER_RESIDENT, str(resident.id), now=NOW, db=db)
     checked: list[TotpDevice | None] = []
 
     def check(device: TotpDevice | None) -> Consume:
@@ -1011,7 +1076,7 @@ def test_locked_attempt_is_not_checked_and_is_audited(
     [event] = verify_events(db, client_ip)
     assert (event.result, event.resident_id, event.details) == ("failure", resident.id, {"reason": "locked"})
     # Refused attempts while locked do not lengthen the lock.
-    assert limiter.locked_for(TOTP_FAILURES_PER_RESIDENT, str(resident.id), now=NOW) == 30
+    assert limiter.locked_for(TOTP_FAILURES_PER_RESIDENT, str(resident.id), now=NOW, db=db) == 30
 
 
 def snapshot(db: Session, resident_id: uuid.UUID) -> tuple[list[tuple[object, ...]], list[tuple[object, ...]]]:
