@@ -16,7 +16,7 @@ from typing import Any
 
 from journeys import Target
 from seed import BenchClient, Population, SeedError, SeedReport, seed_residents, write_sandbox_state
-from servers import BenchError, Server, free_port, start_server, wait_ready
+from servers import BenchError, Server, free_port, postgres_url_from, start_server, wait_ready
 
 REPO_DIR = Path(__file__).resolve().parent.parent
 VENV_BIN = Path(sys.executable).parent
@@ -27,19 +27,8 @@ DATABASE_PREFIX = "idp_signins_"
 # -- the database --------------------------------------------------------------------------------------------------
 
 
-def server_url(raw: str) -> Any:
-    from sqlalchemy.engine import make_url
-    from sqlalchemy.exc import ArgumentError
-
-    try:
-        url = make_url(raw)
-    except ArgumentError:
-        raise BenchError(f"not a database URL: {raw!r}") from None
-    if url.get_backend_name() != "postgresql":
-        raise BenchError(f"not a PostgreSQL URL: {url.render_as_string()}")
-    if url.host and not url.host.startswith("/") and url.host not in ("127.0.0.1", "localhost", "::1"):
-        raise BenchError(f"the PostgreSQL server must be on this machine (its processes' CPU is measured): {url.host}")
-    return url.set(drivername="postgresql+psycopg")
+# The server's URL checked as the per-endpoint bench checks it (PostgreSQL, on this machine, psycopg).
+server_url = postgres_url_from
 
 
 @dataclass

@@ -94,9 +94,9 @@ def load(db: Session, model: type[ModelT], key: Any) -> ModelT | None:
     return found
 
 
-# Connections kept open per process. A server thread holds one for its request and may hold a second for the limiter's
-# counters (idp.authn.lockout), so twice idp.server.THREADS_PER_WORKER stay open: a pool smaller than what the
-# threads use at once opens and closes a connection per request beyond it (PostgreSQL forks a backend for each).
+# Connections kept open per process: at least one per server thread (idp.server.THREADS_PER_WORKER), with room for
+# the carrier limits' own short connection (idp.authn.lockout) and the background workers. A pool smaller than what
+# the threads use at once opens and closes a connection per request beyond it (PostgreSQL forks a backend for each).
 POOL_SIZE = 16
 POOL_OVERFLOW = 16  # beyond that, for bursts of other threads (the purge, logout deliveries); closed after use
 POOL_RECYCLE = 1800  # seconds: reconnect before firewalls and poolers drop connections idle for long
